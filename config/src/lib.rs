@@ -1,0 +1,1 @@
+//! Ringwall's configuration: Flex Gateway Local Mode resources, parsed and validated.

@@ -1,0 +1,1 @@
+//! Ringwall's data plane.
