@@ -1,0 +1,177 @@
+//! The harness tested on itself: the client talking straight to an origin, no gateway, so a
+//! failing end-to-end test can be trusted to point at the gateway.
+
+use std::time::Duration;
+
+use crate::wire::encode_chunked;
+use crate::yaml::*;
+use crate::*;
+
+#[test]
+fn client_and_origin_agree_on_big_chunked_bodies_both_ways() {
+    within(TEST_LIMIT, || {
+        let mut rng = Rng::new(7);
+        let data = rng.bytes(3 << 20);
+        let sizes = rng.chunk_sizes(50);
+        let served = data.clone();
+        let origin = Origin::start(move |req| {
+            if req.method == "GET" {
+                Reply::new(200).chunked(served.clone(), sizes.clone())
+            } else {
+                Reply::ok(format!("{} {:016x}", req.body.len(), fnv1a(&req.body)))
+            }
+        });
+        let mut client = Client::connect(origin.addr());
+
+        let down = client.get("/");
+        assert_eq!(down.header("transfer-encoding"), Some("chunked"));
+        assert_same_bytes(&down.body, &data, "download");
+
+        let mut raw = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        raw.extend_from_slice(&encode_chunked(&data, &rng.chunk_sizes(40)));
+        let up = client.request(&raw);
+        assert_eq!(up.text(), format!("{} {:016x}", data.len(), fnv1a(&data)));
+        let req = &origin.requests()[1];
+        assert!(req.chunked);
+        assert_same_bytes(&req.body, &data, "upload");
+        assert_eq!(origin.connections(), 1);
+    })
+}
+
+#[test]
+fn origin_answers_pipelined_requests_and_head_without_body() {
+    within(TEST_LIMIT, || {
+        let origin = Origin::echo_path();
+        let mut client = Client::connect(origin.addr());
+        client.send(b"HEAD /h HTTP/1.1\r\n\r\nGET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n");
+
+        let head = client.read_response("HEAD");
+        assert_eq!(head.header("content-length"), Some("2"));
+        assert!(head.body.is_empty());
+        assert_eq!(client.read_response("GET").text(), "/a");
+        assert_eq!(client.read_response("GET").text(), "/b");
+    })
+}
+
+#[test]
+fn origin_sends_100_continue_before_reading_the_body() {
+    within(TEST_LIMIT, || {
+        let origin = Origin::start(|req| Reply::ok(req.body.clone()));
+        let mut client = Client::connect(origin.addr());
+        client.send(b"PUT / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n");
+        assert_eq!(client.read_response("PUT").status, 100);
+        client.send(b"abc");
+        assert_eq!(client.read_final_response("PUT").text(), "abc");
+    })
+}
+
+#[test]
+fn close_detection_tells_closed_from_open() {
+    within(TEST_LIMIT, || {
+        let origin = Origin::start(|req| match req.path.as_str() {
+            "/close" => Reply::close(),
+            "/reset" => Reply::reset(),
+            _ => Reply::ok("x").header("Connection", "close"),
+        });
+        for path in ["/close", "/reset", "/bye"] {
+            let mut client = Client::connect(origin.addr());
+            client.send(crate::client::get(path).as_bytes());
+            if path == "/bye" {
+                assert_eq!(client.read_response("GET").text(), "x");
+            }
+            assert!(client.closes_within(Duration::from_secs(5)), "{path}");
+        }
+        let keeper = Origin::ok("y");
+        let mut kept = Client::connect(keeper.addr());
+        assert_eq!(kept.get("/").text(), "y");
+        assert!(!kept.closes_within(Duration::from_millis(100)));
+    })
+}
+
+#[test]
+fn http10_origin_closes_unless_keep_alive() {
+    within(TEST_LIMIT, || {
+        let origin = Origin::ok("z");
+        let mut client = Client::connect(origin.addr());
+        assert_eq!(client.request(b"GET / HTTP/1.0\r\n\r\n").text(), "z");
+        assert!(client.closes_within(Duration::from_secs(5)));
+    })
+}
+
+#[test]
+fn closed_port_refuses() {
+    let addr = closed_port();
+    assert!(Client::try_connect(addr).is_err());
+}
+
+#[test]
+fn yaml_builders_write_the_flex_shapes() {
+    let api = api_instance(
+        "api",
+        "http://127.0.0.1:0/api",
+        &[InlineService::new(
+            "up",
+            "http://127.0.0.1:9000",
+            vec![Route::all()
+                .rule(Rule::path("/items/.*").methods("GET|POST"))
+                .destination("/v2/")],
+        )],
+    );
+    assert_eq!(
+        api,
+        "\
+apiVersion: gateway.mulesoft.com/v1alpha1
+kind: ApiInstance
+metadata:
+  name: api
+spec:
+  address: http://127.0.0.1:0/api
+  services:
+    up:
+      address: http://127.0.0.1:9000
+      routes:
+        - config:
+            destinationPath: /v2/
+          rules:
+            - path: '/items/.*'
+              methods: 'GET|POST'
+"
+    );
+    let binding = route_binding("b", "api", "svc", Some("/x/"), &[Rule::path("/a/.*")]);
+    assert_eq!(
+        binding,
+        "\
+apiVersion: gateway.mulesoft.com/v1alpha1
+kind: PolicyBinding
+metadata:
+  name: b
+spec:
+  targetRef:
+    kind: ApiInstance
+    name: api
+  policyRef:
+    name: route
+  config:
+    destinationRef:
+      kind: Service
+      name: svc
+    destinationPath: /x/
+  rules:
+    - path: '/a/.*'
+"
+    );
+    assert_eq!(
+        configuration("c", "timeouts:\n  upstreamResponseSeconds: 1\n"),
+        "apiVersion: gateway.mulesoft.com/v1alpha1\nkind: Configuration\nmetadata:\n  name: c\nspec:\n  timeouts:\n    upstreamResponseSeconds: 1\n"
+    );
+}
+
+#[test]
+fn within_reports_a_hung_body() {
+    let res = std::panic::catch_unwind(|| {
+        within(Duration::from_millis(50), || {
+            std::thread::sleep(Duration::from_secs(2));
+        })
+    });
+    assert!(res.is_err());
+}

@@ -1,0 +1,329 @@
+//! What the gateway answers when something is wrong: with the upstream (502, 504), with the
+//! request's syntax or framing (400), or with its size (431, 413). Framing errors must close
+//! the connection (a request-smuggling defence) without taking the gateway down.
+
+use std::time::{Duration, Instant};
+
+use ringwall_tests::wire::header_list;
+use ringwall_tests::yaml::{configuration, documents, simple_api};
+use ringwall_tests::*;
+
+/// Asserts the contract's shape of an error response.
+#[track_caller]
+fn assert_error(resp: &Response, status: u16) {
+    assert_eq!(resp.status, status, "{resp:?}");
+    let content_type = resp.header("content-type").unwrap_or("");
+    assert!(
+        content_type.starts_with("text/plain"),
+        "error response without Content-Type: text/plain: {resp:?}"
+    );
+    assert!(!resp.body.is_empty(), "error response without a body");
+}
+
+/// Sends `raw` on a fresh connection and asserts a `status` error, `Connection: close`, the
+/// connection closed, nothing forwarded, and the gateway still serving new connections.
+#[track_caller]
+fn assert_rejected_and_closed(gw: &Gateway, origin: &Origin, raw: &[u8], status: u16) {
+    let mut client = Client::connect(gw.addr("api"));
+    // The gateway may answer and close before it has read everything.
+    let _ = client.send_lenient(raw);
+    let resp = client.read_response("GET");
+    assert_error(&resp, status);
+    assert!(
+        header_list(&resp.headers, "connection", true).contains(&"close".into()),
+        "no `Connection: close` on a {status}: {resp:?}"
+    );
+    client.assert_closed();
+    assert_eq!(
+        origin.request_count(),
+        0,
+        "a rejected request reached the origin"
+    );
+    let after = Client::connect(gw.addr("api")).get("/after");
+    assert_eq!(
+        after.status, 200,
+        "the gateway stopped serving after a bad request: {after:?}"
+    );
+    // Only the follow-up request reached the origin.
+    assert_eq!(origin.request_count(), 1);
+}
+
+/// An origin that answers, and a gateway in front of it, for each malformed-input case.
+fn rejecting_setup() -> (Origin, Gateway) {
+    let origin = Origin::ok("fine");
+    let gw = gateway_to(&origin);
+    (origin, gw)
+}
+
+#[test]
+fn upstream_down_is_502() {
+    within(TEST_LIMIT, || {
+        let down = format!("http://{}", closed_port());
+        let gw = Gateway::start(&[("api.yaml", &simple_api(&down))], &[]);
+
+        let resp = Client::connect(gw.addr("api")).get("/");
+
+        assert_error(&resp, 502);
+    })
+}
+
+#[test]
+fn slow_upstream_is_504_after_the_response_timeout() {
+    within(TEST_LIMIT, || {
+        let origin = Origin::start(|_| Reply::ok("too late").delay(Duration::from_secs(3)));
+        let config = documents(&[
+            &simple_api(&origin.url()),
+            &configuration("timeouts", "timeouts:\n  upstreamResponseSeconds: 1\n"),
+        ]);
+        let gw = Gateway::start(&[("api.yaml", &config)], &[]);
+        let mut client = Client::connect(gw.addr("api"));
+
+        let started = Instant::now();
+        let resp = client.get("/slow");
+        let elapsed = started.elapsed();
+
+        assert_error(&resp, 504);
+        assert!(
+            elapsed >= Duration::from_millis(900) && elapsed < Duration::from_millis(2500),
+            "504 after {elapsed:?}, want about 1 s"
+        );
+        assert_eq!(origin.request_count(), 1);
+    })
+}
+
+#[test]
+fn upstream_closing_without_a_response_is_502() {
+    within(TEST_LIMIT, || {
+        let origin = Origin::start(|_| Reply::close());
+        let gw = gateway_to(&origin);
+
+        let resp = Client::connect(gw.addr("api")).get("/");
+
+        assert_error(&resp, 502);
+        assert!(origin.request_count() >= 1);
+    })
+}
+
+#[test]
+fn upstream_reset_is_502() {
+    within(TEST_LIMIT, || {
+        let origin = Origin::start(|_| Reply::reset());
+        let gw = gateway_to(&origin);
+
+        let resp = Client::connect(gw.addr("api")).get("/");
+
+        assert_error(&resp, 502);
+    })
+}
+
+#[test]
+fn malformed_header_line_is_400_and_closes() {
+    within(TEST_LIMIT, || {
+        let (origin, gw) = rejecting_setup();
+        assert_rejected_and_closed(
+            &gw,
+            &origin,
+            b"GET / HTTP/1.1\r\nHost: gateway.test\r\nBad Header\r\n\r\n",
+            400,
+        );
+    })
+}
+
+#[test]
+fn garbage_request_line_is_400_and_closes() {
+    within(TEST_LIMIT, || {
+        let (origin, gw) = rejecting_setup();
+        assert_rejected_and_closed(&gw, &origin, b"this is not http at all\r\n\r\n", 400);
+    })
+}
+
+#[test]
+fn content_length_with_transfer_encoding_is_400_and_closes() {
+    within(TEST_LIMIT, || {
+        let (origin, gw) = rejecting_setup();
+        assert_rejected_and_closed(
+            &gw,
+            &origin,
+            b"POST / HTTP/1.1\r\nHost: gateway.test\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            400,
+        );
+    })
+}
+
+#[test]
+fn differing_content_lengths_are_400_and_close() {
+    within(TEST_LIMIT, || {
+        let (origin, gw) = rejecting_setup();
+        assert_rejected_and_closed(
+            &gw,
+            &origin,
+            b"POST / HTTP/1.1\r\nHost: gateway.test\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+            400,
+        );
+    })
+}
+
+#[test]
+fn differing_content_lengths_in_one_header_are_400_and_close() {
+    within(TEST_LIMIT, || {
+        let (origin, gw) = rejecting_setup();
+        assert_rejected_and_closed(
+            &gw,
+            &origin,
+            b"POST / HTTP/1.1\r\nHost: gateway.test\r\nContent-Length: 5, 6\r\n\r\nhello!",
+            400,
+        );
+    })
+}
+
+#[test]
+fn transfer_encoding_not_ending_in_chunked_is_400_and_closes() {
+    within(TEST_LIMIT, || {
+        let (origin, gw) = rejecting_setup();
+        assert_rejected_and_closed(
+            &gw,
+            &origin,
+            b"POST / HTTP/1.1\r\nHost: gateway.test\r\nTransfer-Encoding: gzip\r\n\r\nabc",
+            400,
+        );
+    })
+}
+
+#[test]
+fn transfer_encoding_chunked_then_gzip_is_400_and_closes() {
+    within(TEST_LIMIT, || {
+        let (origin, gw) = rejecting_setup();
+        assert_rejected_and_closed(
+            &gw,
+            &origin,
+            b"POST / HTTP/1.1\r\nHost: gateway.test\r\nTransfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n",
+            400,
+        );
+    })
+}
+
+/// A GET whose head carries `count` headers of `size` value bytes each.
+fn get_with_headers(count: usize, size: usize) -> Vec<u8> {
+    let mut raw = String::from("GET /big-head HTTP/1.1\r\nHost: gateway.test\r\n");
+    for i in 0..count {
+        raw.push_str(&format!("X-Fill-{i}: {}\r\n", "a".repeat(size)));
+    }
+    raw.push_str("\r\n");
+    raw.into_bytes()
+}
+
+#[test]
+fn head_over_the_default_limit_is_431_and_closes() {
+    within(TEST_LIMIT, || {
+        let (origin, gw) = rejecting_setup();
+        // 64 KiB against the default 32768.
+        assert_rejected_and_closed(&gw, &origin, &get_with_headers(16, 4096), 431);
+    })
+}
+
+#[test]
+fn head_under_the_default_limit_is_forwarded_whole() {
+    within(TEST_LIMIT, || {
+        let (origin, gw) = rejecting_setup();
+
+        // 24 KiB, under the default 32768.
+        let resp = Client::connect(gw.addr("api")).request(&get_with_headers(8, 3072));
+
+        assert_eq!(resp.status, 200, "{resp:?}");
+        let req = origin.single_request();
+        for i in 0..8 {
+            assert_eq!(
+                req.header(&format!("x-fill-{i}")).map(str::len),
+                Some(3072),
+                "header X-Fill-{i}"
+            );
+        }
+    })
+}
+
+#[test]
+fn configured_header_limit_is_enforced() {
+    within(TEST_LIMIT, || {
+        let origin = Origin::ok("fine");
+        let config = documents(&[
+            &simple_api(&origin.url()),
+            &configuration("limits", "limits:\n  maxRequestHeaderBytes: 4096\n"),
+        ]);
+        let gw = Gateway::start(&[("api.yaml", &config)], &[]);
+
+        let small = Client::connect(gw.addr("api")).request(&get_with_headers(2, 1024));
+        assert_eq!(
+            small.status, 200,
+            "2 KiB head under a 4096 limit: {small:?}"
+        );
+
+        let mut client = Client::connect(gw.addr("api"));
+        let _ = client.send_lenient(&get_with_headers(8, 1024));
+        assert_error(&client.read_response("GET"), 431);
+        client.assert_closed();
+        assert_eq!(origin.request_count(), 1);
+    })
+}
+
+/// A gateway with `maxRequestBodyBytes: 1024` in front of an origin that reports body sizes.
+fn body_limited_setup() -> (Origin, Gateway) {
+    let origin = Origin::start(|req| Reply::ok(req.body.len().to_string()));
+    let config = documents(&[
+        &simple_api(&origin.url()),
+        &configuration("limits", "limits:\n  maxRequestBodyBytes: 1024\n"),
+    ]);
+    let gw = Gateway::start(&[("api.yaml", &config)], &[]);
+    (origin, gw)
+}
+
+fn post_with_length(len: usize) -> Vec<u8> {
+    let mut raw =
+        format!("POST /up HTTP/1.1\r\nHost: gateway.test\r\nContent-Length: {len}\r\n\r\n")
+            .into_bytes();
+    raw.extend(std::iter::repeat_n(b'b', len));
+    raw
+}
+
+#[test]
+fn body_at_the_limit_is_forwarded() {
+    within(TEST_LIMIT, || {
+        let (origin, gw) = body_limited_setup();
+
+        let resp = Client::connect(gw.addr("api")).request(&post_with_length(1024));
+
+        assert_eq!(resp.status, 200, "{resp:?}");
+        assert_eq!(resp.text(), "1024");
+        assert_eq!(origin.single_request().body.len(), 1024);
+    })
+}
+
+#[test]
+fn content_length_body_over_the_limit_is_413() {
+    within(TEST_LIMIT, || {
+        let (origin, gw) = body_limited_setup();
+        let mut client = Client::connect(gw.addr("api"));
+
+        let _ = client.send_lenient(&post_with_length(4096));
+
+        assert_error(&client.read_response("POST"), 413);
+        client.assert_closed();
+        assert_eq!(origin.request_count(), 0);
+    })
+}
+
+#[test]
+fn chunked_body_over_the_limit_is_413() {
+    within(TEST_LIMIT, || {
+        let (_origin, gw) = body_limited_setup();
+        let mut client = Client::connect(gw.addr("api"));
+
+        let mut raw =
+            b"POST /up HTTP/1.1\r\nHost: gateway.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+                .to_vec();
+        raw.extend_from_slice(&ringwall_tests::wire::encode_chunked(&[b'c'; 4096], &[512]));
+        let _ = client.send_lenient(&raw);
+
+        assert_error(&client.read_response("POST"), 413);
+        client.assert_closed();
+    })
+}
