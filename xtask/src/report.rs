@@ -1,0 +1,297 @@
+//! The bench's arithmetic and its outputs: medians per (peer, mode, connections), the
+//! Ringwall/nginx and Ringwall/HAProxy ratios (the figures that mean something on a noisy
+//! shared machine, because both sides are measured in the same run), the printed tables and
+//! the JSON document.
+
+use std::fmt::Write as _;
+
+use serde_json::{json, Value};
+
+use crate::wrk::WrkReport;
+
+/// One wrk run.
+#[derive(Debug, Clone)]
+pub struct Run {
+    pub peer: String,
+    pub mode: String,
+    pub conns: u32,
+    pub rep: u32,
+    pub report: WrkReport,
+}
+
+/// The runs of one (peer, mode, connections), summarised.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub peer: String,
+    pub mode: String,
+    pub conns: u32,
+    pub runs: usize,
+    pub requests_per_sec: f64,
+    /// (max - min) / median of requests/s, in percent.
+    pub spread_pct: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    /// Socket errors and non-2xx responses, summed over the runs.
+    pub errors: u64,
+}
+
+/// Ringwall's figures divided by a peer's, for one (mode, connections).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ratio {
+    pub mode: String,
+    pub conns: u32,
+    pub baseline: String,
+    pub requests_per_sec: f64,
+    pub p99: f64,
+}
+
+pub fn median(values: &[f64]) -> Option<f64> {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let mid = sorted.len() / 2;
+    match sorted.len() {
+        0 => None,
+        n if n % 2 == 1 => Some(sorted[mid]),
+        _ => Some((sorted[mid - 1] + sorted[mid]) / 2.0),
+    }
+}
+
+pub fn spread_pct(values: &[f64]) -> f64 {
+    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    match median(values) {
+        Some(median) if median > 0.0 => 100.0 * (max - min) / median,
+        _ => 0.0,
+    }
+}
+
+/// One row per (peer, mode, connections), in the order first run.
+pub fn summarize(runs: &[Run]) -> Vec<Row> {
+    let mut keys: Vec<(&str, &str, u32)> = Vec::new();
+    for run in runs {
+        let key = (run.peer.as_str(), run.mode.as_str(), run.conns);
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
+    }
+    keys.into_iter()
+        .map(|(peer, mode, conns)| {
+            let group: Vec<&WrkReport> = runs
+                .iter()
+                .filter(|r| r.peer == peer && r.mode == mode && r.conns == conns)
+                .map(|r| &r.report)
+                .collect();
+            let of = |field: fn(&WrkReport) -> f64| -> Vec<f64> {
+                group.iter().map(|r| field(r)).collect()
+            };
+            let rps = of(|r| r.requests_per_sec);
+            Row {
+                peer: peer.to_owned(),
+                mode: mode.to_owned(),
+                conns,
+                runs: group.len(),
+                requests_per_sec: median(&rps).unwrap_or(0.0),
+                spread_pct: spread_pct(&rps),
+                p50_us: median(&of(|r| r.p50_us)).unwrap_or(0.0),
+                p99_us: median(&of(|r| r.p99_us)).unwrap_or(0.0),
+                errors: group.iter().map(|r| r.errors()).sum(),
+            }
+        })
+        .collect()
+}
+
+/// Ringwall against nginx and HAProxy for every (mode, connections) where both ran.
+pub fn ratios(rows: &[Row]) -> Vec<Ratio> {
+    let mut ratios = Vec::new();
+    for ringwall in rows.iter().filter(|r| r.peer == "ringwall") {
+        for baseline in ["nginx", "haproxy"] {
+            let Some(base) = rows.iter().find(|r| {
+                r.peer == baseline && r.mode == ringwall.mode && r.conns == ringwall.conns
+            }) else {
+                continue;
+            };
+            ratios.push(Ratio {
+                mode: ringwall.mode.clone(),
+                conns: ringwall.conns,
+                baseline: baseline.to_owned(),
+                requests_per_sec: divide(ringwall.requests_per_sec, base.requests_per_sec),
+                p99: divide(ringwall.p99_us, base.p99_us),
+            });
+        }
+    }
+    ratios
+}
+
+fn divide(a: f64, b: f64) -> f64 {
+    if b > 0.0 {
+        a / b
+    } else {
+        f64::NAN
+    }
+}
+
+pub fn table(rows: &[Row]) -> String {
+    let mut out = format!(
+        "{:<9} {:<9} {:>5} {:>11} {:>8} {:>8} {:>9} {:>7}\n",
+        "peer", "mode", "conns", "req/s", "spread%", "p50 µs", "p99 µs", "errors"
+    );
+    for row in rows {
+        let _ = writeln!(
+            out,
+            "{:<9} {:<9} {:>5} {:>11.0} {:>8.1} {:>8.0} {:>9.0} {:>7}",
+            row.peer,
+            row.mode,
+            row.conns,
+            row.requests_per_sec,
+            row.spread_pct,
+            row.p50_us,
+            row.p99_us,
+            row.errors
+        );
+    }
+    out
+}
+
+pub fn ratio_table(ratios: &[Ratio]) -> String {
+    let mut out = format!(
+        "{:<18} {:<9} {:>5} {:>7} {:>7}\n",
+        "ratio", "mode", "conns", "req/s", "p99"
+    );
+    for ratio in ratios {
+        let _ = writeln!(
+            out,
+            "{:<18} {:<9} {:>5} {:>7.2} {:>7.2}",
+            format!("ringwall/{}", ratio.baseline),
+            ratio.mode,
+            ratio.conns,
+            ratio.requests_per_sec,
+            ratio.p99
+        );
+    }
+    out
+}
+
+/// The whole bench as JSON: its settings, every run, the medians and the ratios.
+pub fn to_json(settings: Value, runs: &[Run]) -> Value {
+    let rows = summarize(runs);
+    let ratios = ratios(&rows);
+    json!({
+        "settings": settings,
+        "runs": runs.iter().map(|run| json!({
+            "peer": run.peer,
+            "mode": run.mode,
+            "conns": run.conns,
+            "rep": run.rep,
+            "requests": run.report.requests,
+            "requests_per_sec": run.report.requests_per_sec,
+            "p50_us": run.report.p50_us,
+            "p99_us": run.report.p99_us,
+            "socket_errors": run.report.socket_errors,
+            "non_2xx": run.report.non_2xx,
+        })).collect::<Vec<_>>(),
+        "medians": rows.iter().map(|row| json!({
+            "peer": row.peer,
+            "mode": row.mode,
+            "conns": row.conns,
+            "runs": row.runs,
+            "requests_per_sec": row.requests_per_sec,
+            "spread_pct": row.spread_pct,
+            "p50_us": row.p50_us,
+            "p99_us": row.p99_us,
+            "errors": row.errors,
+        })).collect::<Vec<_>>(),
+        // NaN (a zero baseline) becomes null.
+        "ratios": ratios.iter().map(|ratio| json!({
+            "ratio": format!("ringwall/{}", ratio.baseline),
+            "mode": ratio.mode,
+            "conns": ratio.conns,
+            "requests_per_sec": ratio.requests_per_sec,
+            "p99": ratio.p99,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(peer: &str, conns: u32, rps: f64, p99_us: f64, errors: u64) -> Run {
+        Run {
+            peer: peer.to_owned(),
+            mode: "pinned".to_owned(),
+            conns,
+            rep: 1,
+            report: WrkReport {
+                requests: 1000,
+                requests_per_sec: rps,
+                p50_us: p99_us / 2.0,
+                p99_us,
+                socket_errors: errors,
+                non_2xx: 1,
+            },
+        }
+    }
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), Some(2.5));
+        assert_eq!(median(&[]), None);
+    }
+
+    #[test]
+    fn spread_is_range_over_median() {
+        assert_eq!(spread_pct(&[90.0, 100.0, 110.0]), 20.0);
+        assert_eq!(spread_pct(&[5.0]), 0.0);
+        assert_eq!(spread_pct(&[]), 0.0);
+    }
+
+    #[test]
+    fn summarizes_per_peer_mode_and_conns_in_run_order() {
+        let runs = [
+            run("nginx", 64, 100.0, 10.0, 0),
+            run("nginx", 64, 300.0, 30.0, 2),
+            run("nginx", 64, 200.0, 20.0, 0),
+            run("nginx", 256, 50.0, 90.0, 0),
+        ];
+        let rows = summarize(&runs);
+        assert_eq!(rows.len(), 2);
+        assert_eq!((rows[0].conns, rows[0].runs), (64, 3));
+        assert_eq!(rows[0].requests_per_sec, 200.0);
+        assert_eq!(rows[0].spread_pct, 100.0);
+        assert_eq!(rows[0].p99_us, 20.0);
+        assert_eq!(rows[0].errors, 2 + 3);
+        assert_eq!(rows[1].conns, 256);
+    }
+
+    #[test]
+    fn ratios_compare_ringwall_within_mode_and_conns() {
+        let rows = summarize(&[
+            run("nginx", 64, 100.0, 40.0, 0),
+            run("haproxy", 64, 200.0, 20.0, 0),
+            run("ringwall", 64, 150.0, 30.0, 0),
+            run("ringwall", 256, 150.0, 30.0, 0),
+        ]);
+        let ratios = ratios(&rows);
+        assert_eq!(ratios.len(), 2, "no baseline ran at 256 connections");
+        assert_eq!(ratios[0].baseline, "nginx");
+        assert_eq!(ratios[0].requests_per_sec, 1.5);
+        assert_eq!(ratios[0].p99, 0.75);
+        assert_eq!(ratios[1].baseline, "haproxy");
+        assert_eq!(ratios[1].requests_per_sec, 0.75);
+        assert_eq!(ratios[1].p99, 1.5);
+    }
+
+    #[test]
+    fn json_holds_every_run_and_the_summaries() {
+        let runs = [
+            run("nginx", 64, 100.0, 40.0, 0),
+            run("ringwall", 64, 50.0, 80.0, 0),
+        ];
+        let doc = to_json(json!({"duration_s": 1}), &runs);
+        assert_eq!(doc["runs"].as_array().unwrap().len(), 2);
+        assert_eq!(doc["medians"][1]["peer"], "ringwall");
+        assert_eq!(doc["ratios"][0]["requests_per_sec"], 0.5);
+        assert_eq!(doc["settings"]["duration_s"], 1);
+    }
+}
