@@ -1,0 +1,201 @@
+//! The validated routing model the proxy serves from: ApiInstances, their routes and upstreams.
+//!
+//! Everything here is immutable once loaded and shared across worker threads inside an
+//! `Arc<Snapshot>`. The two path helpers, [`ApiInstance::strip_base`] and [`upstream_path`],
+//! implement Flex's rewrite: the request path loses the base path, and the upstream sees the
+//! route's prefix followed by what is left.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::node::Node;
+use crate::rules::{any_matches, Rule};
+
+/// One `kind: ApiInstance`: a listener (plus base path) and what it routes to.
+#[derive(Debug, Clone)]
+pub struct ApiInstance {
+    pub name: String,
+    /// Port 0 asks the OS for a port when binding.
+    pub listen: SocketAddr,
+    /// "" or `/base`, without a trailing slash.
+    pub base_path: String,
+    /// Inline-service routes first, then route bindings by `order`. Tried in order; the first
+    /// that matches wins; none is a 404.
+    pub routes: Vec<Route>,
+    /// Policies to enforce, `cors-flex` first, then by `order`.
+    pub policies: Vec<Policy>,
+}
+
+impl ApiInstance {
+    /// What is left of `path` when it is the base path or under it: with base `/api`, `/api`
+    /// gives "", `/api/x` gives `/x` and `/api?q` gives `?q`, while `/apix` is not ours.
+    pub fn strip_base<'a>(&self, path: &'a str) -> Option<&'a str> {
+        let rest = path.strip_prefix(self.base_path.as_str())?;
+        if self.base_path.is_empty() || rest.is_empty() || rest.starts_with(['/', '?']) {
+            Some(rest)
+        } else {
+            None
+        }
+    }
+
+    /// The first route matching the request (`path` after [`Self::strip_base`]).
+    pub fn route<'h>(
+        &self,
+        method: &str,
+        path: &str,
+        host: Option<&str>,
+        header: impl Fn(&str) -> Option<&'h str>,
+    ) -> Option<&Route> {
+        self.routes
+            .iter()
+            .find(|route| route.matches(method, path, host, &header))
+    }
+}
+
+/// A way from an ApiInstance to an upstream.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// The inline service's name, or the route binding's name.
+    pub name: String,
+    pub rules: Vec<Rule>,
+    pub upstream: Arc<Upstream>,
+    /// The upstream's path joined with the route's `destinationPath` (default `/`): what the
+    /// rest of the request path is appended to, see [`upstream_path`].
+    pub path_prefix: String,
+    /// Set for `route-weighted` bindings.
+    pub weight: Option<u32>,
+}
+
+impl Route {
+    /// No rules match everything; several rules are OR'd. Arguments as for [`Rule::matches`].
+    pub fn matches<'h>(
+        &self,
+        method: &str,
+        path: &str,
+        host: Option<&str>,
+        header: impl Fn(&str) -> Option<&'h str>,
+    ) -> bool {
+        any_matches(&self.rules, method, path, host, header)
+    }
+}
+
+/// Where requests are forwarded: a top-level Service or an ApiInstance's inline service.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// The Service's name; inline services are named `<api>/<service>` to stay unique.
+    pub name: String,
+    /// Resolved at load, in resolver order.
+    pub addrs: Vec<SocketAddr>,
+    /// `host[:port]` as written in the address, for the `Host` header.
+    pub authority: String,
+    /// "" or `/path`, without a trailing slash.
+    pub path: String,
+    /// Policies bound to the Service (`targetRef.kind: Service`), by `order`.
+    pub policies: Vec<Policy>,
+}
+
+/// A policy bound to an ApiInstance (or a Service), ready to be enforced.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// `policyRef.name`, e.g. `cors-flex`.
+    pub name: String,
+    /// The PolicyBinding's name, or `<api>/policies[i]` for an ApiInstance's inline policy.
+    pub binding: String,
+    /// Lower runs first; 50 when not given.
+    pub order: i64,
+    /// Which requests the policy applies to; no rules mean all of them.
+    pub rules: Vec<Rule>,
+    /// The `config` block with environment variables substituted (`{}` when absent).
+    pub config: Node,
+    pub file: String,
+    pub line: usize,
+}
+
+impl Policy {
+    /// Whether the policy applies to the request. Arguments as for [`Rule::matches`].
+    pub fn applies<'h>(
+        &self,
+        method: &str,
+        path: &str,
+        host: Option<&str>,
+        header: impl Fn(&str) -> Option<&'h str>,
+    ) -> bool {
+        any_matches(&self.rules, method, path, host, header)
+    }
+}
+
+/// Appends the upstream request target to `out`: `prefix`, then `rest` (the request path and
+/// query after the base path), with exactly one `/` between them. An empty `rest` counts as `/`.
+///
+/// `/anything/echo/` + `/orders?x=1` gives `/anything/echo/orders?x=1`; `/` + `/orders` gives
+/// `/orders`; `/v1` + `/` gives `/v1/`.
+pub fn upstream_path(prefix: &str, rest: &str, out: &mut Vec<u8>) {
+    out.extend_from_slice(prefix.trim_end_matches('/').as_bytes());
+    if !rest.starts_with('/') {
+        out.push(b'/');
+    }
+    out.extend_from_slice(rest.as_bytes());
+}
+
+/// A route's `path_prefix`: the upstream's path ("" or `/p`) followed by the `destinationPath`
+/// (which starts with `/`).
+pub(crate) fn path_prefix(upstream_path: &str, destination_path: &str) -> String {
+    format!("{upstream_path}{destination_path}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn joined(prefix: &str, rest: &str) -> String {
+        let mut out = b"junk:".to_vec();
+        upstream_path(prefix, rest, &mut out);
+        String::from_utf8(out.split_off(5)).expect("utf-8")
+    }
+
+    #[test]
+    fn upstream_paths_have_one_slash_between_prefix_and_rest() {
+        assert_eq!(
+            joined("/anything/echo/", "/orders?x=1"),
+            "/anything/echo/orders?x=1"
+        );
+        assert_eq!(joined("/", "/orders"), "/orders");
+        assert_eq!(joined("/v1", "/"), "/v1/");
+        assert_eq!(joined("/v1", ""), "/v1/");
+        assert_eq!(joined("/", ""), "/");
+        assert_eq!(joined("/v1/", "?q=1"), "/v1/?q=1");
+        assert_eq!(joined("/v1", "/a/b/"), "/v1/a/b/");
+        assert_eq!(joined("", "/x"), "/x");
+    }
+
+    #[test]
+    fn path_prefixes_join_service_and_destination_paths() {
+        assert_eq!(path_prefix("/api", "/v2/"), "/api/v2/");
+        assert_eq!(path_prefix("", "/"), "/");
+        assert_eq!(path_prefix("/api", "/"), "/api/");
+        let mut out = Vec::new();
+        upstream_path(&path_prefix("/api", "/v2/"), "/orders", &mut out);
+        assert_eq!(out, b"/api/v2/orders");
+    }
+
+    fn api(base_path: &str) -> ApiInstance {
+        ApiInstance {
+            name: "a".into(),
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            base_path: base_path.into(),
+            routes: Vec::new(),
+            policies: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn strip_base_respects_segment_boundaries() {
+        let a = api("/api");
+        assert_eq!(a.strip_base("/api"), Some(""));
+        assert_eq!(a.strip_base("/api/x"), Some("/x"));
+        assert_eq!(a.strip_base("/api?q"), Some("?q"));
+        assert_eq!(a.strip_base("/apix"), None);
+        assert_eq!(a.strip_base("/other"), None);
+        assert_eq!(api("").strip_base("/x?y"), Some("/x?y"));
+    }
+}

@@ -1,0 +1,283 @@
+//! The policy registry, and reading one policy (bound or inline) into a [`PolicySpec`].
+//!
+//! A gateway must never silently ignore a security policy, so every Flex policy name is listed
+//! in [`POLICIES`] with its status: a recognised policy that this version does not enforce
+//! fails validation instead of being skipped. Implementing a policy means flipping its entry to
+//! [`PolicyStatus::Implemented`] (and, when its `config` needs checking at load, adding a case to
+//! [`check_config`]).
+
+use crate::address::destination_path;
+use crate::error::{child, did_you_mean, Scope};
+use crate::node::{Fields, Node, Value};
+use crate::rules::{parse_rules, Rule};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyStatus {
+    /// Loaded and enforced.
+    Implemented,
+    /// A known Flex (or Ringwall) policy that this version cannot enforce yet: a load error.
+    NotEnforced,
+}
+
+use PolicyStatus::{Implemented, NotEnforced};
+
+/// Every policy name Ringwall knows, by `policyRef.name`.
+pub const POLICIES: &[(&str, PolicyStatus)] = &[
+    ("route", Implemented),
+    ("route-weighted", Implemented),
+    ("rate-limiting-flex", NotEnforced),
+    ("spike-control-flex", NotEnforced),
+    ("ip-allowlist-flex", NotEnforced),
+    ("ip-blocklist-flex", NotEnforced),
+    ("http-basic-authentication-flex", NotEnforced),
+    ("jwt-validation-flex", NotEnforced),
+    ("cors-flex", NotEnforced),
+    ("header-injection-flex", NotEnforced),
+    ("header-removal-flex", NotEnforced),
+    ("message-logging-flex", NotEnforced),
+    ("response-timeout-flex", NotEnforced),
+    ("idle-timeout-flex", NotEnforced),
+    ("stream-idle-timeout-flex", NotEnforced),
+    ("circuit-breaker-flex", NotEnforced),
+    ("http-caching-flex", NotEnforced),
+    ("tls", NotEnforced),
+    ("tls-outbound", NotEnforced),
+    ("json-threat-protection-flex", NotEnforced),
+    ("spec-validation-flex", NotEnforced),
+    ("oauth2-token-introspection-flex", NotEnforced),
+    ("ldap-authentication-flex", NotEnforced),
+    ("native-ext-authz-flex", NotEnforced),
+    // Ringwall's own.
+    ("connection-rate-limit", NotEnforced),
+    ("client-id-enforcement", NotEnforced),
+];
+
+/// The status of a policy name, `None` when it is not a policy Ringwall knows.
+pub fn policy_status(name: &str) -> Option<PolicyStatus> {
+    POLICIES
+        .iter()
+        .find(|(known, _)| *known == name)
+        .map(|&(_, status)| status)
+}
+
+/// Runs first whatever its `order`: a preflight must be answered before anything rejects it.
+pub(crate) const CORS: &str = "cors-flex";
+
+/// The default `order` of a policy.
+const DEFAULT_ORDER: i64 = 50;
+
+/// A policy as written, checked but not yet attached to its target.
+#[derive(Debug)]
+pub(crate) struct PolicySpec {
+    pub name: String,
+    pub order: i64,
+    pub rules: Vec<Rule>,
+    pub config: Node,
+    pub line: usize,
+    /// Set for `route` and `route-weighted`.
+    pub route: Option<RouteConfig>,
+}
+
+/// The `config` of `route` / `route-weighted`.
+#[derive(Debug)]
+pub(crate) struct RouteConfig {
+    pub service: String,
+    /// Where `destinationRef.name` is, to report a Service that does not exist.
+    pub service_line: usize,
+    pub service_field: String,
+    pub destination_path: String,
+    pub weight: Option<u32>,
+}
+
+/// Reads `policyRef`, `order`, `rules` and `config` from a binding's spec or an inline policy.
+/// Returns `None` when the policy cannot be used (the reason has been reported).
+pub(crate) fn parse_policy(
+    fields: &Fields<'_>,
+    var: &dyn Fn(&str) -> Option<String>,
+    scope: &mut Scope<'_>,
+) -> Option<PolicySpec> {
+    let (name, name_line) = policy_ref(fields, scope)?;
+    let order = fields.get("order").map_or(Some(DEFAULT_ORDER), |n| {
+        scope.int(n, &fields.path_of("order"))
+    });
+    let rules = fields
+        .get("rules")
+        .map(|n| parse_rules(n, &fields.path_of("rules"), scope));
+    let name_path = child(&fields.path_of("policyRef"), "name");
+    match policy_status(&name) {
+        Some(Implemented) => {}
+        Some(NotEnforced) => {
+            let message = format!(
+                "policy `{name}` is recognised but not enforced by this version of Ringwall yet"
+            );
+            scope.error(name_line, &name_path, message);
+            return None;
+        }
+        None => {
+            scope.error(name_line, &name_path, unknown_policy(&name));
+            return None;
+        }
+    }
+
+    let config_path = fields.path_of("config");
+    let mut config = fields
+        .get("config")
+        .cloned()
+        .unwrap_or_else(|| Node::new(fields.line, Value::Map(Vec::new())));
+    if !matches!(config.value, Value::Map(_)) {
+        scope.expected(&config, &config_path, "a mapping");
+        return None;
+    }
+    if !crate::env::substitute(&mut config, &config_path, var, scope) {
+        return None;
+    }
+    let route = check_config(&name, &config, &config_path, scope)?;
+    Some(PolicySpec {
+        name,
+        order: order?,
+        rules: rules.unwrap_or_default(),
+        config,
+        line: name_line,
+        route,
+    })
+}
+
+fn policy_ref(fields: &Fields<'_>, scope: &mut Scope<'_>) -> Option<(String, usize)> {
+    let node = scope.require(fields, "policyRef")?;
+    let path = fields.path_of("policyRef");
+    let policy_ref = scope.map(node, &path, &["name", "kind"])?;
+    if let Some(kind) = policy_ref.get("kind") {
+        scope.str(kind, &policy_ref.path_of("kind"));
+    }
+    let name_node = scope.require(&policy_ref, "name")?;
+    let name = scope.str(name_node, &policy_ref.path_of("name"))?;
+    Some((name.to_owned(), name_node.line))
+}
+
+fn unknown_policy(name: &str) -> String {
+    let known = POLICIES.iter().map(|&(n, _)| n);
+    // Mule 4 names (`rate-limiting`, `cors`) became `*-flex` in Flex.
+    let flex = format!("{name}-flex");
+    let hint = POLICIES
+        .iter()
+        .map(|&(n, _)| n)
+        .find(|&n| n == flex)
+        .or_else(|| did_you_mean(name, known));
+    match hint {
+        Some(hint) => format!("unknown policy `{name}` (did you mean `{hint}`?)"),
+        None => format!("unknown policy `{name}`"),
+    }
+}
+
+/// Checks the `config` of the implemented policies that need it; `Err` (as `None`) when invalid.
+fn check_config(
+    name: &str,
+    config: &Node,
+    path: &str,
+    scope: &mut Scope<'_>,
+) -> Option<Option<RouteConfig>> {
+    match name {
+        "route" => route_config(config, path, false, scope).map(Some),
+        "route-weighted" => route_config(config, path, true, scope).map(Some),
+        _ => Some(None),
+    }
+}
+
+fn route_config(
+    config: &Node,
+    path: &str,
+    weighted: bool,
+    scope: &mut Scope<'_>,
+) -> Option<RouteConfig> {
+    let accepted: &[&str] = if weighted {
+        &["destinationRef", "destinationPath", "weight"]
+    } else {
+        &["destinationRef", "destinationPath"]
+    };
+    let fields = scope.map(config, path, accepted)?;
+
+    let service = scope.require(&fields, "destinationRef").and_then(|node| {
+        let dest = scope.map(node, &fields.path_of("destinationRef"), &["kind", "name"])?;
+        if let Some(kind) = dest.get("kind") {
+            let kind_path = dest.path_of("kind");
+            let kind_name = scope.str(kind, &kind_path)?;
+            if kind_name != "Service" {
+                let message = format!("destinationRef must name a Service, not a {kind_name}");
+                scope.error(kind.line, &kind_path, message);
+                return None;
+            }
+        }
+        let name = scope.require(&dest, "name")?;
+        let field = dest.path_of("name");
+        let service = scope.str(name, &field)?;
+        Some((service.to_owned(), name.line, field))
+    });
+
+    let destination = destination_path_field(&fields, scope);
+
+    let weight = if weighted {
+        scope.require(&fields, "weight").and_then(|node| {
+            let weight = scope.int_in(node, &fields.path_of("weight"), 0..=i64::from(u32::MAX))?;
+            u32::try_from(weight).ok().map(Some)
+        })
+    } else {
+        Some(None)
+    };
+
+    let (service, service_line, service_field) = service?;
+    Some(RouteConfig {
+        service,
+        service_line,
+        service_field,
+        destination_path: destination?,
+        weight: weight?,
+    })
+}
+
+/// `destinationPath` of a route's config: `/` when absent.
+pub(crate) fn destination_path_field(fields: &Fields<'_>, scope: &mut Scope<'_>) -> Option<String> {
+    let Some(node) = fields.get("destinationPath") else {
+        return Some("/".to_owned());
+    };
+    let path = fields.path_of("destinationPath");
+    let text = scope.str(node, &path)?;
+    match destination_path(text) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            scope.error(node.line, &path, e);
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_registry_has_each_name_once() {
+        for (i, (name, _)) in POLICIES.iter().enumerate() {
+            assert!(
+                POLICIES[i + 1..].iter().all(|(other, _)| other != name),
+                "{name} listed twice"
+            );
+        }
+        assert_eq!(policy_status("route"), Some(Implemented));
+        assert_eq!(policy_status("rate-limiting-flex"), Some(NotEnforced));
+        assert_eq!(policy_status("client-id-enforcement"), Some(NotEnforced));
+        assert_eq!(policy_status("nope"), None);
+    }
+
+    #[test]
+    fn unknown_policies_get_a_hint() {
+        assert_eq!(
+            unknown_policy("rate-limiting"),
+            "unknown policy `rate-limiting` (did you mean `rate-limiting-flex`?)"
+        );
+        assert_eq!(
+            unknown_policy("rout"),
+            "unknown policy `rout` (did you mean `route`?)"
+        );
+        assert_eq!(unknown_policy("frobnicate"), "unknown policy `frobnicate`");
+    }
+}

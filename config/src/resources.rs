@@ -1,0 +1,417 @@
+//! Reading each document into a resource: the envelope (`apiVersion`, `kind`, `metadata`)
+//! and the `spec` of each kind, checked field by field.
+//!
+//! This stage sees one document at a time; whatever needs other resources (a `targetRef`, a
+//! `destinationRef`, duplicate names, clashing listeners) is left to [`crate::snapshot`]. A
+//! resource with errors is still returned, with the broken parts missing, so that references to
+//! it do not produce a second, misleading error.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::address::{parse_listen, parse_upstream, Resolve};
+use crate::error::{child, did_you_mean, item, Scope};
+use crate::model::{path_prefix, Route, Upstream};
+use crate::node::Node;
+use crate::policy::{destination_path_field, parse_policy, PolicySpec};
+use crate::rules::parse_rules;
+use crate::settings::SettingsBuilder;
+
+pub(crate) const API_VERSION: &str = "gateway.mulesoft.com/v1alpha1";
+
+/// What the loader needs from the machine it runs on (replaced in tests).
+pub(crate) struct Environment<'a> {
+    pub var: &'a dyn Fn(&str) -> Option<String>,
+    pub resolve: &'a Resolve<'a>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Kind {
+    ApiInstance,
+    Service,
+    PolicyBinding,
+    Configuration,
+}
+
+const KINDS: &[(&str, Kind)] = &[
+    ("ApiInstance", Kind::ApiInstance),
+    ("Service", Kind::Service),
+    ("PolicyBinding", Kind::PolicyBinding),
+    ("Configuration", Kind::Configuration),
+];
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        KINDS
+            .iter()
+            .find(|&&(_, kind)| kind == self)
+            .map_or("?", |&(name, _)| name)
+    }
+}
+
+/// Where a named resource is defined.
+#[derive(Debug, Clone)]
+pub(crate) struct Meta {
+    pub kind: Kind,
+    pub name: String,
+    pub file: String,
+    /// The line of `metadata.name`.
+    pub line: usize,
+}
+
+impl Meta {
+    /// `Kind/name`, as errors name resources.
+    pub fn label(&self) -> String {
+        format!("{}/{}", self.kind.as_str(), self.name)
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct RawApi {
+    pub meta: Meta,
+    /// Listen address, base path and the line of `spec.address`.
+    pub listen: Option<(SocketAddr, String, usize)>,
+    /// Routes to inline services, complete.
+    pub routes: Vec<Route>,
+    pub inline_upstreams: Vec<Arc<Upstream>>,
+    /// Inline `policies`, with `<api>/policies[i]` as binding name.
+    pub policies: Vec<(String, PolicySpec)>,
+}
+
+#[derive(Debug)]
+pub(crate) struct RawService {
+    pub meta: Meta,
+    pub upstream: Option<Upstream>,
+}
+
+#[derive(Debug)]
+pub(crate) struct RawBinding {
+    pub meta: Meta,
+    pub target: Option<Target>,
+    pub policy: Option<PolicySpec>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Target {
+    pub kind: Kind,
+    pub name: String,
+    pub line: usize,
+}
+
+/// Every resource of a load, in file order.
+#[derive(Default)]
+pub(crate) struct Resources {
+    pub apis: Vec<RawApi>,
+    pub services: Vec<RawService>,
+    pub bindings: Vec<RawBinding>,
+    pub configurations: Vec<Meta>,
+    pub settings: SettingsBuilder,
+}
+
+impl Resources {
+    /// Reads one document. `scope.resource` is set as soon as the kind is known.
+    pub fn add(&mut self, doc: &Node, env: &Environment<'_>, scope: &mut Scope<'_>) {
+        let Some((meta, spec)) = envelope(doc, scope) else {
+            return;
+        };
+        match meta.kind {
+            Kind::ApiInstance => {
+                let api = api_instance(meta, spec, env, scope);
+                self.apis.push(api);
+            }
+            Kind::Service => {
+                let upstream = spec.and_then(|spec| service(&meta.name, spec, env, scope));
+                self.services.push(RawService { meta, upstream });
+            }
+            Kind::PolicyBinding => {
+                let (target, policy) = spec.map_or((None, None), |spec| binding(spec, env, scope));
+                self.bindings.push(RawBinding {
+                    meta,
+                    target,
+                    policy,
+                });
+            }
+            Kind::Configuration => {
+                if let Some(spec) = spec {
+                    self.settings.apply(spec, scope);
+                }
+                self.configurations.push(meta);
+            }
+        }
+    }
+}
+
+/// The kind and name of a document, and its `spec` (`None` when missing, reported).
+fn envelope<'n>(doc: &'n Node, scope: &mut Scope<'_>) -> Option<(Meta, Option<&'n Node>)> {
+    // Unknown fields are reported once the resource is known, to name it.
+    let fields = scope.any_map(doc, "")?;
+
+    let kind = scope.require(&fields, "kind").and_then(|node| {
+        let text = scope.str(node, "kind")?;
+        let kind = KINDS.iter().find(|(name, _)| *name == text).map(|&(_, k)| k);
+        if kind.is_none() {
+            let hint = did_you_mean(text, KINDS.iter().map(|&(name, _)| name))
+                .map(|s| format!(" (did you mean `{s}`?)"))
+                .unwrap_or_default();
+            let message = format!(
+                "unknown kind `{text}`{hint}; expected ApiInstance, Service, PolicyBinding or Configuration"
+            );
+            scope.error(node.line, "kind", message);
+        }
+        kind
+    });
+    if let Some(kind) = kind {
+        scope.resource = Some(kind.as_str().to_owned());
+    }
+
+    let name = scope.require(&fields, "metadata").and_then(|metadata| {
+        let m = scope.map(metadata, "metadata", &["name", "labels", "annotations"])?;
+        for key in ["labels", "annotations"] {
+            if let Some(node) = m.get(key).filter(|node| node.as_map().is_none()) {
+                scope.expected(node, &m.path_of(key), "a mapping");
+            }
+        }
+        let name = scope.require(&m, "name")?;
+        let text = scope.str(name, "metadata.name")?;
+        if text.is_empty() {
+            scope.error(name.line, "metadata.name", "must not be empty");
+            return None;
+        }
+        Some((text.to_owned(), name.line))
+    });
+
+    if let (Some(kind), Some((name, _))) = (kind, &name) {
+        scope.resource = Some(format!("{}/{name}", kind.as_str()));
+    }
+    scope.reject_unknown(&fields, &["apiVersion", "kind", "metadata", "spec"]);
+    if let Some(version) = scope.require(&fields, "apiVersion") {
+        if let Some(text) = scope.str(version, "apiVersion") {
+            if text != API_VERSION {
+                let message = format!("unsupported apiVersion `{text}`; expected `{API_VERSION}`");
+                scope.error(version.line, "apiVersion", message);
+            }
+        }
+    }
+
+    let (kind, (name, line)) = (kind?, name?);
+    let spec = scope.require(&fields, "spec");
+    let meta = Meta {
+        kind,
+        name,
+        file: scope.file.to_owned(),
+        line,
+    };
+    Some((meta, spec))
+}
+
+fn api_instance(
+    meta: Meta,
+    spec: Option<&Node>,
+    env: &Environment<'_>,
+    scope: &mut Scope<'_>,
+) -> RawApi {
+    let mut api = RawApi {
+        meta,
+        listen: None,
+        routes: Vec::new(),
+        inline_upstreams: Vec::new(),
+        policies: Vec::new(),
+    };
+    let Some(f) =
+        spec.and_then(|spec| scope.map(spec, "spec", &["address", "services", "policies"]))
+    else {
+        return api;
+    };
+
+    if let Some(node) = scope.require(&f, "address") {
+        let path = f.path_of("address");
+        if let Some(text) = scope.str(node, &path) {
+            match parse_listen(text) {
+                Ok((addr, base)) => api.listen = Some((addr, base, node.line)),
+                Err(e) => scope.error(node.line, &path, e),
+            }
+        }
+    }
+
+    if let Some(services) = f.get("services") {
+        let path = f.path_of("services");
+        match services.as_map() {
+            Some(entries) => {
+                for (name, node) in entries {
+                    inline_service(&mut api, name, node, &child(&path, name), env, scope);
+                }
+            }
+            None => scope.expected(services, &path, "a mapping of service name to service"),
+        }
+    }
+
+    if let Some(policies) = f.get("policies") {
+        let path = f.path_of("policies");
+        for (i, node) in scope
+            .seq(policies, &path)
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+        {
+            let policy_path = item(&path, i);
+            let Some(pf) = scope.map(
+                node,
+                &policy_path,
+                &["policyRef", "config", "rules", "order"],
+            ) else {
+                continue;
+            };
+            if let Some(policy) = parse_policy(&pf, env.var, scope) {
+                let binding = format!("{}/policies[{i}]", api.meta.name);
+                api.policies.push((binding, policy));
+            }
+        }
+    }
+    api
+}
+
+/// `spec.services.<name>`: an upstream and the routes to it (one catch-all when none).
+fn inline_service(
+    api: &mut RawApi,
+    name: &str,
+    node: &Node,
+    path: &str,
+    env: &Environment<'_>,
+    scope: &mut Scope<'_>,
+) {
+    let Some(f) = scope.map(node, path, &["address", "routes"]) else {
+        return;
+    };
+    let qualified = format!("{}/{name}", api.meta.name);
+    let upstream = scope
+        .require(&f, "address")
+        .and_then(|address| upstream(&qualified, address, &f.path_of("address"), env, scope))
+        .map(Arc::new);
+
+    let mut routes = Vec::new();
+    if let Some(node) = f.get("routes") {
+        let routes_path = f.path_of("routes");
+        let items = scope.seq(node, &routes_path).unwrap_or_default();
+        for (i, route) in items.iter().enumerate() {
+            routes.extend(inline_route(route, &item(&routes_path, i), scope));
+        }
+    }
+    if f.get("routes")
+        .and_then(Node::as_seq)
+        .is_none_or(<[Node]>::is_empty)
+    {
+        routes.push((Vec::new(), "/".to_owned()));
+    }
+
+    let Some(upstream) = upstream else {
+        return;
+    };
+    for (rules, destination) in routes {
+        api.routes.push(Route {
+            name: name.to_owned(),
+            rules,
+            path_prefix: path_prefix(&upstream.path, &destination),
+            upstream: Arc::clone(&upstream),
+            weight: None,
+        });
+    }
+    api.inline_upstreams.push(upstream);
+}
+
+/// One `routes[i]` of an inline service: its rules and `config.destinationPath`.
+fn inline_route(
+    node: &Node,
+    path: &str,
+    scope: &mut Scope<'_>,
+) -> Option<(Vec<crate::rules::Rule>, String)> {
+    let f = scope.map(node, path, &["rules", "config"])?;
+    let rules = f
+        .get("rules")
+        .map(|n| parse_rules(n, &f.path_of("rules"), scope))
+        .unwrap_or_default();
+    let destination = match f.get("config") {
+        None => Some("/".to_owned()),
+        Some(config) => {
+            let config = scope.map(config, &f.path_of("config"), &["destinationPath"])?;
+            destination_path_field(&config, scope)
+        }
+    };
+    Some((rules, destination?))
+}
+
+fn service(
+    name: &str,
+    spec: &Node,
+    env: &Environment<'_>,
+    scope: &mut Scope<'_>,
+) -> Option<Upstream> {
+    let f = scope.map(spec, "spec", &["address"])?;
+    let address = scope.require(&f, "address")?;
+    upstream(name, address, &f.path_of("address"), env, scope)
+}
+
+fn upstream(
+    name: &str,
+    node: &Node,
+    path: &str,
+    env: &Environment<'_>,
+    scope: &mut Scope<'_>,
+) -> Option<Upstream> {
+    let text = scope.str(node, path)?;
+    match parse_upstream(text, env.resolve) {
+        Ok(address) => Some(Upstream {
+            name: name.to_owned(),
+            addrs: address.addrs,
+            authority: address.authority,
+            path: address.path,
+            policies: Vec::new(),
+        }),
+        Err(e) => {
+            scope.error(node.line, path, e);
+            None
+        }
+    }
+}
+
+fn binding(
+    spec: &Node,
+    env: &Environment<'_>,
+    scope: &mut Scope<'_>,
+) -> (Option<Target>, Option<PolicySpec>) {
+    let Some(f) = scope.map(
+        spec,
+        "spec",
+        &["targetRef", "policyRef", "config", "order", "rules"],
+    ) else {
+        return (None, None);
+    };
+    let target = scope.require(&f, "targetRef").and_then(|node| {
+        let path = f.path_of("targetRef");
+        let t = scope.map(node, &path, &["kind", "name"])?;
+        let kind = match t.get("kind") {
+            None => Kind::ApiInstance,
+            Some(kind) => {
+                let kind_path = t.path_of("kind");
+                match scope.str(kind, &kind_path)? {
+                    "ApiInstance" => Kind::ApiInstance,
+                    "Service" => Kind::Service,
+                    other => {
+                        let message =
+                            format!("targetRef must be an ApiInstance or a Service, not `{other}`");
+                        scope.error(kind.line, &kind_path, message);
+                        return None;
+                    }
+                }
+            }
+        };
+        let name = scope.require(&t, "name")?;
+        let text = scope.str(name, &t.path_of("name"))?;
+        Some(Target {
+            kind,
+            name: text.to_owned(),
+            line: name.line,
+        })
+    });
+    let policy = parse_policy(&f, env.var, scope);
+    (target, policy)
+}

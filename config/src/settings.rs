@@ -1,0 +1,189 @@
+//! Gateway-wide settings from `kind: Configuration` resources.
+//!
+//! Several Configuration resources merge section by section (`logging`, `sharedStorage`,
+//! `timeouts`, `limits`, `proxyProtocol`); one section set in two resources is an error rather
+//! than a silent override, since which one wins would depend on file names. Unset settings keep
+//! the defaults documented in CONTRACTS.md.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::error::Scope;
+use crate::logging::{parse_logging, Logging};
+use crate::node::Node;
+use crate::storage::{parse_shared_storage, SharedStorage};
+
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    pub timeouts: Timeouts,
+    pub limits: Limits,
+    pub logging: Logging,
+    pub shared_storage: Option<SharedStorage>,
+    /// Expect a PROXY protocol header on every accepted connection.
+    pub proxy_protocol: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// `upstreamConnectSeconds` (Ringwall's), default 5 s.
+    pub upstream_connect: Duration,
+    /// `upstreamResponseSeconds`, default 15 s.
+    pub upstream_response: Duration,
+    /// `upstreamConnectionIdleSeconds`: idle pooled upstream connections, default 60 s.
+    pub upstream_idle: Duration,
+    /// `streamIdleSeconds`: idle client keep-alive, default 300 s.
+    pub stream_idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            upstream_connect: Duration::from_secs(5),
+            upstream_response: Duration::from_secs(15),
+            upstream_idle: Duration::from_secs(60),
+            stream_idle: Duration::from_secs(300),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// `maxRequestHeaderBytes`, 1024..=1048576, default 32768.
+    pub max_header_bytes: usize,
+    /// `maxRequestBodyBytes`; no limit by default.
+    pub max_body_bytes: Option<u64>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_header_bytes: 32768,
+            max_body_bytes: None,
+        }
+    }
+}
+
+// === merging Configuration resources ===
+
+const SECTIONS: &[&str] = &[
+    "logging",
+    "sharedStorage",
+    "timeouts",
+    "limits",
+    "proxyProtocol",
+];
+
+/// Settings being merged, remembering which resource set each section.
+#[derive(Default)]
+pub(crate) struct SettingsBuilder {
+    pub settings: Settings,
+    set_by: HashMap<&'static str, String>,
+}
+
+impl SettingsBuilder {
+    /// Merges one Configuration's `spec` into the settings.
+    pub fn apply(&mut self, spec: &Node, scope: &mut Scope<'_>) {
+        let Some(fields) = scope.map(spec, "spec", SECTIONS) else {
+            return;
+        };
+        for &section in SECTIONS {
+            let Some(node) = fields.get(section) else {
+                continue;
+            };
+            let path = fields.path_of(section);
+            let here = format!(
+                "{} ({}:{})",
+                scope.resource.as_deref().unwrap_or("Configuration"),
+                scope.file,
+                node.line
+            );
+            if let Some(first) = self.set_by.get(section) {
+                let message = format!("`{section}` is already set by {first}");
+                scope.error(node.line, &path, message);
+                continue;
+            }
+            self.set_by.insert(section, here);
+            let settings = &mut self.settings;
+            match section {
+                "logging" => {
+                    if let Some(logging) = parse_logging(node, &path, scope) {
+                        settings.logging = logging;
+                    }
+                }
+                "sharedStorage" => {
+                    settings.shared_storage = parse_shared_storage(node, &path, scope)
+                }
+                "timeouts" => timeouts(node, &path, &mut settings.timeouts, scope),
+                "limits" => limits(node, &path, &mut settings.limits, scope),
+                _ => {
+                    if let Some(f) = scope.map(node, &path, &["enabled"]) {
+                        if let Some(enabled) = f.get("enabled") {
+                            let enabled = scope.bool(enabled, &f.path_of("enabled"));
+                            settings.proxy_protocol = enabled.unwrap_or(false);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn timeouts(node: &Node, path: &str, timeouts: &mut Timeouts, scope: &mut Scope<'_>) {
+    let Some(f) = scope.map(
+        node,
+        path,
+        &[
+            "upstreamConnectSeconds",
+            "upstreamResponseSeconds",
+            "upstreamConnectionIdleSeconds",
+            "streamIdleSeconds",
+        ],
+    ) else {
+        return;
+    };
+    let fields: [(&str, &mut Duration); 4] = [
+        ("upstreamConnectSeconds", &mut timeouts.upstream_connect),
+        ("upstreamResponseSeconds", &mut timeouts.upstream_response),
+        ("upstreamConnectionIdleSeconds", &mut timeouts.upstream_idle),
+        ("streamIdleSeconds", &mut timeouts.stream_idle),
+    ];
+    for (key, slot) in fields {
+        if let Some(d) = f.get(key).and_then(|n| seconds(n, &f.path_of(key), scope)) {
+            *slot = d;
+        }
+    }
+}
+
+fn seconds(node: &Node, path: &str, scope: &mut Scope<'_>) -> Option<Duration> {
+    let secs = scope.number(node, path)?;
+    match Duration::try_from_secs_f64(secs) {
+        Ok(d) => Some(d),
+        Err(_) => {
+            let message = format!("must be a non-negative number of seconds, found {secs}");
+            scope.error(node.line, path, message);
+            None
+        }
+    }
+}
+
+fn limits(node: &Node, path: &str, limits: &mut Limits, scope: &mut Scope<'_>) {
+    let Some(f) = scope.map(
+        node,
+        path,
+        &["maxRequestHeaderBytes", "maxRequestBodyBytes"],
+    ) else {
+        return;
+    };
+    if let Some(n) = f.get("maxRequestHeaderBytes") {
+        let bytes = scope.int_in(n, &f.path_of("maxRequestHeaderBytes"), 1024..=1_048_576);
+        if let Some(bytes) = bytes.and_then(|b| usize::try_from(b).ok()) {
+            limits.max_header_bytes = bytes;
+        }
+    }
+    if let Some(n) = f.get("maxRequestBodyBytes") {
+        let bytes = scope.int_in(n, &f.path_of("maxRequestBodyBytes"), 0..=i64::MAX);
+        if let Some(bytes) = bytes.and_then(|b| u64::try_from(b).ok()) {
+            limits.max_body_bytes = Some(bytes);
+        }
+    }
+}

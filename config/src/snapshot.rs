@@ -1,0 +1,390 @@
+//! Linking the resources of one load into a [`Snapshot`].
+//!
+//! Here resources meet: names must be unique per kind, `targetRef` and `destinationRef` must
+//! name something that exists, route bindings become routes of their ApiInstance, and
+//! listeners must not clash. A broken resource was already reported when it was read, so
+//! references to it are followed silently rather than reported twice.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use crate::error::{ConfigError, Diagnostics, Scope};
+use crate::model::{path_prefix, ApiInstance, Policy, Route, Upstream};
+use crate::policy::{PolicySpec, CORS};
+use crate::resources::{Kind, Meta, RawApi, RawBinding, RawService, Resources};
+use crate::settings::Settings;
+
+/// Everything one load produced, immutable from here on.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// In load order (file name, then document).
+    pub apis: Vec<ApiInstance>,
+    /// Every upstream: the top-level Services in load order, then the inline services.
+    pub services: Vec<Arc<Upstream>>,
+    pub settings: Settings,
+    pub summary: Summary,
+    /// Valid but probably unintended (an ApiInstance without routes, an unused Service).
+    pub warnings: Vec<ConfigError>,
+}
+
+// Shared as `Arc<Snapshot>` by every worker.
+const _: fn() = || {
+    fn shared<T: Send + Sync>() {}
+    shared::<Snapshot>();
+};
+
+/// How many files and resources a load read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub files: usize,
+    pub api_instances: usize,
+    pub services: usize,
+    pub policy_bindings: usize,
+    pub configurations: usize,
+}
+
+impl fmt::Display for Summary {
+    /// `2 files: 1 ApiInstance, 1 Service, 3 PolicyBindings, 0 Configurations`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let plural = |n: usize| if n == 1 { "" } else { "s" };
+        write!(
+            f,
+            "{} file{}: {} ApiInstance{}, {} Service{}, {} PolicyBinding{}, {} Configuration{}",
+            self.files,
+            plural(self.files),
+            self.api_instances,
+            plural(self.api_instances),
+            self.services,
+            plural(self.services),
+            self.policy_bindings,
+            plural(self.policy_bindings),
+            self.configurations,
+            plural(self.configurations),
+        )
+    }
+}
+
+/// A policy on its way to its ApiInstance: where it was written, and what it says.
+struct Bound {
+    binding: String,
+    meta: Meta,
+    spec: PolicySpec,
+}
+
+/// The top-level Services once their own policies are attached, shared by the routes.
+struct Services {
+    /// Every Service, broken ones included, so references to them are not reported twice.
+    metas: Vec<Meta>,
+    shared: HashMap<String, Arc<Upstream>>,
+    /// The valid ones, in load order.
+    upstreams: Vec<Arc<Upstream>>,
+    used: HashSet<String>,
+}
+
+pub(crate) fn link(res: Resources, files: usize, diag: &mut Diagnostics) -> Snapshot {
+    let summary = Summary {
+        files,
+        api_instances: res.apis.len(),
+        services: res.services.len(),
+        policy_bindings: res.bindings.len(),
+        configurations: res.configurations.len(),
+    };
+    let Resources {
+        mut apis,
+        mut services,
+        mut bindings,
+        configurations,
+        settings,
+    } = res;
+
+    // Names: the first definition wins, later ones are errors.
+    let mut first: HashMap<(Kind, String), Meta> = HashMap::new();
+    apis.retain(|a| unique(&mut first, &a.meta, diag));
+    services.retain(|s| unique(&mut first, &s.meta, diag));
+    bindings.retain(|b| unique(&mut first, &b.meta, diag));
+    for meta in &configurations {
+        unique(&mut first, meta, diag);
+    }
+
+    let mut bound = attach_bindings(bindings, &apis, &mut services, diag);
+    let mut services = share(services);
+    let mut linked = Vec::with_capacity(apis.len());
+    let mut inline = Vec::new();
+    for mut raw in apis {
+        inline.append(&mut raw.inline_upstreams);
+        let bound = bound.remove(&raw.meta.name).unwrap_or_default();
+        linked.extend(build_api(raw, bound, &mut services, diag));
+    }
+
+    for meta in &services.metas {
+        if !services.used.contains(&meta.name) {
+            scope_of(diag, meta).warn(meta.line, "", "not used by any route");
+        }
+    }
+    check_listeners(&linked, diag);
+
+    let mut upstreams = services.upstreams;
+    upstreams.extend(inline);
+    Snapshot {
+        apis: linked.into_iter().map(|(_, _, api)| api).collect(),
+        services: upstreams,
+        settings: settings.settings,
+        summary,
+        warnings: Vec::new(),
+    }
+}
+
+/// Records `meta`'s name, reporting it when its kind already has that name.
+fn unique(first: &mut HashMap<(Kind, String), Meta>, meta: &Meta, diag: &mut Diagnostics) -> bool {
+    let key = (meta.kind, meta.name.clone());
+    if let Some(earlier) = first.get(&key) {
+        let message = format!(
+            "duplicate {} `{}`; first defined at {}:{}",
+            meta.kind.as_str(),
+            meta.name,
+            earlier.file,
+            earlier.line
+        );
+        scope_of(diag, meta).error(meta.line, "metadata.name", message);
+        return false;
+    }
+    first.insert(key, meta.clone());
+    true
+}
+
+/// Follows each binding's `targetRef`: Service policies go onto the Service, the others are
+/// returned by ApiInstance name.
+fn attach_bindings(
+    bindings: Vec<RawBinding>,
+    apis: &[RawApi],
+    services: &mut [RawService],
+    diag: &mut Diagnostics,
+) -> HashMap<String, Vec<Bound>> {
+    let mut bound: HashMap<String, Vec<Bound>> = HashMap::new();
+    for binding in bindings {
+        let (Some(target), Some(spec)) = (binding.target, binding.policy) else {
+            continue;
+        };
+        let mut scope = scope_of(diag, &binding.meta);
+        if target.kind == Kind::Service {
+            let Some(service) = services.iter_mut().find(|s| s.meta.name == target.name) else {
+                let message = format!("targetRef names no Service called `{}`", target.name);
+                scope.error(target.line, "spec.targetRef.name", message);
+                continue;
+            };
+            if spec.route.is_some() {
+                let message = format!("`{}` must target an ApiInstance", spec.name);
+                scope.error(target.line, "spec.targetRef", message);
+                continue;
+            }
+            if let Some(upstream) = &mut service.upstream {
+                let name = binding.meta.name.clone();
+                upstream.policies.push(policy(name, &binding.meta, spec));
+            }
+        } else if apis.iter().any(|a| a.meta.name == target.name) {
+            bound.entry(target.name).or_default().push(Bound {
+                binding: binding.meta.name.clone(),
+                meta: binding.meta,
+                spec,
+            });
+        } else {
+            let message = format!("targetRef names no ApiInstance called `{}`", target.name);
+            scope.error(target.line, "spec.targetRef.name", message);
+        }
+    }
+    bound
+}
+
+fn share(services: Vec<RawService>) -> Services {
+    let mut out = Services {
+        metas: Vec::with_capacity(services.len()),
+        shared: HashMap::new(),
+        upstreams: Vec::new(),
+        used: HashSet::new(),
+    };
+    for service in services {
+        if let Some(mut upstream) = service.upstream {
+            upstream.policies.sort_by_key(|p| p.order);
+            let upstream = Arc::new(upstream);
+            out.shared
+                .insert(service.meta.name.clone(), Arc::clone(&upstream));
+            out.upstreams.push(upstream);
+        }
+        out.metas.push(service.meta);
+    }
+    out
+}
+
+/// The ApiInstance with its routes and policies (inline ones first, then `bound`), with the
+/// line of its address; `None` when its address was invalid.
+fn build_api(
+    raw: RawApi,
+    bound: Vec<Bound>,
+    services: &mut Services,
+    diag: &mut Diagnostics,
+) -> Option<(Meta, usize, ApiInstance)> {
+    let inline = raw.policies.into_iter().map(|(binding, spec)| Bound {
+        binding,
+        meta: raw.meta.clone(),
+        spec,
+    });
+    let mut routes: Vec<(i64, Route)> = Vec::new();
+    let mut enforced = Vec::new();
+    for Bound {
+        binding,
+        meta,
+        spec,
+    } in inline.chain(bound)
+    {
+        let Some(route) = &spec.route else {
+            enforced.push(policy(binding, &meta, spec));
+            continue;
+        };
+        if !services.metas.iter().any(|s| s.name == route.service) {
+            let message = format!("destinationRef names no Service called `{}`", route.service);
+            scope_of(diag, &meta).error(route.service_line, &route.service_field, message);
+            continue;
+        }
+        services.used.insert(route.service.clone());
+        let Some(upstream) = services.shared.get(&route.service) else {
+            continue;
+        };
+        let route = Route {
+            name: binding,
+            path_prefix: path_prefix(&upstream.path, &route.destination_path),
+            upstream: Arc::clone(upstream),
+            weight: route.weight,
+            rules: spec.rules,
+        };
+        routes.push((spec.order, route));
+    }
+    routes.sort_by_key(|&(order, _)| order);
+    enforced.sort_by_key(|p| (p.name != CORS, p.order));
+
+    let (listen, base_path, address_line) = raw.listen?;
+    let mut api = ApiInstance {
+        name: raw.meta.name.clone(),
+        listen,
+        base_path,
+        routes: raw.routes,
+        policies: enforced,
+    };
+    api.routes
+        .extend(routes.into_iter().map(|(_, route)| route));
+    if api.routes.is_empty() {
+        scope_of(diag, &raw.meta).warn(
+            raw.meta.line,
+            "",
+            "no routes: every request to this ApiInstance will get a 404",
+        );
+    }
+    Some((raw.meta, address_line, api))
+}
+
+fn scope_of<'a>(diag: &'a mut Diagnostics, meta: &'a Meta) -> Scope<'a> {
+    let mut scope = Scope::new(diag, &meta.file);
+    scope.resource = Some(meta.label());
+    scope
+}
+
+fn policy(binding: String, meta: &Meta, spec: PolicySpec) -> Policy {
+    Policy {
+        name: spec.name,
+        binding,
+        order: spec.order,
+        rules: spec.rules,
+        config: spec.config,
+        file: meta.file.clone(),
+        line: spec.line,
+    }
+}
+
+/// Two ApiInstances may share a listener only with different base paths, and a wildcard
+/// address cannot be bound next to a specific one on the same port.
+fn check_listeners(apis: &[(Meta, usize, ApiInstance)], diag: &mut Diagnostics) {
+    for (j, (meta, line, api)) in apis.iter().enumerate() {
+        for (other_meta, _, other) in &apis[..j] {
+            let message = if api.listen == other.listen && api.base_path == other.base_path {
+                let base = if api.base_path.is_empty() {
+                    "/"
+                } else {
+                    &api.base_path
+                };
+                format!(
+                    "{} with base path `{base}` is already served by {} ({}:{})",
+                    api.listen,
+                    other_meta.label(),
+                    other_meta.file,
+                    other_meta.line
+                )
+            } else if overlaps(api.listen, other.listen) {
+                format!(
+                    "{} overlaps {} of {} ({}:{}): both cannot be bound; use the same address",
+                    api.listen,
+                    other.listen,
+                    other_meta.label(),
+                    other_meta.file,
+                    other_meta.line
+                )
+            } else {
+                continue;
+            };
+            scope_of(diag, meta).error(*line, "spec.address", message);
+        }
+    }
+}
+
+/// Whether binding both addresses would fail: same port, one a wildcard covering the other.
+/// `[::]` is taken to be dual-stack (Linux's default), so it covers IPv4 addresses as well.
+/// Port 0 never clashes: each such listener gets its own port.
+fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
+    let covers = |wild: IpAddr, ip: IpAddr| {
+        wild.is_unspecified() && wild != ip && (wild.is_ipv6() || ip.is_ipv4())
+    };
+    a.port() == b.port() && a.port() != 0 && (covers(a.ip(), b.ip()) || covers(b.ip(), a.ip()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_pluralises() {
+        let summary = Summary {
+            files: 2,
+            api_instances: 1,
+            services: 1,
+            policy_bindings: 3,
+            configurations: 0,
+        };
+        assert_eq!(
+            summary.to_string(),
+            "2 files: 1 ApiInstance, 1 Service, 3 PolicyBindings, 0 Configurations"
+        );
+        let one = Summary {
+            files: 1,
+            configurations: 1,
+            ..Summary::default()
+        };
+        assert_eq!(
+            one.to_string(),
+            "1 file: 0 ApiInstances, 0 Services, 0 PolicyBindings, 1 Configuration"
+        );
+    }
+
+    #[test]
+    fn wildcards_overlap_specific_addresses_on_the_same_port() {
+        let addr = |s: &str| s.parse::<SocketAddr>().expect("addr");
+        assert!(overlaps(addr("0.0.0.0:80"), addr("127.0.0.1:80")));
+        assert!(overlaps(addr("127.0.0.1:80"), addr("0.0.0.0:80")));
+        assert!(overlaps(addr("[::]:80"), addr("0.0.0.0:80")));
+        assert!(overlaps(addr("[::]:80"), addr("[::1]:80")));
+        assert!(!overlaps(addr("0.0.0.0:80"), addr("[::1]:80")));
+        assert!(!overlaps(addr("0.0.0.0:80"), addr("127.0.0.1:81")));
+        assert!(!overlaps(addr("0.0.0.0:80"), addr("0.0.0.0:80")));
+        assert!(!overlaps(addr("0.0.0.0:0"), addr("127.0.0.1:0")));
+        assert!(!overlaps(addr("127.0.0.1:80"), addr("127.0.0.2:80")));
+    }
+}
