@@ -124,17 +124,16 @@ impl Policy {
     }
 }
 
-/// Appends the upstream request target to `out`: `prefix`, then `rest` (the request path and
-/// query after the base path), with exactly one `/` between them. An empty `rest` counts as `/`.
+/// The upstream request target as three pieces to write in order: `prefix` without its
+/// trailing slashes, a `/` if `rest` needs one, then `rest` (the request path and query after
+/// the base path). Pieces rather than a string so the caller writes them into whatever buffer
+/// it owns, allocation-free. An empty `rest` counts as `/`.
 ///
 /// `/anything/echo/` + `/orders?x=1` gives `/anything/echo/orders?x=1`; `/` + `/orders` gives
 /// `/orders`; `/v1` + `/` gives `/v1/`.
-pub fn upstream_path(prefix: &str, rest: &str, out: &mut Vec<u8>) {
-    out.extend_from_slice(prefix.trim_end_matches('/').as_bytes());
-    if !rest.starts_with('/') {
-        out.push(b'/');
-    }
-    out.extend_from_slice(rest.as_bytes());
+pub fn upstream_path<'a>(prefix: &'a str, rest: &'a str) -> [&'a str; 3] {
+    let slash = if rest.starts_with('/') { "" } else { "/" };
+    [prefix.trim_end_matches('/'), slash, rest]
 }
 
 /// A route's `path_prefix`: the upstream's path ("" or `/p`) followed by the `destinationPath`
@@ -148,9 +147,7 @@ mod tests {
     use super::*;
 
     fn joined(prefix: &str, rest: &str) -> String {
-        let mut out = b"junk:".to_vec();
-        upstream_path(prefix, rest, &mut out);
-        String::from_utf8(out.split_off(5)).expect("utf-8")
+        upstream_path(prefix, rest).concat()
     }
 
     #[test]
@@ -173,9 +170,10 @@ mod tests {
         assert_eq!(path_prefix("/api", "/v2/"), "/api/v2/");
         assert_eq!(path_prefix("", "/"), "/");
         assert_eq!(path_prefix("/api", "/"), "/api/");
-        let mut out = Vec::new();
-        upstream_path(&path_prefix("/api", "/v2/"), "/orders", &mut out);
-        assert_eq!(out, b"/api/v2/orders");
+        assert_eq!(
+            joined(&path_prefix("/api", "/v2/"), "/orders"),
+            "/api/v2/orders"
+        );
     }
 
     fn api(base_path: &str) -> ApiInstance {

@@ -1,1 +1,13 @@
-//! Ringwall's data plane.
+//! Ringwall's data plane: a thread-per-core HTTP/1.1 reverse proxy on io_uring.
+//!
+//! `server` starts the workers; each `worker` owns a runtime, its listeners and its
+//! upstream `pool`; `conn` runs every exchange through its phases; `http` is the
+//! protocol code; `gateway` is the routing view of a configuration snapshot.
+
+pub mod conn;
+pub mod error;
+pub mod gateway;
+pub mod http;
+pub mod pool;
+pub mod server;
+pub mod worker;

@@ -1,0 +1,683 @@
+//! One client connection, top to bottom. Every exchange runs the same phases in this
+//! order: read the request head → route → upstream (pool or connect, write the head,
+//! stream the body) → read the response head → write it → stream the response body →
+//! keep-alive or close. Bodies move in the buffers they were read into; the only bytes
+//! copied are the rewritten heads (and small bodies coalesced with their head into a
+//! single write).
+
+use std::io;
+use std::net::{Shutdown, SocketAddr};
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use tokio::time::timeout;
+use tokio_uring::buf::BoundedBuf;
+use tokio_uring::net::TcpStream;
+
+use crate::error::ProxyError;
+use crate::gateway::Gateway;
+use crate::http::chunked::ChunkedDecoder;
+use crate::http::request::{self, Forward};
+use crate::http::response::{self, ToClient};
+use crate::http::{write_local_response, Framing, CONTINUE};
+use crate::pool::{still_open, UpstreamConn};
+use crate::worker::Worker;
+
+/// Initial size of each connection's read and write buffers.
+const BUF_SIZE: usize = 16 * 1024;
+/// Spare room a read asks for at least.
+const MIN_READ: usize = 4 * 1024;
+/// Largest response body copied next to its head so both go out in one write.
+const COALESCE_MAX: u64 = 16 * 1024;
+/// Largest upstream response head accepted.
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// How long a closing connection is drained so the client reads our last response
+/// instead of a reset.
+const LINGER: Duration = Duration::from_secs(1);
+
+struct Client {
+    stream: TcpStream,
+    peer: SocketAddr,
+    buf: BytesMut,
+    out: BytesMut,
+}
+
+/// What happens to the client connection after an exchange.
+enum Next {
+    KeepAlive,
+    /// Close at once: the peer is gone or the stream is unusable.
+    Close,
+    /// A final response went out with `Connection: close`: half-close and drain.
+    Linger,
+}
+
+/// What the request-phase decided, owned so that the read buffer is free again.
+struct Plan {
+    api: usize,
+    route: usize,
+    framing: Framing,
+    keep_alive: bool,
+    http10: bool,
+    is_head: bool,
+    idempotent: bool,
+    expect_continue: bool,
+}
+
+pub(crate) async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    listener: usize,
+    worker: Rc<Worker>,
+) {
+    let _active = worker.track_connection();
+    // Responses are written whole; Nagle would only delay them.
+    let _ = stream.set_nodelay(true);
+    let mut client = Client {
+        stream,
+        peer,
+        buf: BytesMut::with_capacity(BUF_SIZE),
+        out: BytesMut::with_capacity(BUF_SIZE),
+    };
+    loop {
+        match exchange(&mut client, listener, &worker).await {
+            Next::KeepAlive => continue,
+            Next::Close => break,
+            Next::Linger => {
+                linger_close(&client.stream).await;
+                break;
+            }
+        }
+    }
+}
+
+async fn exchange(c: &mut Client, listener: usize, w: &Worker) -> Next {
+    let gateway = w.gateway();
+    let settings = &gateway.snapshot.settings;
+
+    // === Phase: read and route the request head ===
+    let plan = loop {
+        if !c.buf.is_empty() {
+            match plan_request(c, &gateway, listener) {
+                Ok(Some(plan)) => break plan,
+                Ok(None) => {}
+                Err(r) => return refuse(c, &r.error, r.is_head, r.close).await,
+            }
+        }
+        let idle = c.buf.is_empty();
+        if idle && w.is_draining() {
+            return Next::Close;
+        }
+        let read = read_more(&c.stream, &mut c.buf, settings.timeouts.stream_idle);
+        let n = if idle {
+            tokio::select! {
+                n = read => n,
+                () = w.draining() => return Next::Close,
+            }
+        } else {
+            read.await
+        };
+        match n {
+            Ok(0) | Err(_) if idle => return Next::Close,
+            Ok(0) => return Next::Close,
+            Ok(_) => {}
+            Err(Fail::Timeout) => {
+                return refuse(c, &ProxyError::ClientTimeout, false, true).await;
+            }
+            Err(Fail::Io(_)) => return Next::Close,
+        }
+    };
+
+    if let (Framing::Length(n), Some(max)) = (plan.framing, settings.limits.max_body_bytes) {
+        if n > max {
+            return refuse(c, &ProxyError::BodyTooLarge, plan.is_head, true).await;
+        }
+    }
+
+    // === Phase: upstream ===
+    let route = &gateway.snapshot.apis[plan.api].routes[plan.route];
+    let result = forward(c, w, &gateway, &plan, route).await;
+    match result {
+        Ok(next) => next,
+        Err(Failure::BeforeResponse(e, body_consumed)) => {
+            tracing::debug!(peer = %c.peer, error = %e, "exchange failed");
+            let close = !body_consumed || !plan.keep_alive || w.is_draining();
+            refuse(c, &e, plan.is_head, close).await
+        }
+        Err(Failure::AfterResponse(e)) => {
+            tracing::debug!(peer = %c.peer, error = %e, "response cut short");
+            Next::Close
+        }
+    }
+}
+
+/// A request the gateway answers itself.
+struct Refusal {
+    error: ProxyError,
+    is_head: bool,
+    /// The connection cannot go on: part of the request is unread or unreadable.
+    close: bool,
+}
+
+/// Parses the head in the read buffer, routes it and writes the upstream head into the
+/// output buffer. `Ok(None)`: the head is not complete yet.
+fn plan_request(
+    c: &mut Client,
+    gateway: &Gateway,
+    listener: usize,
+) -> Result<Option<Plan>, Refusal> {
+    let settings = &gateway.snapshot.settings;
+    let mut headers = [httparse::EMPTY_HEADER; request::MAX_HEADERS];
+    let req = match request::parse(&c.buf, &mut headers, settings.limits.max_header_bytes) {
+        Ok(Some(req)) => req,
+        Ok(None) => return Ok(None),
+        Err(e) => {
+            return Err(Refusal {
+                error: e.into(),
+                is_head: false,
+                close: true,
+            })
+        }
+    };
+    let is_head = req.is_head();
+    let Some(routed) = gateway.route(listener, &req) else {
+        // Without a body nothing of the request is left unread: the connection can go on.
+        let close = req.framing != Framing::Empty || !req.keep_alive;
+        let head_len = req.head_len;
+        c.buf.advance(head_len);
+        return Err(Refusal {
+            error: ProxyError::NoRoute,
+            is_head,
+            close,
+        });
+    };
+    let (api, route) = index_of(gateway, routed.api, routed.route);
+    c.out.clear();
+    request::write_upstream_head(
+        &req,
+        &Forward {
+            path_prefix: &routed.route.path_prefix,
+            rest: routed.rest,
+            upstream_authority: &routed.route.upstream.authority,
+            peer: c.peer.ip(),
+            scheme: "http",
+        },
+        &mut c.out,
+    );
+    let plan = Plan {
+        api,
+        route,
+        framing: req.framing,
+        keep_alive: req.keep_alive,
+        http10: req.version == 0,
+        is_head,
+        idempotent: matches!(
+            req.method,
+            "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE"
+        ),
+        expect_continue: req.expect_continue,
+    };
+    let head_len = req.head_len;
+    c.buf.advance(head_len);
+    Ok(Some(plan))
+}
+
+fn index_of(
+    gateway: &Gateway,
+    api: &ringwall_config::ApiInstance,
+    route: &ringwall_config::Route,
+) -> (usize, usize) {
+    let a = gateway
+        .snapshot
+        .apis
+        .iter()
+        .position(|x| std::ptr::eq(x, api))
+        .unwrap_or_default();
+    let r = api
+        .routes
+        .iter()
+        .position(|x| std::ptr::eq(x, route))
+        .unwrap_or_default();
+    (a, r)
+}
+
+enum Failure {
+    /// Nothing was sent to the client yet; the flag says whether the request body was
+    /// read in full (so the connection could be kept).
+    BeforeResponse(ProxyError, bool),
+    /// The response head went out; the only thing left is to close.
+    AfterResponse(ProxyError),
+}
+
+async fn forward(
+    c: &mut Client,
+    w: &Worker,
+    gateway: &Gateway,
+    plan: &Plan,
+    route: &ringwall_config::Route,
+) -> Result<Next, Failure> {
+    let settings = &gateway.snapshot.settings;
+    let timeouts = &settings.timeouts;
+    let upstream = &route.upstream;
+    let addr = w.pick_addr(&upstream.addrs);
+    let has_body = plan.framing != Framing::Empty;
+    let before = |e| Failure::BeforeResponse(e, !has_body);
+
+    // Replaying is safe only for a bodiless idempotent request on a pooled
+    // connection that turned out to be closed.
+    let mut replayable = !has_body && plan.idempotent;
+    let (mut up, resp) = loop {
+        let mut up = match w.pool.take(addr, timeouts.upstream_idle) {
+            Some(up) if replayable || still_open(&up.stream) => up,
+            Some(_) | None => connect(addr, timeouts.upstream_connect)
+                .await
+                .map_err(before)?,
+        };
+        let reused = up.reused;
+
+        // === Phase: request head and body upstream ===
+        let head = std::mem::take(&mut c.out);
+        let (res, head) = write_all(&up.stream, head, timeouts.upstream_response).await;
+        c.out = head;
+        match res {
+            Ok(()) => {}
+            Err(e) if reused && replayable => {
+                tracing::trace!(error = ?e, "stale pooled connection, retrying");
+                replayable = false;
+                continue;
+            }
+            Err(e) => {
+                abort(&up.stream);
+                return Err(before(e.upstream()));
+            }
+        }
+        if has_body {
+            if plan.expect_continue {
+                let (res, _) = write_all(&c.stream, CONTINUE, timeouts.stream_idle).await;
+                if res.is_err() {
+                    abort(&up.stream);
+                    return Err(Failure::AfterResponse(ProxyError::ClientTimeout));
+                }
+            }
+            let relayed = relay(
+                &c.stream,
+                &up.stream,
+                &mut c.buf,
+                plan.framing,
+                RelayOpts {
+                    dechunk: false,
+                    limit: settings.limits.max_body_bytes,
+                    read_timeout: timeouts.stream_idle,
+                    write_timeout: timeouts.upstream_response,
+                },
+            )
+            .await;
+            if let Err(e) = relayed {
+                abort(&up.stream);
+                let e = match e {
+                    RelayError::Read(f) => f.client(),
+                    RelayError::Write(f) => f.upstream(),
+                    RelayError::Eof => ProxyError::Client(io::ErrorKind::UnexpectedEof.into()),
+                    RelayError::Chunk(e) => ProxyError::RequestBody(e),
+                    RelayError::TooLarge => ProxyError::BodyTooLarge,
+                };
+                return Err(Failure::BeforeResponse(e, false));
+            }
+        }
+
+        // === Phase: response head ===
+        // `c.out` still holds the request head, for a replay; the client head
+        // replaces it once a response head arrives.
+        let draining = w.is_draining();
+        match read_response_head(
+            &mut up,
+            plan,
+            draining,
+            &mut c.out,
+            timeouts.upstream_response,
+        )
+        .await
+        {
+            Ok(resp) => break (up, resp),
+            Err(e) if reused && replayable && e.is_stale_connection() => {
+                tracing::trace!(error = %e, "stale pooled connection, retrying");
+                abort(&up.stream);
+                replayable = false;
+                continue;
+            }
+            Err(e) => {
+                abort(&up.stream);
+                return Err(Failure::BeforeResponse(e, true));
+            }
+        }
+    };
+
+    // === Phase: response to the client ===
+    let (close, dechunk) = (resp.close, resp.dechunk);
+    let mut body_done = resp.framing == Framing::Empty;
+    if let Framing::Length(n) = resp.framing {
+        if n <= COALESCE_MAX && up.buf.len() as u64 >= n {
+            c.out.extend_from_slice(&up.buf[..n as usize]);
+            up.buf.advance(n as usize);
+            body_done = true;
+        }
+    }
+    let head = std::mem::take(&mut c.out);
+    let (res, head) = write_all(&c.stream, head, timeouts.stream_idle).await;
+    c.out = head;
+    c.out.clear();
+    if let Err(e) = res {
+        abort(&up.stream);
+        return Err(Failure::AfterResponse(e.client()));
+    }
+
+    if !body_done {
+        let relayed = relay(
+            &up.stream,
+            &c.stream,
+            &mut up.buf,
+            resp.framing,
+            RelayOpts {
+                dechunk,
+                limit: None,
+                read_timeout: timeouts.stream_idle,
+                write_timeout: timeouts.stream_idle,
+            },
+        )
+        .await;
+        if let Err(e) = relayed {
+            abort(&up.stream);
+            let e = match e {
+                RelayError::Read(f) => f.upstream(),
+                RelayError::Write(f) => f.client(),
+                RelayError::Eof => ProxyError::UpstreamClosed,
+                RelayError::Chunk(e) => ProxyError::ResponseBody(e),
+                RelayError::TooLarge => ProxyError::BodyTooLarge,
+            };
+            return Err(Failure::AfterResponse(e));
+        }
+    }
+
+    if resp.reusable && up.buf.is_empty() {
+        w.pool.put(up);
+    } else {
+        abort(&up.stream);
+    }
+    Ok(if close { Next::Linger } else { Next::KeepAlive })
+}
+
+/// The parts of the response head the later phases need.
+struct ResponseHead {
+    framing: Framing,
+    reusable: bool,
+    /// The client connection closes after this response.
+    close: bool,
+    /// The chunked body is decoded for an HTTP/1.0 client.
+    dechunk: bool,
+}
+
+/// Reads the upstream's response head, writes the client's version of it into `out`
+/// and leaves `up.buf` at the start of the body.
+async fn read_response_head(
+    up: &mut UpstreamConn,
+    plan: &Plan,
+    draining: bool,
+    out: &mut BytesMut,
+    wait: Duration,
+) -> Result<ResponseHead, ProxyError> {
+    let mut received = false;
+    loop {
+        if !up.buf.is_empty() {
+            let mut headers = [httparse::EMPTY_HEADER; response::MAX_HEADERS];
+            let parsed = response::parse(&up.buf, &mut headers, MAX_RESPONSE_HEAD, plan.is_head)?;
+            match parsed {
+                Some(r) if (100..200).contains(&r.status) && r.status != 101 => {
+                    // Interim responses (100 Continue, 103 Early Hints) were ours to
+                    // produce or are optional: drop them.
+                    let len = r.head_len;
+                    up.buf.advance(len);
+                    continue;
+                }
+                Some(r) if r.status == 101 => {
+                    // We never forward Upgrade, so a switch is a protocol error.
+                    return Err(ProxyError::BadResponse(response::BadResponse::Malformed));
+                }
+                Some(r) => {
+                    let dechunk = plan.http10 && r.framing == Framing::Chunked;
+                    let close =
+                        !plan.keep_alive || draining || r.framing == Framing::UntilClose || dechunk;
+                    out.clear();
+                    response::write_client_head(
+                        &r,
+                        ToClient {
+                            close,
+                            http10: plan.http10,
+                            dechunk,
+                        },
+                        out,
+                    );
+                    let head = ResponseHead {
+                        framing: r.framing,
+                        reusable: r.reusable,
+                        close,
+                        dechunk,
+                    };
+                    let len = r.head_len;
+                    up.buf.advance(len);
+                    return Ok(head);
+                }
+                None => {}
+            }
+        }
+        match read_more(&up.stream, &mut up.buf, wait).await {
+            Ok(0) if !received => return Err(ProxyError::UpstreamClosed),
+            Ok(0) => return Err(ProxyError::BadResponse(response::BadResponse::Malformed)),
+            Ok(_) => received = true,
+            Err(Fail::Timeout) => return Err(ProxyError::UpstreamTimeout),
+            Err(Fail::Io(e)) if !received => return Err(ProxyError::UpstreamIo(e)),
+            Err(Fail::Io(_)) => {
+                return Err(ProxyError::BadResponse(response::BadResponse::Malformed))
+            }
+        }
+    }
+}
+
+async fn connect(addr: SocketAddr, wait: Duration) -> Result<UpstreamConn, ProxyError> {
+    let stream = match timeout(wait, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(ProxyError::Connect(e)),
+        Err(_) => return Err(ProxyError::ConnectTimeout),
+    };
+    let _ = stream.set_nodelay(true);
+    Ok(UpstreamConn {
+        stream,
+        buf: BytesMut::with_capacity(BUF_SIZE),
+        addr,
+        reused: false,
+    })
+}
+
+/// Writes the gateway's own response and decides the connection's fate.
+async fn refuse(c: &mut Client, e: &ProxyError, is_head: bool, close: bool) -> Next {
+    c.out.clear();
+    write_local_response(&mut c.out, e.status(), &e.to_string(), close, is_head);
+    let out = std::mem::take(&mut c.out);
+    let (res, out) = write_all(&c.stream, out, Duration::from_secs(5)).await;
+    c.out = out;
+    c.out.clear();
+    match (res, close) {
+        (Err(_), _) => Next::Close,
+        (Ok(()), true) => Next::Linger,
+        (Ok(()), false) => Next::KeepAlive,
+    }
+}
+
+/// Half-closes, then reads and discards for a moment, so that a client still sending
+/// gets our response rather than a reset.
+async fn linger_close(stream: &TcpStream) {
+    let _ = stream.shutdown(Shutdown::Write);
+    let mut buf = BytesMut::with_capacity(MIN_READ);
+    let drain = async {
+        let mut total = 0usize;
+        loop {
+            buf.clear();
+            let (res, b) = stream.read(buf).await;
+            buf = b;
+            match res {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+            if total > 256 * 1024 {
+                break;
+            }
+        }
+    };
+    let _ = timeout(LINGER, drain).await;
+    abort(stream);
+}
+
+/// Shuts a socket down so that any read or write still in flight on it completes now
+/// and the descriptor is released when the stream is dropped.
+fn abort(stream: &TcpStream) {
+    let _ = stream.shutdown(Shutdown::Both);
+}
+
+// === Body relay ===
+
+struct RelayOpts {
+    dechunk: bool,
+    limit: Option<u64>,
+    read_timeout: Duration,
+    write_timeout: Duration,
+}
+
+enum RelayError {
+    Read(Fail),
+    Write(Fail),
+    Eof,
+    Chunk(crate::http::chunked::ChunkError),
+    TooLarge,
+}
+
+/// Moves one body from `src` to `dst`, starting with what is already in `buf`. Bytes
+/// that follow the body (a pipelined request) stay in `buf`.
+async fn relay(
+    src: &TcpStream,
+    dst: &TcpStream,
+    buf: &mut BytesMut,
+    framing: Framing,
+    opts: RelayOpts,
+) -> Result<u64, RelayError> {
+    let mut sent: u64 = 0;
+    let mut decoder = ChunkedDecoder::new();
+    let mut remaining = match framing {
+        Framing::Empty => return Ok(0),
+        Framing::Length(n) => n,
+        Framing::Chunked | Framing::UntilClose => u64::MAX,
+    };
+    let mut plain = BytesMut::new();
+    loop {
+        if !buf.is_empty() {
+            let (take, done) = match framing {
+                Framing::Length(_) => {
+                    let take = remaining.min(buf.len() as u64) as usize;
+                    remaining -= take as u64;
+                    sent += take as u64;
+                    (take, remaining == 0)
+                }
+                Framing::Chunked => {
+                    let mut data = 0u64;
+                    let input = &buf[..];
+                    let progress = decoder
+                        .feed(input, |r| {
+                            data += r.len() as u64;
+                            if opts.dechunk {
+                                plain.extend_from_slice(&input[r]);
+                            }
+                        })
+                        .map_err(RelayError::Chunk)?;
+                    sent += data;
+                    (progress.consumed, progress.done)
+                }
+                Framing::UntilClose | Framing::Empty => {
+                    sent += buf.len() as u64;
+                    (buf.len(), false)
+                }
+            };
+            if opts.limit.is_some_and(|max| sent > max) {
+                return Err(RelayError::TooLarge);
+            }
+            let chunk = buf.split_to(take);
+            let chunk = if opts.dechunk {
+                std::mem::take(&mut plain)
+            } else {
+                chunk
+            };
+            if !chunk.is_empty() {
+                let (res, _) = write_all(dst, chunk, opts.write_timeout).await;
+                res.map_err(RelayError::Write)?;
+            }
+            if done {
+                return Ok(sent);
+            }
+        }
+        match read_more(src, buf, opts.read_timeout).await {
+            Ok(0) if framing == Framing::UntilClose => return Ok(sent),
+            Ok(0) => return Err(RelayError::Eof),
+            Ok(_) => {}
+            Err(f) => return Err(RelayError::Read(f)),
+        }
+    }
+}
+
+// === IO with deadlines ===
+
+#[derive(Debug)]
+enum Fail {
+    Io(io::Error),
+    Timeout,
+}
+
+impl Fail {
+    fn client(self) -> ProxyError {
+        match self {
+            Fail::Io(e) => ProxyError::Client(e),
+            Fail::Timeout => ProxyError::ClientTimeout,
+        }
+    }
+
+    fn upstream(self) -> ProxyError {
+        match self {
+            Fail::Io(e) => ProxyError::UpstreamIo(e),
+            Fail::Timeout => ProxyError::UpstreamTimeout,
+        }
+    }
+}
+
+/// Reads into the spare capacity of `buf`, growing it when little is left.
+async fn read_more(stream: &TcpStream, buf: &mut BytesMut, wait: Duration) -> Result<usize, Fail> {
+    if buf.capacity() - buf.len() < MIN_READ {
+        buf.reserve(BUF_SIZE);
+    }
+    let owned = std::mem::take(buf);
+    let start = owned.len();
+    match timeout(wait, stream.read(owned.slice(start..))).await {
+        Ok((res, slice)) => {
+            *buf = slice.into_inner();
+            res.map_err(Fail::Io)
+        }
+        // The buffer stays with the abandoned read; the caller aborts the stream.
+        Err(_) => Err(Fail::Timeout),
+    }
+}
+
+async fn write_all<B: tokio_uring::buf::BoundedBuf + Default>(
+    stream: &TcpStream,
+    buf: B,
+    wait: Duration,
+) -> (Result<(), Fail>, B) {
+    match timeout(wait, stream.write_all(buf)).await {
+        Ok((res, buf)) => (res.map_err(Fail::Io), buf),
+        Err(_) => (Err(Fail::Timeout), B::default()),
+    }
+}

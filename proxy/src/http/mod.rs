@@ -1,0 +1,155 @@
+//! HTTP/1.1 on the wire: request and response heads, body framing, and the few
+//! fixed responses the gateway writes itself. Protocol code only: no IO here, so all of
+//! it is tested on scripted bytes.
+
+pub mod chunked;
+pub mod request;
+pub mod response;
+
+use bytes::{BufMut, BytesMut};
+
+/// How a message body is delimited (RFC 9112 §6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    Empty,
+    Length(u64),
+    Chunked,
+    /// Responses only: the body runs until the upstream closes.
+    UntilClose,
+}
+
+/// A request the gateway refuses before it reaches an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HttpError {
+    #[error("malformed request: {0}")]
+    Malformed(&'static str),
+    #[error("request header block too large")]
+    HeadTooLarge,
+    #[error("unsupported expectation")]
+    ExpectationFailed,
+}
+
+impl HttpError {
+    pub fn status(self) -> u16 {
+        match self {
+            HttpError::Malformed(_) => 400,
+            HttpError::HeadTooLarge => 431,
+            HttpError::ExpectationFailed => 417,
+        }
+    }
+}
+
+/// Whether a comma-separated header value lists `token` (case-insensitive).
+pub fn header_has_token(value: &[u8], token: &[u8]) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|item| item.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+/// Hop-by-hop fields (RFC 9110 §7.6.1) and the fields a `Connection` header names.
+/// `Transfer-Encoding` is not among them: bodies are forwarded in their own framing.
+pub fn is_hop_by_hop(name: &str, headers: &[httparse::Header<'_>]) -> bool {
+    const HOP: [&str; 7] = [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "upgrade",
+        "proxy-authorization",
+    ];
+    HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
+        || headers.iter().any(|h| {
+            h.name.eq_ignore_ascii_case("connection") && header_has_token(h.value, name.as_bytes())
+        })
+}
+
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        200 => "OK",
+        204 => "No Content",
+        301 => "Moved Permanently",
+        302 => "Found",
+        304 => "Not Modified",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        413 => "Content Too Large",
+        417 => "Expectation Failed",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "",
+    }
+}
+
+/// Appends a complete response the gateway produces itself: a short plain-text body.
+pub fn write_local_response(
+    out: &mut BytesMut,
+    status: u16,
+    message: &str,
+    close: bool,
+    head_only: bool,
+) {
+    use std::fmt::Write;
+    let body_len = message.len() + 1;
+    // BytesMut's fmt::Write never fails.
+    let _ = write!(
+        out,
+        "HTTP/1.1 {status} {}\r\nContent-Type: text/plain\r\nContent-Length: {body_len}\r\n",
+        reason(status)
+    );
+    if close {
+        out.put_slice(b"Connection: close\r\n");
+    }
+    out.put_slice(b"\r\n");
+    if !head_only {
+        out.put_slice(message.as_bytes());
+        out.put_u8(b'\n');
+    }
+}
+
+pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_matched_whole_and_case_insensitively() {
+        assert!(header_has_token(b"keep-alive, Close", b"close"));
+        assert!(!header_has_token(b"closed", b"close"));
+    }
+
+    #[test]
+    fn connection_named_fields_are_hop_by_hop() {
+        let headers = [httparse::Header {
+            name: "Connection",
+            value: b"x-secret",
+        }];
+        assert!(is_hop_by_hop("X-Secret", &headers));
+        assert!(is_hop_by_hop("Keep-Alive", &headers));
+        assert!(!is_hop_by_hop("Transfer-Encoding", &headers));
+        assert!(!is_hop_by_hop("Accept", &headers));
+    }
+
+    #[test]
+    fn local_responses_are_complete() {
+        let mut out = BytesMut::new();
+        write_local_response(&mut out, 404, "no route", false, false);
+        assert_eq!(
+            &out[..],
+            b"HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: 9\r\n\r\nno route\n"
+        );
+        out.clear();
+        write_local_response(&mut out, 400, "bad", true, true);
+        assert!(out.ends_with(b"Connection: close\r\n\r\n"));
+    }
+}

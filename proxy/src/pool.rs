@@ -1,0 +1,85 @@
+//! Per-worker keep-alive pool of upstream connections. Each worker owns its pool, so
+//! checking a connection out or in is a plain `RefCell` borrow: no lock, no atomics.
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use hashbrown::HashMap;
+use tokio_uring::net::TcpStream;
+
+/// Idle connections kept per upstream address and worker.
+const MAX_IDLE_PER_ADDR: usize = 256;
+
+/// An upstream connection with the read buffer that lives as long as it does.
+pub struct UpstreamConn {
+    pub stream: TcpStream,
+    pub buf: BytesMut,
+    pub addr: SocketAddr,
+    /// Came from the pool rather than from a fresh connect.
+    pub reused: bool,
+}
+
+struct Idle {
+    conn: UpstreamConn,
+    since: Instant,
+}
+
+#[derive(Default)]
+pub struct Pool {
+    idle: RefCell<HashMap<SocketAddr, Vec<Idle>>>,
+}
+
+impl Pool {
+    /// The most recently used idle connection to `addr` that has not outlived
+    /// `max_idle`; older ones are closed on the way.
+    pub fn take(&self, addr: SocketAddr, max_idle: Duration) -> Option<UpstreamConn> {
+        let mut idle = self.idle.borrow_mut();
+        let list = idle.get_mut(&addr)?;
+        let now = Instant::now();
+        while let Some(entry) = list.pop() {
+            if now.duration_since(entry.since) <= max_idle {
+                let mut conn = entry.conn;
+                conn.reused = true;
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    pub fn put(&self, conn: UpstreamConn) {
+        let mut idle = self.idle.borrow_mut();
+        let list = idle.entry(conn.addr).or_default();
+        if list.len() >= MAX_IDLE_PER_ADDR {
+            // The oldest goes: it is the likeliest to be closed by the upstream soon.
+            list.remove(0);
+        }
+        list.push(Idle {
+            conn,
+            since: Instant::now(),
+        });
+    }
+
+    pub fn idle_count(&self) -> usize {
+        self.idle.borrow().values().map(Vec::len).sum()
+    }
+}
+
+/// Whether an idle upstream connection is still open and silent. Costs one syscall;
+/// used before sending a request whose body cannot be replayed on another connection.
+pub fn still_open(stream: &TcpStream) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: recv writes at most one byte into `byte`, which outlives the call; the fd
+    // is owned by `stream` and open for the duration of the borrow.
+    let n = unsafe {
+        libc::recv(
+            stream.as_raw_fd(),
+            (&raw mut byte).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock
+}

@@ -1,0 +1,209 @@
+//! A worker: one thread, one io_uring runtime, its own `SO_REUSEPORT` listeners and its
+//! own upstream pool. Everything here is `!Send` and lock-free; the only thing shared
+//! with other workers is the immutable `Gateway` and the drain signal.
+
+use std::cell::{Cell, RefCell};
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use tokio::sync::{watch, Notify};
+use tokio_uring::net::TcpListener;
+
+use crate::conn;
+use crate::gateway::Gateway;
+use crate::pool::Pool;
+
+/// Submission queue depth of each worker's ring.
+const RING_ENTRIES: u32 = 4096;
+
+pub struct Worker {
+    gateway: RefCell<Rc<Arc<Gateway>>>,
+    pub pool: Pool,
+    draining: Cell<bool>,
+    drain_started: Notify,
+    active: Cell<usize>,
+    all_closed: Notify,
+    next_addr: Cell<usize>,
+}
+
+impl Worker {
+    fn new(gateway: Arc<Gateway>) -> Self {
+        Self {
+            gateway: RefCell::new(Rc::new(gateway)),
+            pool: Pool::default(),
+            draining: Cell::new(false),
+            drain_started: Notify::new(),
+            active: Cell::new(0),
+            all_closed: Notify::new(),
+            next_addr: Cell::new(0),
+        }
+    }
+
+    /// The configuration in force. A cheap non-atomic clone: an exchange keeps the
+    /// snapshot it started with even if a reload swaps it meanwhile.
+    pub fn gateway(&self) -> Rc<Arc<Gateway>> {
+        self.gateway.borrow().clone()
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.get()
+    }
+
+    /// Resolves once the worker starts draining.
+    pub async fn draining(&self) {
+        while !self.draining.get() {
+            self.drain_started.notified().await;
+        }
+    }
+
+    fn start_drain(&self) {
+        self.draining.set(true);
+        self.drain_started.notify_waiters();
+    }
+
+    /// Round-robin over an upstream's addresses, per worker.
+    pub fn pick_addr(&self, addrs: &[SocketAddr]) -> SocketAddr {
+        let i = self.next_addr.get();
+        self.next_addr.set(i.wrapping_add(1));
+        addrs[i % addrs.len()]
+    }
+
+    pub fn track_connection(self: &Rc<Self>) -> ConnectionGuard {
+        self.active.set(self.active.get() + 1);
+        ConnectionGuard(self.clone())
+    }
+
+    async fn all_closed(&self) {
+        while self.active.get() > 0 {
+            self.all_closed.notified().await;
+        }
+    }
+}
+
+/// Counts a client connection as active for as long as it lives.
+pub struct ConnectionGuard(Rc<Worker>);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        let left = self.0.active.get() - 1;
+        self.0.active.set(left);
+        if left == 0 {
+            self.0.all_closed.notify_waiters();
+        }
+    }
+}
+
+/// What a worker thread is given.
+pub struct WorkerSetup {
+    pub id: usize,
+    pub gateway: Arc<Gateway>,
+    /// (index of the listener in the gateway, this worker's socket for it)
+    pub listeners: Vec<(usize, std::net::TcpListener)>,
+    pub drain: watch::Receiver<bool>,
+    pub shutdown_timeout: Duration,
+}
+
+/// The body of a worker thread: reports readiness (or why it could not start) on
+/// `ready`, serves until the drain signal, then waits for its connections to finish.
+pub fn run(setup: WorkerSetup, ready: mpsc::Sender<Result<usize, String>>) {
+    let mut builder = tokio_uring::builder();
+    builder.entries(RING_ENTRIES);
+    let rt = match tokio_uring::Runtime::new(&builder) {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = ready.send(Err(io_uring_unavailable(&e)));
+            return;
+        }
+    };
+    let WorkerSetup {
+        id,
+        gateway,
+        listeners,
+        mut drain,
+        shutdown_timeout,
+    } = setup;
+    rt.block_on(async move {
+        let worker = Rc::new(Worker::new(gateway));
+        let mut accepts = Vec::with_capacity(listeners.len());
+        for (index, socket) in listeners {
+            let listener = TcpListener::from_std(socket);
+            accepts.push(tokio_uring::spawn(accept_loop(
+                listener,
+                index,
+                worker.clone(),
+            )));
+        }
+        let _ = ready.send(Ok(id));
+        // A dropped sender (the main thread is gone) drains as well.
+        let _ = drain.wait_for(|d| *d).await;
+        worker.start_drain();
+        for accept in accepts {
+            let _ = accept.await;
+        }
+        if tokio::time::timeout(shutdown_timeout, worker.all_closed())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                worker = id,
+                open = worker.active.get(),
+                "shutdown timeout: closing connections still in flight"
+            );
+        }
+    });
+}
+
+async fn accept_loop(listener: TcpListener, index: usize, worker: Rc<Worker>) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    tokio_uring::spawn(conn::serve(stream, peer, index, worker.clone()));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)) {
+                        // Out of descriptors or memory: give closing connections a moment.
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            },
+            () = worker.draining() => break,
+        }
+    }
+    // SAFETY: the descriptor is owned by `listener`, which is alive here. Shutting a
+    // listening socket down makes the accept still in flight on the ring complete, so
+    // the socket is really closed when `listener` drops and no new connection lands
+    // in its queue.
+    unsafe {
+        libc::shutdown(listener.as_raw_fd(), libc::SHUT_RDWR);
+    }
+}
+
+/// Names the likely cause when a ring cannot be created.
+fn io_uring_unavailable(e: &io::Error) -> String {
+    let sysctl = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
+        .ok()
+        .and_then(|s| s.trim().parse::<u8>().ok());
+    let cause = match (e.raw_os_error(), sysctl) {
+        (_, Some(2)) => "io_uring is disabled on this system (sysctl kernel.io_uring_disabled = 2)".to_string(),
+        (Some(libc::EPERM), Some(1)) => {
+            "io_uring is restricted to the io_uring_group (sysctl kernel.io_uring_disabled = 1) and this process is not in it".to_string()
+        }
+        (Some(libc::ENOSYS), _) => {
+            "the kernel has no io_uring (older than 5.1, or built without it)".to_string()
+        }
+        (Some(libc::EPERM), _) => {
+            "io_uring_setup is forbidden, most likely by a seccomp filter (containers often block it)".to_string()
+        }
+        (Some(libc::ENOMEM), _) => {
+            "not enough locked memory for the ring (raise RLIMIT_MEMLOCK)".to_string()
+        }
+        _ => "io_uring could not be set up".to_string(),
+    };
+    format!("{cause}: {e}")
+}
