@@ -10,7 +10,7 @@
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
@@ -19,12 +19,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 
+use crate::peers::{self, placement, Mode, Peer, HELLO, UPSTREAM_PORT};
 use crate::report::{self, Run};
 use crate::{build, proc, setup, target_dir, wrk};
-
-const UPSTREAM_PORT: u16 = 9000;
-/// The upstream's whole answer: a proxy that returns it has forwarded the request.
-const HELLO: &str = "hello";
 /// How long a server gets to start answering.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -48,96 +45,6 @@ pub struct Options {
     /// Modes, from: pinned unpinned.
     #[arg(long, default_value = "pinned unpinned")]
     modes: String,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Peer {
-    Direct,
-    Nginx,
-    Haproxy,
-    Ringwall,
-}
-
-impl Peer {
-    fn parse(name: &str) -> Result<Peer> {
-        Ok(match name {
-            "direct" => Peer::Direct,
-            "nginx" => Peer::Nginx,
-            "haproxy" => Peer::Haproxy,
-            "ringwall" => Peer::Ringwall,
-            _ => bail!("unknown peer `{name}` (known: direct nginx haproxy ringwall)"),
-        })
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            Peer::Direct => "direct",
-            Peer::Nginx => "nginx",
-            Peer::Haproxy => "haproxy",
-            Peer::Ringwall => "ringwall",
-        }
-    }
-
-    fn port(self) -> u16 {
-        match self {
-            Peer::Direct => UPSTREAM_PORT,
-            Peer::Nginx => 8001,
-            Peer::Haproxy => 8002,
-            Peer::Ringwall => 8005,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Mode {
-    Pinned,
-    Unpinned,
-}
-
-impl Mode {
-    fn parse(name: &str) -> Result<Mode> {
-        Ok(match name {
-            "pinned" => Mode::Pinned,
-            "unpinned" => Mode::Unpinned,
-            _ => bail!("unknown mode `{name}` (known: pinned unpinned)"),
-        })
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            Mode::Pinned => "pinned",
-            Mode::Unpinned => "unpinned",
-        }
-    }
-}
-
-/// Which CPU each process runs on in a mode (`None`: wherever the scheduler likes).
-#[derive(Debug, PartialEq)]
-struct Placement {
-    upstream: Option<u32>,
-    proxy: Option<u32>,
-    wrk: Option<u32>,
-}
-
-fn placement(mode: Mode, peer: Peer) -> Placement {
-    match (mode, peer) {
-        (Mode::Unpinned, _) => Placement {
-            upstream: None,
-            proxy: None,
-            wrk: None,
-        },
-        // No proxy: the upstream takes the proxy's place apart from wrk.
-        (Mode::Pinned, Peer::Direct) => Placement {
-            upstream: Some(0),
-            proxy: None,
-            wrk: Some(1),
-        },
-        (Mode::Pinned, _) => Placement {
-            upstream: Some(0),
-            proxy: Some(1),
-            wrk: Some(0),
-        },
-    }
 }
 
 /// What to run, from the options.
@@ -219,7 +126,7 @@ pub fn bench(options: &Options) -> Result<()> {
     raise_open_files_limit();
     proc::catch_signals();
     let work = proc::TempDir::new("ringwall-bench")?;
-    write_configs(work.path())?;
+    peers::write_configs(work.path())?;
     let results = target_dir().join("bench").join("results.json");
     fs::create_dir_all(results.parent().unwrap_or(Path::new(".")))?;
     let settings = json!({
@@ -318,7 +225,7 @@ fn start_peer(
     let cpu = placement(mode, peer).proxy;
     let mut server = match peer {
         Peer::Direct => return Ok(None),
-        Peer::Nginx => start_nginx(log_name(peer), work, cpu)?,
+        Peer::Nginx => start_nginx(peers::log_name(peer), work, cpu)?,
         Peer::Haproxy => {
             let log = log_file(work, "haproxy")?;
             let mut cmd = on_cpu(cpu, "haproxy");
@@ -335,18 +242,10 @@ fn start_peer(
         }
     };
     wait_answering(&mut server, peer.port()).map_err(|err| {
-        let log = work.join(format!("{}.log", log_name(peer)));
+        let log = work.join(format!("{}.log", peers::log_name(peer)));
         err.context(proc::log_tail(&log, 10))
     })?;
     Ok(Some(server))
-}
-
-/// The name of a peer's config and log files in the work dir.
-fn log_name(peer: Peer) -> &'static str {
-    match peer {
-        Peer::Nginx => "nginx-proxy",
-        _ => peer.name(),
-    }
 }
 
 /// `NAME.log` in the work dir, emptied, shared by a server's stdout, stderr and own log.
@@ -502,135 +401,6 @@ fn raise_open_files_limit() {
     }
 }
 
-fn write_configs(work: &Path) -> Result<()> {
-    let files: [(PathBuf, String); 4] = [
-        (work.join("upstream.conf"), nginx_upstream_conf(work)),
-        (work.join("nginx-proxy.conf"), nginx_proxy_conf(work)),
-        (work.join("haproxy.cfg"), haproxy_cfg()),
-        (
-            work.join("ringwall").join("gateway.yaml"),
-            ringwall_config(),
-        ),
-    ];
-    for (path, text) in files {
-        if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir)?;
-        }
-        fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
-    }
-    Ok(())
-}
-
-/// The nginx settings both nginx instances share: one worker, no logs, long keep-alive, and
-/// every path nginx would otherwise write under /var kept in the work dir.
-fn nginx_main(work: &Path, name: &str) -> String {
-    let work = work.display();
-    format!(
-        "worker_processes 1;
-daemon off;
-pid {work}/{name}.pid;
-error_log {work}/{name}.log warn;
-events {{ worker_connections 8192; }}
-"
-    )
-}
-
-fn nginx_http_common(work: &Path, name: &str) -> String {
-    let work = work.display();
-    format!(
-        "  access_log off;
-  keepalive_requests 1000000000;
-  keepalive_timeout 300s;
-  client_body_temp_path {work}/{name}-body;
-  proxy_temp_path {work}/{name}-proxy;
-  fastcgi_temp_path {work}/{name}-fastcgi;
-  uwsgi_temp_path {work}/{name}-uwsgi;
-  scgi_temp_path {work}/{name}-scgi;
-"
-    )
-}
-
-fn nginx_upstream_conf(work: &Path) -> String {
-    format!(
-        "{}http {{
-{}  server {{
-    listen 127.0.0.1:{UPSTREAM_PORT} backlog=4096;
-    location / {{ return 200 \"{HELLO}\"; }}
-  }}
-}}
-",
-        nginx_main(work, "upstream"),
-        nginx_http_common(work, "upstream")
-    )
-}
-
-fn nginx_proxy_conf(work: &Path) -> String {
-    format!(
-        "{}http {{
-{}  upstream origin {{
-    server 127.0.0.1:{UPSTREAM_PORT};
-    keepalive 512;
-    keepalive_requests 1000000000;
-    keepalive_timeout 300s;
-  }}
-  server {{
-    listen 127.0.0.1:{} backlog=4096;
-    location / {{
-      proxy_pass http://origin;
-      proxy_http_version 1.1;
-      proxy_set_header Connection \"\";
-    }}
-  }}
-}}
-",
-        nginx_main(work, "nginx-proxy"),
-        nginx_http_common(work, "nginx-proxy"),
-        Peer::Nginx.port()
-    )
-}
-
-fn haproxy_cfg() -> String {
-    format!(
-        "global
-  nbthread 1
-  maxconn 8000
-
-defaults
-  mode http
-  option http-keep-alive
-  http-reuse always
-  timeout connect 5s
-  timeout client 60s
-  timeout server 60s
-
-frontend bench
-  bind 127.0.0.1:{}
-  default_backend origin
-
-backend origin
-  server upstream 127.0.0.1:{UPSTREAM_PORT} maxconn 4096
-",
-        Peer::Haproxy.port()
-    )
-}
-
-/// The plainest Flex Local Mode file: one ApiInstance with an inline service.
-fn ringwall_config() -> String {
-    format!(
-        "apiVersion: gateway.mulesoft.com/v1alpha1
-kind: ApiInstance
-metadata:
-  name: bench
-spec:
-  address: http://127.0.0.1:{}
-  services:
-    upstream:
-      address: http://127.0.0.1:{UPSTREAM_PORT}
-",
-        Peer::Ringwall.port()
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -661,53 +431,5 @@ mod tests {
         assert!(Plan::from_options(&options("64", "nginx", "sideways")).is_err());
         assert!(Plan::from_options(&options("0", "nginx", "pinned")).is_err());
         assert!(Plan::from_options(&options("", "nginx", "pinned")).is_err());
-    }
-
-    #[test]
-    fn pinned_keeps_the_proxy_alone_on_cpu_1() {
-        let proxied = placement(Mode::Pinned, Peer::Haproxy);
-        assert_eq!(
-            proxied,
-            Placement {
-                upstream: Some(0),
-                proxy: Some(1),
-                wrk: Some(0)
-            }
-        );
-        let direct = placement(Mode::Pinned, Peer::Direct);
-        assert_eq!((direct.upstream, direct.wrk), (Some(0), Some(1)));
-        assert_eq!(placement(Mode::Unpinned, Peer::Ringwall).proxy, None);
-    }
-
-    #[test]
-    fn configs_listen_where_the_peers_are_driven() {
-        let work = Path::new("/tmp/w");
-        let upstream = nginx_upstream_conf(work);
-        assert!(upstream.contains("listen 127.0.0.1:9000 "));
-        assert!(upstream.contains("return 200 \"hello\";"));
-        assert!(upstream.contains("pid /tmp/w/upstream.pid;"));
-        let proxy = nginx_proxy_conf(work);
-        assert!(proxy.contains("listen 127.0.0.1:8001 "));
-        assert!(proxy.contains("keepalive 512;") && proxy.contains("proxy_pass http://origin;"));
-        let haproxy = haproxy_cfg();
-        assert!(haproxy.contains("bind 127.0.0.1:8002") && haproxy.contains("http-reuse always"));
-        let ringwall = ringwall_config();
-        assert!(ringwall.contains("kind: ApiInstance\n"));
-        assert!(ringwall.contains("  address: http://127.0.0.1:8005\n"));
-        assert!(ringwall.contains("      address: http://127.0.0.1:9000\n"));
-    }
-
-    #[test]
-    fn nginx_configs_balance_their_braces() {
-        for conf in [
-            nginx_upstream_conf(Path::new("/w")),
-            nginx_proxy_conf(Path::new("/w")),
-        ] {
-            assert_eq!(
-                conf.matches('{').count(),
-                conf.matches('}').count(),
-                "{conf}"
-            );
-        }
     }
 }

@@ -5,6 +5,7 @@ mod bench;
 mod build;
 mod ci;
 mod demo;
+mod peers;
 mod proc;
 mod report;
 mod setup;
