@@ -98,7 +98,7 @@ async fn exchange(c: &mut Client, listener: usize, w: &Worker) -> Next {
     // === Phase: read and route the request head ===
     let plan = loop {
         if !c.buf.is_empty() {
-            match plan_request(c, &gateway, listener) {
+            match plan_request(c, &gateway, listener, w.random()) {
                 Ok(Some(plan)) => break plan,
                 Ok(None) => {}
                 Err(r) => return refuse(c, &r.error, r.is_head, r.close).await,
@@ -165,6 +165,7 @@ fn plan_request(
     c: &mut Client,
     gateway: &Gateway,
     listener: usize,
+    pick: u64,
 ) -> Result<Option<Plan>, Refusal> {
     let settings = &gateway.snapshot.settings;
     let mut headers = [httparse::EMPTY_HEADER; request::MAX_HEADERS];
@@ -180,7 +181,7 @@ fn plan_request(
         }
     };
     let is_head = req.is_head();
-    let Some(routed) = gateway.route(listener, &req) else {
+    let Some(routed) = gateway.route(listener, &req, pick) else {
         // Without a body nothing of the request is left unread: the connection can go on.
         let close = req.framing != Framing::Empty || !req.keep_alive;
         let head_len = req.head_len;

@@ -59,11 +59,14 @@ impl Gateway {
     }
 
     /// The ApiInstance with the longest base path the request falls under, then its
-    /// first route whose rules match.
+    /// first route whose rules match. When that route is weighted (`route-weighted`),
+    /// the choice is among every weighted route that matches, in proportion to the
+    /// weights, using `pick` (a random number) to choose.
     pub fn route<'g, 'r>(
         &'g self,
         listener: usize,
         req: &Request<'_, 'r>,
+        pick: u64,
     ) -> Option<Routed<'g, 'r>> {
         let listener = self.listeners.get(listener)?;
         let (api, path) = listener.apis.iter().find_map(|&i| {
@@ -71,11 +74,145 @@ impl Gateway {
             api.strip_base(req.path).map(|rest| (api, rest))
         })?;
         let path = if path.is_empty() { "/" } else { path };
-        let route = api
-            .routes
-            .iter()
-            .find(|r| r.matches(req.method, path, req.host, |name| req.header(name)))?;
+        let matches = |r: &&Route| r.matches(req.method, path, req.host, |name| req.header(name));
+        let first = api.routes.iter().find(matches)?;
+        let route = if first.weight.is_some() {
+            weighted_choice(
+                api.routes
+                    .iter()
+                    .filter(|r| r.weight.is_some())
+                    .filter(matches),
+                pick,
+            )
+            .unwrap_or(first)
+        } else {
+            first
+        };
         let rest = api.strip_base(req.target)?;
         Some(Routed { api, route, rest })
+    }
+}
+
+/// Picks one of `routes` with probability proportional to its weight.
+fn weighted_choice<'g>(
+    routes: impl Iterator<Item = &'g Route> + Clone,
+    pick: u64,
+) -> Option<&'g Route> {
+    let total: u64 = routes
+        .clone()
+        .map(|r| u64::from(r.weight.unwrap_or(0)))
+        .sum();
+    if total == 0 {
+        return None;
+    }
+    let mut point = pick % total;
+    for r in routes {
+        let w = u64::from(r.weight.unwrap_or(0));
+        if point < w {
+            return Some(r);
+        }
+        point -= w;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::request;
+
+    const CONFIG: &str = "apiVersion: gateway.mulesoft.com/v1alpha1
+kind: ApiInstance
+metadata: {name: wide}
+spec:
+  address: http://127.0.0.1:8081
+  services:
+    catchall: {address: 'http://127.0.0.1:9001'}
+---
+apiVersion: gateway.mulesoft.com/v1alpha1
+kind: ApiInstance
+metadata: {name: narrow}
+spec:
+  address: http://127.0.0.1:8081/api
+  services:
+    orders:
+      address: http://127.0.0.1:9002
+      routes:
+        - rules: [{path: /orders/.*, methods: GET}]
+---
+apiVersion: gateway.mulesoft.com/v1alpha1
+kind: Service
+metadata: {name: blue}
+spec: {address: 'http://127.0.0.1:9003'}
+---
+apiVersion: gateway.mulesoft.com/v1alpha1
+kind: Service
+metadata: {name: green}
+spec: {address: 'http://127.0.0.1:9004'}
+---
+apiVersion: gateway.mulesoft.com/v1alpha1
+kind: PolicyBinding
+metadata: {name: to-blue}
+spec:
+  targetRef: {name: narrow}
+  policyRef: {name: route-weighted}
+  rules: [{path: /canary/.*}]
+  config: {destinationRef: {name: blue}, weight: 90}
+---
+apiVersion: gateway.mulesoft.com/v1alpha1
+kind: PolicyBinding
+metadata: {name: to-green}
+spec:
+  targetRef: {name: narrow}
+  policyRef: {name: route-weighted}
+  rules: [{path: /canary/.*}]
+  config: {destinationRef: {name: green}, weight: 10}
+";
+
+    fn gateway() -> Gateway {
+        let snapshot =
+            ringwall_config::load_files(&[("g.yaml".into(), CONFIG.into())]).expect("valid config");
+        Gateway::new(Arc::new(snapshot))
+    }
+
+    fn route_of(g: &Gateway, raw: &[u8], pick: u64) -> Option<String> {
+        let mut headers = [httparse::EMPTY_HEADER; request::MAX_HEADERS];
+        let req = request::parse(raw, &mut headers, 8192).ok()??;
+        g.route(0, &req, pick)
+            .map(|r| format!("{} {}", r.route.upstream.name, r.rest))
+    }
+
+    #[test]
+    fn one_listener_serves_both_apis_longest_base_path_first() {
+        let g = gateway();
+        assert_eq!(g.listeners.len(), 1);
+        assert_eq!(
+            route_of(&g, b"GET /api/orders/7?x HTTP/1.1\r\nHost: a\r\n\r\n", 0).as_deref(),
+            Some("narrow/orders /orders/7?x")
+        );
+        // Under /api but matching no route of the narrower API: no fallback to the wider one.
+        assert_eq!(
+            route_of(&g, b"POST /api/orders/7 HTTP/1.1\r\nHost: a\r\n\r\n", 0),
+            None
+        );
+        assert_eq!(
+            route_of(&g, b"GET /apix HTTP/1.1\r\nHost: a\r\n\r\n", 0).as_deref(),
+            Some("wide/catchall /apix")
+        );
+    }
+
+    #[test]
+    fn weighted_routes_split_by_weight() {
+        let g = gateway();
+        let mut blue = 0;
+        for pick in 0..1000 {
+            let r = route_of(&g, b"GET /api/canary/x HTTP/1.1\r\nHost: a\r\n\r\n", pick).unwrap();
+            if r.starts_with("blue") {
+                blue += 1;
+            } else {
+                assert!(r.starts_with("green"), "{r}");
+            }
+        }
+        assert_eq!(blue, 900);
     }
 }

@@ -21,6 +21,10 @@ use crate::pool::Pool;
 const RING_ENTRIES: u32 = 4096;
 
 pub struct Worker {
+    /// `Rc` around the shared `Arc` on purpose: every exchange clones it, and an `Rc`
+    /// clone is a plain increment, where an `Arc` clone would bounce the refcount's
+    /// cache line between cores on every request.
+    #[allow(clippy::redundant_allocation)]
     gateway: RefCell<Rc<Arc<Gateway>>>,
     pub pool: Pool,
     draining: Cell<bool>,
@@ -28,6 +32,7 @@ pub struct Worker {
     active: Cell<usize>,
     all_closed: Notify,
     next_addr: Cell<usize>,
+    rng: Cell<u64>,
 }
 
 impl Worker {
@@ -40,11 +45,13 @@ impl Worker {
             active: Cell::new(0),
             all_closed: Notify::new(),
             next_addr: Cell::new(0),
+            rng: Cell::new(seed()),
         }
     }
 
     /// The configuration in force. A cheap non-atomic clone: an exchange keeps the
     /// snapshot it started with even if a reload swaps it meanwhile.
+    #[allow(clippy::redundant_allocation)]
     pub fn gateway(&self) -> Rc<Arc<Gateway>> {
         self.gateway.borrow().clone()
     }
@@ -72,6 +79,16 @@ impl Worker {
         addrs[i % addrs.len()]
     }
 
+    /// A cheap per-worker random number (xorshift64*), for weighted choices.
+    pub fn random(&self) -> u64 {
+        let mut x = self.rng.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng.set(x);
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
     pub fn track_connection(self: &Rc<Self>) -> ConnectionGuard {
         self.active.set(self.active.get() + 1);
         ConnectionGuard(self.clone())
@@ -82,6 +99,15 @@ impl Worker {
             self.all_closed.notified().await;
         }
     }
+}
+
+fn seed() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64);
+    // Distinct per thread even when started in the same nanosecond; never zero.
+    let addr = &nanos as *const u64 as u64;
+    (nanos ^ addr.rotate_left(32)) | 1
 }
 
 /// Counts a client connection as active for as long as it lives.
