@@ -167,33 +167,33 @@ fn every_api_instance_gets_a_listening_line_and_serves() {
     within(TEST_LIMIT, || {
         let first = Origin::ok("first");
         let second = Origin::ok("second");
-        let config = documents(&[
-            &api_instance(
-                "first",
-                ANY_PORT,
+        // Distinct base paths, so the two are valid whether port 0 means one listener for
+        // both or one each; the `listening` lines say which, and the test follows them.
+        let instance = |name: &str, origin: &Origin| {
+            api_instance(
+                name,
+                &format!("{ANY_PORT}/{name}"),
                 &[yaml::InlineService::new(
                     "up",
-                    &first.url(),
+                    &origin.url(),
                     vec![Route::all()],
                 )],
-            ),
-            &api_instance(
-                "second",
-                ANY_PORT,
-                &[yaml::InlineService::new(
-                    "up",
-                    &second.url(),
-                    vec![Route::all()],
-                )],
-            ),
-        ]);
+            )
+        };
+        let config = documents(&[&instance("first", &first), &instance("second", &second)]);
         let gw = Gateway::start(&[("apis.yaml", &config)], &[]);
 
-        assert_eq!(gw.listening_lines().len(), 2, "{:?}", gw.listening_lines());
-        assert_ne!(gw.addr("first"), gw.addr("second"));
-        assert_ne!(gw.addr("first").port(), 0);
-        assert_eq!(Client::connect(gw.addr("first")).get("/").text(), "first");
-        assert_eq!(Client::connect(gw.addr("second")).get("/").text(), "second");
+        for (name, origin) in [("first", &first), ("second", &second)] {
+            let addr = gw.addr(name);
+            assert!(
+                addr.ip().is_loopback() && addr.port() != 0,
+                "{name}: {addr}"
+            );
+            let resp = Client::connect(addr).get(&format!("/{name}/x"));
+            assert_eq!(resp.status, 200, "{name}: {resp:?}");
+            assert_eq!(resp.text(), name);
+            assert_eq!(origin.single_request().path, "/x");
+        }
     })
 }
 

@@ -176,6 +176,35 @@ fn path_outside_the_base_path_is_404() {
 }
 
 #[test]
+fn longest_matching_base_path_selects_the_api_instance() {
+    within(TEST_LIMIT, || {
+        let v1 = named_origin("v1");
+        let v2 = named_origin("v2");
+        // Both instances must share one listener, so they name one concrete port: one the OS
+        // just handed out (port 0 could mean a port per instance).
+        let listen = format!("http://{}", closed_port());
+        let config = documents(&[
+            &api_to(&format!("{listen}/api"), &v1.url(), "/"),
+            &api_instance(
+                "api-v2",
+                &format!("{listen}/api/v2"),
+                &[InlineService::new("up", &v2.url(), vec![Route::all()])],
+            ),
+        ]);
+        let gw = Gateway::start(&[("api.yaml", &config)], &[]);
+        assert_eq!(
+            gw.addr("api"),
+            gw.addr("api-v2"),
+            "one address, one listener"
+        );
+
+        assert_eq!(request(&gw, "GET", "/api/v2/x").text(), "v2 GET /x");
+        assert_eq!(request(&gw, "GET", "/api/v1/x").text(), "v1 GET /v1/x");
+        assert_eq!(request(&gw, "GET", "/api/v2").status, 200);
+    })
+}
+
+#[test]
 fn top_level_service_is_reached_through_a_route_binding() {
     within(TEST_LIMIT, || {
         let origin = named_origin("inventory");

@@ -17,7 +17,7 @@ kind: ApiInstance
 metadata:
   name: orders
 spec:
-  address: http://127.0.0.1:0
+  address: http://127.0.0.1:0/orders
   colour: blue
 ---
 apiVersion: gateway.mulesoft.com/v1alpha1
@@ -96,6 +96,10 @@ fn assert_reports_expected_errors(stderr: &str) {
             !message.trim().is_empty(),
             "error without a message: {rest:?}"
         );
+        assert!(
+            !message.contains("ringwall:"),
+            "an error line runs into the next message (missing newline): {rest:?}"
+        );
     }
     assert_eq!(
         errors.len(),
@@ -123,8 +127,24 @@ fn valid_directory_is_ok_with_a_summary() {
             String::from_utf8_lossy(&out.stderr)
         );
         assert!(stdout.starts_with("ok:"), "{stdout:?}");
+        assert_eq!(stdout.lines().count(), 1, "one summary line: {stdout:?}");
+    })
+}
+
+#[test]
+fn valid_summary_has_the_contract_format() {
+    within(TEST_LIMIT, || {
+        let (api, backend) = valid_files();
+        let dir = config_dir(&[("api.yaml", &api), ("backend.yml", &backend)]);
+
+        let out = run_cli(
+            &["validate", dir.path().to_str().expect("utf-8")],
+            CLI_LIMIT,
+        );
+
+        // Verbatim the example of docs/CONTRACTS.md, which is this directory's summary.
         assert_eq!(
-            stdout.trim_end(),
+            String::from_utf8_lossy(&out.stdout).trim_end(),
             "ok: 2 files: 1 ApiInstance, 1 Service, 1 PolicyBinding, 0 Configuration"
         );
     })
