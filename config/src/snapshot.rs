@@ -302,11 +302,13 @@ fn policy(binding: String, meta: &Meta, spec: PolicySpec) -> Policy {
 }
 
 /// Two ApiInstances may share a listener only with different base paths, and a wildcard
-/// address cannot be bound next to a specific one on the same port.
+/// address cannot be bound next to a specific one on the same port. Port 0 asks for a port
+/// of the system's choosing, one per ApiInstance, so such addresses never clash.
 fn check_listeners(apis: &[(Meta, usize, ApiInstance)], diag: &mut Diagnostics) {
     for (j, (meta, line, api)) in apis.iter().enumerate() {
         for (other_meta, _, other) in &apis[..j] {
-            let message = if api.listen == other.listen && api.base_path == other.base_path {
+            let shared = api.listen == other.listen && api.listen.port() != 0;
+            let message = if shared && api.base_path == other.base_path {
                 let base = if api.base_path.is_empty() {
                     "/"
                 } else {

@@ -549,6 +549,13 @@ fn listener_errors() {
     assert!(overlap[0]
         .message
         .starts_with("127.0.0.1:8081 overlaps 0.0.0.0:8081 of ApiInstance/a"));
+
+    // Port 0 gives each ApiInstance a port of its own: no clash even on one base path.
+    let files = [
+        ("a.yaml".to_string(), api("a", "http://127.0.0.1:0")),
+        ("b.yaml".to_string(), api("b", "http://127.0.0.1:0")),
+    ];
+    assert!(crate::load_files(&files).is_ok());
 }
 
 #[test]

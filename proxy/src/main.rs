@@ -53,7 +53,7 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(errors) => {
-                eprint!("{errors}");
+                eprintln!("{errors}");
                 ExitCode::FAILURE
             }
         },
@@ -82,7 +82,7 @@ fn run(
     let snapshot = match ringwall_config::load_dir(config) {
         Ok(s) => s,
         Err(errors) => {
-            eprint!("{errors}");
+            eprintln!("{errors}");
             anyhow::bail!("invalid configuration in {}", config.display());
         }
     };

@@ -58,7 +58,14 @@ pub fn run(gateway: Arc<Gateway>, opts: &Options) -> Result<(), ServerError> {
         .map_err(ServerError::Signals)?;
 
     let sockets = bind_listeners(&gateway, opts.workers)?;
+    // Thread per core: with a worker for every allowed CPU, each gets its own. With fewer,
+    // which CPUs are best is the scheduler's call (or the operator's, through taskset).
     let cpus = allowed_cpus();
+    let cpus = if opts.workers >= cpus.len() {
+        cpus
+    } else {
+        Vec::new()
+    };
     let (drain_tx, drain_rx) = watch::channel(false);
     let (ready_tx, ready_rx) = mpsc::channel();
     let (exit_tx, mut exit_rx) = tokio::sync::mpsc::unbounded_channel::<usize>();

@@ -17,7 +17,7 @@ mod tests;
 
 pub use client::{Client, Response};
 pub use gateway::{config_dir, ringwall_bin, run_cli, Gateway};
-pub use origin::{closed_port, Gate, Origin, Reply};
+pub use origin::{closed_port, free_port, ClosedPort, Gate, Origin, Reply};
 
 use std::sync::mpsc;
 use std::thread;

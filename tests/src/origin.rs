@@ -428,12 +428,48 @@ fn reset(stream: &TcpStream) {
     // Dropping the last handle now closes with RST; the caller returns and drops it.
 }
 
-/// An address on which nothing listens: bound, then released.
-pub fn closed_port() -> SocketAddr {
+/// A port on which nothing listens, held for as long as the value lives: the socket is
+/// bound but never listens, so connections are refused and no other socket (a gateway
+/// picking port 0 in a parallel test) can be given the port meanwhile.
+pub struct ClosedPort {
+    socket: std::os::fd::OwnedFd,
+    addr: SocketAddr,
+}
+
+impl ClosedPort {
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+pub fn closed_port() -> ClosedPort {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    // SAFETY: plain socket(2)/bind(2)/getsockname(2) calls on a descriptor this function
+    // creates and hands to OwnedFd at once; the sockaddr buffers are sized for IPv4.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let socket = std::os::fd::OwnedFd::from_raw_fd(fd);
+        let mut sa: libc::sockaddr_in = std::mem::zeroed();
+        sa.sin_family = libc::AF_INET as libc::sa_family_t;
+        sa.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let rc = libc::bind(socket.as_raw_fd(), (&raw const sa).cast(), len);
+        assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+        let mut bound: libc::sockaddr_in = std::mem::zeroed();
+        let mut blen = len;
+        let rc = libc::getsockname(socket.as_raw_fd(), (&raw mut bound).cast(), &mut blen);
+        assert_eq!(rc, 0, "getsockname: {}", std::io::Error::last_os_error());
+        let addr = SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, u16::from_be(bound.sin_port)));
+        ClosedPort { socket, addr }
+    }
+}
+
+/// A port that was free a moment ago: bound, then released. Only for a listener that
+/// must have a concrete port; another process may take it first, so prefer port 0.
+pub fn free_port() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    let addr = listener.local_addr().expect("local_addr");
-    drop(listener);
-    addr
+    listener.local_addr().expect("local_addr")
 }
 
 /// A latch an origin handler can block on until the test opens it, so a test can hold

@@ -100,8 +100,8 @@ fn http10_origin_closes_unless_keep_alive() {
 
 #[test]
 fn closed_port_refuses() {
-    let addr = closed_port();
-    assert!(Client::try_connect(addr).is_err());
+    let port = closed_port();
+    assert!(Client::try_connect(port.addr()).is_err());
 }
 
 #[test]

@@ -58,7 +58,8 @@ fn rejecting_setup() -> (Origin, Gateway) {
 #[test]
 fn upstream_down_is_502() {
     within(TEST_LIMIT, || {
-        let down = format!("http://{}", closed_port());
+        let port = closed_port();
+        let down = format!("http://{}", port.addr());
         let gw = Gateway::start(&[("api.yaml", &simple_api(&down))], &[]);
 
         let resp = Client::connect(gw.addr("api")).get("/");

@@ -182,7 +182,7 @@ fn longest_matching_base_path_selects_the_api_instance() {
         let v2 = named_origin("v2");
         // Both instances must share one listener, so they name one concrete port: one the OS
         // just handed out (port 0 could mean a port per instance).
-        let listen = format!("http://{}", closed_port());
+        let listen = format!("http://{}", free_port());
         let config = documents(&[
             &api_to(&format!("{listen}/api"), &v1.url(), "/"),
             &api_instance(

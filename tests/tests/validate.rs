@@ -145,7 +145,7 @@ fn valid_summary_has_the_contract_format() {
         // Verbatim the example of docs/CONTRACTS.md, which is this directory's summary.
         assert_eq!(
             String::from_utf8_lossy(&out.stdout).trim_end(),
-            "ok: 2 files: 1 ApiInstance, 1 Service, 1 PolicyBinding, 0 Configuration"
+            "ok: 2 files: 1 ApiInstance, 1 Service, 1 PolicyBinding, 0 Configurations"
         );
     })
 }
