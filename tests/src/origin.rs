@@ -432,7 +432,8 @@ fn reset(stream: &TcpStream) {
 /// bound but never listens, so connections are refused and no other socket (a gateway
 /// picking port 0 in a parallel test) can be given the port meanwhile.
 pub struct ClosedPort {
-    socket: std::os::fd::OwnedFd,
+    // Held, not read: closing it would free the port.
+    _socket: std::os::fd::OwnedFd,
     addr: SocketAddr,
 }
 
@@ -461,7 +462,10 @@ pub fn closed_port() -> ClosedPort {
         let rc = libc::getsockname(socket.as_raw_fd(), (&raw mut bound).cast(), &mut blen);
         assert_eq!(rc, 0, "getsockname: {}", std::io::Error::last_os_error());
         let addr = SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, u16::from_be(bound.sin_port)));
-        ClosedPort { socket, addr }
+        ClosedPort {
+            _socket: socket,
+            addr,
+        }
     }
 }
 
