@@ -192,7 +192,7 @@ fn plan_request(
             close,
         });
     };
-    let (api, route) = index_of(gateway, routed.api, routed.route);
+    let (api, route) = (routed.api_index, routed.route_index);
     c.out.clear();
     request::write_upstream_head(
         &req,
@@ -223,25 +223,6 @@ fn plan_request(
     Ok(Some(plan))
 }
 
-fn index_of(
-    gateway: &Gateway,
-    api: &ringwall_config::ApiInstance,
-    route: &ringwall_config::Route,
-) -> (usize, usize) {
-    let a = gateway
-        .snapshot
-        .apis
-        .iter()
-        .position(|x| std::ptr::eq(x, api))
-        .unwrap_or_default();
-    let r = api
-        .routes
-        .iter()
-        .position(|x| std::ptr::eq(x, route))
-        .unwrap_or_default();
-    (a, r)
-}
-
 enum Failure {
     /// Nothing was sent to the client yet; the flag says whether the request body was
     /// read in full (so the connection could be kept).
@@ -260,8 +241,11 @@ async fn forward(
     let settings = &gateway.snapshot.settings;
     let timeouts = &settings.timeouts;
     let upstream = &route.upstream;
-    let addr = w.pick_addr(&upstream.addrs);
     let has_body = plan.framing != Framing::Empty;
+    let Some(addr) = w.pick_addr(&upstream.addrs) else {
+        let e = io::Error::new(io::ErrorKind::AddrNotAvailable, "upstream has no address");
+        return Err(Failure::BeforeResponse(ProxyError::Connect(e), !has_body));
+    };
     let before = |e| Failure::BeforeResponse(e, !has_body);
 
     // Replaying is safe only for a bodiless idempotent request on a pooled

@@ -26,6 +26,10 @@ pub struct Listener {
 pub struct Routed<'g, 'r> {
     pub api: &'g ApiInstance,
     pub route: &'g Route,
+    /// Indexes of `api` in the snapshot and of `route` in `api.routes`, for finding
+    /// them again once the request head's borrow has ended.
+    pub api_index: usize,
+    pub route_index: usize,
     /// The request target (path and query) after the base path.
     pub rest: &'r str,
 }
@@ -69,47 +73,52 @@ impl Gateway {
         pick: u64,
     ) -> Option<Routed<'g, 'r>> {
         let listener = self.listeners.get(listener)?;
-        let (api, path) = listener.apis.iter().find_map(|&i| {
+        let (api_index, api, path) = listener.apis.iter().find_map(|&i| {
             let api = &self.snapshot.apis[i];
-            api.strip_base(req.path).map(|rest| (api, rest))
+            api.strip_base(req.path).map(|rest| (i, api, rest))
         })?;
         let path = if path.is_empty() { "/" } else { path };
-        let matches = |r: &&Route| r.matches(req.method, path, req.host, |name| req.header(name));
-        let first = api.routes.iter().find(matches)?;
-        let route = if first.weight.is_some() {
-            weighted_choice(
-                api.routes
-                    .iter()
-                    .filter(|r| r.weight.is_some())
-                    .filter(matches),
-                pick,
-            )
-            .unwrap_or(first)
+        let matches = |r: &Route| r.matches(req.method, path, req.host, |name| req.header(name));
+        let first = api.routes.iter().position(matches)?;
+        let route_index = if api.routes[first].weight.is_some() {
+            let weighted = api
+                .routes
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.weight.is_some() && matches(r));
+            weighted_choice(weighted, pick).unwrap_or(first)
         } else {
             first
         };
+        let route = &api.routes[route_index];
         let rest = api.strip_base(req.target)?;
-        Some(Routed { api, route, rest })
+        Some(Routed {
+            api,
+            route,
+            api_index,
+            route_index,
+            rest,
+        })
     }
 }
 
-/// Picks one of `routes` with probability proportional to its weight.
+/// Picks one of the (index, route) pairs with probability proportional to its weight.
 fn weighted_choice<'g>(
-    routes: impl Iterator<Item = &'g Route> + Clone,
+    routes: impl Iterator<Item = (usize, &'g Route)> + Clone,
     pick: u64,
-) -> Option<&'g Route> {
+) -> Option<usize> {
     let total: u64 = routes
         .clone()
-        .map(|r| u64::from(r.weight.unwrap_or(0)))
+        .map(|(_, r)| u64::from(r.weight.unwrap_or(0)))
         .sum();
     if total == 0 {
         return None;
     }
     let mut point = pick % total;
-    for r in routes {
+    for (i, r) in routes {
         let w = u64::from(r.weight.unwrap_or(0));
         if point < w {
-            return Some(r);
+            return Some(i);
         }
         point -= w;
     }

@@ -73,10 +73,10 @@ impl Worker {
     }
 
     /// Round-robin over an upstream's addresses, per worker.
-    pub fn pick_addr(&self, addrs: &[SocketAddr]) -> SocketAddr {
+    pub fn pick_addr(&self, addrs: &[SocketAddr]) -> Option<SocketAddr> {
         let i = self.next_addr.get();
         self.next_addr.set(i.wrapping_add(1));
-        addrs[i % addrs.len()]
+        addrs.get(i.checked_rem(addrs.len())?).copied()
     }
 
     /// A cheap per-worker random number (xorshift64*), for weighted choices.
@@ -215,21 +215,39 @@ fn io_uring_unavailable(e: &io::Error) -> String {
     let sysctl = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
         .ok()
         .and_then(|s| s.trim().parse::<u8>().ok());
-    let cause = match (e.raw_os_error(), sysctl) {
-        (_, Some(2)) => "io_uring is disabled on this system (sysctl kernel.io_uring_disabled = 2)".to_string(),
+    format!("{}: {e}", ring_failure_cause(e.raw_os_error(), sysctl))
+}
+
+/// The cause of an `io_uring_setup` failure, from its errno and the value of the
+/// `kernel.io_uring_disabled` sysctl (absent on kernels before 6.6).
+fn ring_failure_cause(errno: Option<i32>, disabled_sysctl: Option<u8>) -> &'static str {
+    match (errno, disabled_sysctl) {
+        (_, Some(2)) => "io_uring is disabled on this system (sysctl kernel.io_uring_disabled = 2)",
         (Some(libc::EPERM), Some(1)) => {
-            "io_uring is restricted to the io_uring_group (sysctl kernel.io_uring_disabled = 1) and this process is not in it".to_string()
+            "io_uring is restricted to the io_uring_group (sysctl kernel.io_uring_disabled = 1) and this process is not in it"
         }
-        (Some(libc::ENOSYS), _) => {
-            "the kernel has no io_uring (older than 5.1, or built without it)".to_string()
-        }
+        (Some(libc::ENOSYS), _) => "the kernel has no io_uring (older than 5.1, or built without it)",
         (Some(libc::EPERM), _) => {
-            "io_uring_setup is forbidden, most likely by a seccomp filter (containers often block it)".to_string()
+            "io_uring_setup is forbidden, most likely by a seccomp filter (containers often block it)"
         }
-        (Some(libc::ENOMEM), _) => {
-            "not enough locked memory for the ring (raise RLIMIT_MEMLOCK)".to_string()
-        }
-        _ => "io_uring could not be set up".to_string(),
-    };
-    format!("{cause}: {e}")
+        (Some(libc::ENOMEM), _) => "not enough locked memory for the ring (raise RLIMIT_MEMLOCK)",
+        _ => "io_uring could not be set up",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ring_failures_name_their_cause() {
+        assert!(ring_failure_cause(Some(libc::EPERM), Some(2)).contains("io_uring_disabled = 2"));
+        assert!(ring_failure_cause(Some(libc::EPERM), Some(1)).contains("io_uring_group"));
+        assert!(ring_failure_cause(Some(libc::EPERM), Some(0)).contains("seccomp"));
+        assert!(ring_failure_cause(Some(libc::EPERM), None).contains("seccomp"));
+        assert!(ring_failure_cause(Some(libc::ENOSYS), None).contains("older than 5.1"));
+        assert!(ring_failure_cause(Some(libc::ENOMEM), Some(0)).contains("RLIMIT_MEMLOCK"));
+        let e = io::Error::from_raw_os_error(libc::ENOSYS);
+        assert!(io_uring_unavailable(&e).ends_with(&e.to_string()));
+    }
 }

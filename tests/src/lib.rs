@@ -17,7 +17,9 @@ mod tests;
 
 pub use client::{Client, Response};
 pub use gateway::{config_dir, ringwall_bin, run_cli, Gateway};
-pub use origin::{closed_port, free_port, ClosedPort, Gate, Origin, Reply};
+pub use origin::{
+    closed_port, free_port, full_accept_queue, ClosedPort, FullQueue, Gate, Origin, Reply,
+};
 
 use std::sync::mpsc;
 use std::thread;

@@ -511,3 +511,58 @@ impl Gate {
         cond.notify_all();
     }
 }
+
+/// A listener that never accepts and whose accept queue is already full, so the kernel
+/// drops every further SYN: a connect to it hangs until the connector gives up. All on
+/// loopback, held for as long as the value lives.
+pub struct FullQueue {
+    _listener: std::os::fd::OwnedFd,
+    _queued: Vec<std::net::TcpStream>,
+    addr: SocketAddr,
+}
+
+impl FullQueue {
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+pub fn full_accept_queue() -> FullQueue {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let port = closed_port();
+    let addr = port.addr();
+    drop(port);
+    // SAFETY: socket/bind/listen on a descriptor created here and owned by OwnedFd at
+    // once; the sockaddr is a fully initialised sockaddr_in.
+    let listener = unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let owned = std::os::fd::OwnedFd::from_raw_fd(fd);
+        let mut sa: libc::sockaddr_in = std::mem::zeroed();
+        sa.sin_family = libc::AF_INET as libc::sa_family_t;
+        sa.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
+        sa.sin_port = addr.port().to_be();
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let rc = libc::bind(owned.as_raw_fd(), (&raw const sa).cast(), len);
+        assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+        // Backlog 0: the queue is full after one connection.
+        let rc = libc::listen(owned.as_raw_fd(), 0);
+        assert_eq!(rc, 0, "listen: {}", std::io::Error::last_os_error());
+        owned
+    };
+    let mut queued = Vec::new();
+    for _ in 0..8 {
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)) {
+            Ok(s) => queued.push(s),
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                return FullQueue {
+                    _listener: listener,
+                    _queued: queued,
+                    addr,
+                }
+            }
+            Err(e) => panic!("filling the accept queue of {addr}: {e}"),
+        }
+    }
+    panic!("the accept queue of {addr} never filled: SYNs are not being dropped");
+}

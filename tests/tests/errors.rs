@@ -93,6 +93,28 @@ fn slow_upstream_is_504_after_the_response_timeout() {
 }
 
 #[test]
+fn upstream_connect_timeout_is_504() {
+    within(TEST_LIMIT, || {
+        let hole = full_accept_queue();
+        let config = documents(&[
+            &simple_api(&format!("http://{}", hole.addr())),
+            &configuration("timeouts", "timeouts:\n  upstreamConnectSeconds: 0.5\n"),
+        ]);
+        let gw = Gateway::start(&[("api.yaml", &config)], &[]);
+
+        let started = Instant::now();
+        let resp = Client::connect(gw.addr("api")).get("/");
+        let elapsed = started.elapsed();
+
+        assert_error(&resp, 504);
+        assert!(
+            elapsed >= Duration::from_millis(400) && elapsed < Duration::from_millis(2000),
+            "504 after {elapsed:?}, want about 0.5 s"
+        );
+    })
+}
+
+#[test]
 fn upstream_closing_without_a_response_is_502() {
     within(TEST_LIMIT, || {
         let origin = Origin::start(|_| Reply::close());
