@@ -35,6 +35,9 @@ enum Command {
         /// Worker threads, each with its own io_uring runtime (default: one per core).
         #[arg(long)]
         workers: Option<usize>,
+        /// Address for the admin endpoints (`/live`, `/ready`), e.g. 127.0.0.1:9901.
+        #[arg(long)]
+        admin: Option<std::net::SocketAddr>,
         /// Seconds to let in-flight requests finish after SIGTERM.
         #[arg(long, default_value_t = 30.0)]
         shutdown_timeout: f64,
@@ -60,10 +63,11 @@ fn main() -> ExitCode {
         Command::Run {
             config,
             workers,
+            admin,
             shutdown_timeout,
         } => {
             init_logging();
-            match run(&config, workers, shutdown_timeout) {
+            match run(&config, workers, admin, shutdown_timeout) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("ringwall: {e:#}");
@@ -77,6 +81,7 @@ fn main() -> ExitCode {
 fn run(
     config: &std::path::Path,
     workers: Option<usize>,
+    admin: Option<std::net::SocketAddr>,
     shutdown_timeout: f64,
 ) -> anyhow::Result<()> {
     let snapshot = match ringwall_config::load_dir(config) {
@@ -103,6 +108,7 @@ fn run(
         &server::Options {
             workers,
             shutdown_timeout: Duration::from_secs_f64(shutdown_timeout),
+            admin,
         },
     )?;
     Ok(())

@@ -12,6 +12,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
+use crate::admin::{self, Phase};
 use crate::gateway::Gateway;
 use crate::worker::{self, WorkerSetup};
 
@@ -22,6 +23,8 @@ const BACKLOG: i32 = 4096;
 pub struct Options {
     pub workers: usize,
     pub shutdown_timeout: Duration,
+    /// Where the admin endpoints listen, if anywhere.
+    pub admin: Option<SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +41,8 @@ pub enum ServerError {
     Signals(io::Error),
     #[error("a worker thread panicked")]
     WorkerPanicked,
+    #[error("cannot listen on {addr} for the admin endpoints: {source}")]
+    Admin { addr: SocketAddr, source: io::Error },
 }
 
 /// Runs the gateway until a termination signal, then drains it.
@@ -56,6 +61,20 @@ pub fn run(gateway: Arc<Gateway>, opts: &Options) -> Result<(), ServerError> {
             ))
         })
         .map_err(ServerError::Signals)?;
+
+    let (phase_tx, phase_rx) = watch::channel(Phase::Starting);
+    if let Some(addr) = opts.admin {
+        let err = |source| ServerError::Admin { addr, source };
+        let std_listener = admin::bind(addr).map_err(err)?;
+        let local = std_listener.local_addr().map_err(err)?;
+        let listener = {
+            let _guard = control.enter();
+            tokio::net::TcpListener::from_std(std_listener).map_err(err)?
+        };
+        control.spawn(admin::serve(listener, phase_rx));
+        announce(&format!("admin {local}"));
+        tracing::info!(addr = %local, "admin endpoints listening");
+    }
 
     let sockets = bind_listeners(&gateway, opts.workers)?;
     // Thread per core: with a worker for every allowed CPU, each gets its own. With fewer,
@@ -117,19 +136,25 @@ pub fn run(gateway: Arc<Gateway>, opts: &Options) -> Result<(), ServerError> {
             }
         }
     }
+    let _ = phase_tx.send(Phase::Ready);
     announce(&format!("ready workers={}", opts.workers));
     tracing::info!(workers = opts.workers, "ready");
 
-    let early_exit = control.block_on(async {
-        tokio::select! {
+    let (early_exit, panicked) = control.block_on(async {
+        let early_exit = tokio::select! {
             _ = term.recv() => false,
             _ = int.recv() => false,
             _ = exit_rx.recv() => true,
-        }
+        };
+        tracing::info!("draining");
+        let _ = phase_tx.send(Phase::Draining);
+        let _ = drain_tx.send(true);
+        // Joined off the control thread, so the admin endpoints answer meanwhile.
+        let panicked = tokio::task::spawn_blocking(move || join_all(threads))
+            .await
+            .unwrap_or(true);
+        (early_exit, panicked)
     });
-    tracing::info!("draining");
-    let _ = drain_tx.send(true);
-    let panicked = join_all(threads);
     if early_exit || panicked {
         return Err(ServerError::WorkerPanicked);
     }

@@ -155,6 +155,7 @@ pub struct Gateway {
     _dir: TempDir,
     listeners: HashMap<String, SocketAddr>,
     listening: Vec<String>,
+    admin: Option<SocketAddr>,
     workers: usize,
     stderr: Arc<Mutex<Vec<u8>>>,
     stderr_thread: Option<JoinHandle<()>>,
@@ -190,6 +191,7 @@ impl Gateway {
             _dir: dir,
             listeners: HashMap::new(),
             listening: Vec::new(),
+            admin: None,
             workers: 0,
             stderr,
             stderr_thread: Some(stderr_thread),
@@ -224,6 +226,10 @@ impl Gateway {
                     }
                     gw.listening.push(line);
                 }
+                Some("admin") => match words.next().and_then(|a| a.parse().ok()) {
+                    Some(addr) => gw.admin = Some(addr),
+                    None => gw.fail_start("unparsable `admin` line", &seen),
+                },
                 Some("ready") => {
                     let workers = words
                         .next()
@@ -262,6 +268,12 @@ impl Gateway {
                 self.listening
             ),
         }
+    }
+
+    /// The admin listener's address, from its `admin` line (start with `--admin`).
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
+            .expect("no `admin` line: start the gateway with --admin 127.0.0.1:0")
     }
 
     /// The `listening` lines, as printed.

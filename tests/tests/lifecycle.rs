@@ -214,3 +214,40 @@ fn ready_line_reports_the_worker_count() {
         }
     })
 }
+
+#[test]
+fn readiness_turns_503_while_draining_and_liveness_stays_200() {
+    within(TEST_LIMIT, || {
+        let gate = Gate::new();
+        let origin = gated_origin(&gate);
+        let config = simple_api(&origin.url());
+        let mut gw = Gateway::start(&[("api.yaml", &config)], &["--admin", "127.0.0.1:0"]);
+        let admin = gw.admin_addr();
+
+        assert_eq!(Client::connect(admin).get("/ready").status, 200);
+        assert_eq!(Client::connect(admin).get("/live").status, 200);
+        assert_eq!(Client::connect(admin).get("/nope").status, 404);
+
+        // One request held in flight keeps the gateway draining as long as the gate is shut.
+        let addr = gw.addr("api");
+        let held = thread::spawn(move || Client::connect(addr).get("/held").status);
+        assert!(origin.wait_for_requests(1, Duration::from_secs(10)));
+        gw.terminate();
+
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let ready = loop {
+            let status = Client::connect(admin).get("/ready").status;
+            if status != 200 || Instant::now() > deadline {
+                break status;
+            }
+            // Poll interval only: the flip itself is what is awaited.
+            thread::sleep(Duration::from_millis(10));
+        };
+        assert_eq!(ready, 503, "/ready while draining");
+        assert_eq!(Client::connect(admin).get("/live").status, 200);
+
+        gate.open();
+        assert_eq!(held.join().expect("client"), 200);
+        assert_eq!(gw.wait_exit(Duration::from_secs(10)).code(), Some(0));
+    })
+}
