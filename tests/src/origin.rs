@@ -373,22 +373,9 @@ fn write_response(conn: &mut Conn, req: &Request, resp: &Reply) -> std::io::Resu
                 return Ok(());
             }
             // One write per chunk, so chunk boundaries fall anywhere in the gateway's reads.
-            let mut rest = &data[..];
-            let mut i = 0;
-            while !rest.is_empty() {
-                let size = sizes
-                    .get(i % sizes.len().max(1))
-                    .copied()
-                    .unwrap_or(rest.len());
-                let n = size.clamp(1, rest.len());
-                let mut chunk = format!("{n:x}\r\n").into_bytes();
-                chunk.extend_from_slice(&rest[..n]);
-                chunk.extend_from_slice(b"\r\n");
+            for chunk in wire::chunk_frames(data, sizes) {
                 conn.write_all(&chunk)?;
-                rest = &rest[n..];
-                i += 1;
             }
-            conn.write_all(b"0\r\n\r\n")?;
             Ok(())
         }
     }
@@ -444,9 +431,19 @@ impl ClosedPort {
 }
 
 pub fn closed_port() -> ClosedPort {
+    let (socket, addr) = bound_socket(0);
+    ClosedPort {
+        _socket: socket,
+        addr,
+    }
+}
+
+/// A TCP socket bound to 127.0.0.1:`port` (0: the system's choice) that does not listen,
+/// and the address it got.
+fn bound_socket(port: u16) -> (std::os::fd::OwnedFd, SocketAddr) {
     use std::os::fd::{AsRawFd, FromRawFd};
-    // SAFETY: plain socket(2)/bind(2)/getsockname(2) calls on a descriptor this function
-    // creates and hands to OwnedFd at once; the sockaddr buffers are sized for IPv4.
+    // SAFETY: socket(2)/bind(2)/getsockname(2) on a descriptor created here and owned by
+    // OwnedFd at once; the sockaddr buffers are fully initialised sockaddr_in values.
     unsafe {
         let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
         assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
@@ -454,6 +451,7 @@ pub fn closed_port() -> ClosedPort {
         let mut sa: libc::sockaddr_in = std::mem::zeroed();
         sa.sin_family = libc::AF_INET as libc::sa_family_t;
         sa.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
+        sa.sin_port = port.to_be();
         let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
         let rc = libc::bind(socket.as_raw_fd(), (&raw const sa).cast(), len);
         assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
@@ -462,10 +460,7 @@ pub fn closed_port() -> ClosedPort {
         let rc = libc::getsockname(socket.as_raw_fd(), (&raw mut bound).cast(), &mut blen);
         assert_eq!(rc, 0, "getsockname: {}", std::io::Error::last_os_error());
         let addr = SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, u16::from_be(bound.sin_port)));
-        ClosedPort {
-            _socket: socket,
-            addr,
-        }
+        (socket, addr)
     }
 }
 
@@ -528,28 +523,12 @@ impl FullQueue {
 }
 
 pub fn full_accept_queue() -> FullQueue {
-    use std::os::fd::{AsRawFd, FromRawFd};
-    let port = closed_port();
-    let addr = port.addr();
-    drop(port);
-    // SAFETY: socket/bind/listen on a descriptor created here and owned by OwnedFd at
-    // once; the sockaddr is a fully initialised sockaddr_in.
-    let listener = unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
-        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
-        let owned = std::os::fd::OwnedFd::from_raw_fd(fd);
-        let mut sa: libc::sockaddr_in = std::mem::zeroed();
-        sa.sin_family = libc::AF_INET as libc::sa_family_t;
-        sa.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
-        sa.sin_port = addr.port().to_be();
-        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-        let rc = libc::bind(owned.as_raw_fd(), (&raw const sa).cast(), len);
-        assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
-        // Backlog 0: the queue is full after one connection.
-        let rc = libc::listen(owned.as_raw_fd(), 0);
-        assert_eq!(rc, 0, "listen: {}", std::io::Error::last_os_error());
-        owned
-    };
+    use std::os::fd::AsRawFd;
+    let (listener, addr) = bound_socket(0);
+    // SAFETY: listen(2) on a socket owned by `listener`. Backlog 0: the queue is full
+    // after one connection.
+    let rc = unsafe { libc::listen(listener.as_raw_fd(), 0) };
+    assert_eq!(rc, 0, "listen: {}", std::io::Error::last_os_error());
     let mut queued = Vec::new();
     for _ in 0..8 {
         match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)) {

@@ -290,22 +290,38 @@ impl Conn {
 /// Writes `data` as chunks whose sizes cycle through `sizes`, then the last chunk.
 pub fn encode_chunked(data: &[u8], sizes: &[usize]) -> Vec<u8> {
     let mut out = Vec::with_capacity(data.len() + data.len() / 8 + 16);
+    for chunk in chunk_frames(data, sizes) {
+        out.extend_from_slice(&chunk);
+    }
+    out
+}
+
+/// The chunked encoding of `data` one chunk at a time, chunk sizes cycling through
+/// `sizes`, the last chunk (`0\r\n\r\n`) last.
+pub fn chunk_frames<'a>(data: &'a [u8], sizes: &'a [usize]) -> impl Iterator<Item = Vec<u8>> + 'a {
     let mut rest = data;
     let mut i = 0;
-    while !rest.is_empty() {
+    let mut finished = false;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            if finished {
+                return None;
+            }
+            finished = true;
+            return Some(b"0\r\n\r\n".to_vec());
+        }
         let size = sizes
             .get(i % sizes.len().max(1))
             .copied()
             .unwrap_or(rest.len());
         let n = size.clamp(1, rest.len());
-        out.extend_from_slice(format!("{n:x}\r\n").as_bytes());
-        out.extend_from_slice(&rest[..n]);
-        out.extend_from_slice(b"\r\n");
+        let mut chunk = format!("{n:x}\r\n").into_bytes();
+        chunk.extend_from_slice(&rest[..n]);
+        chunk.extend_from_slice(b"\r\n");
         rest = &rest[n..];
         i += 1;
-    }
-    out.extend_from_slice(b"0\r\n\r\n");
-    out
+        Some(chunk)
+    })
 }
 
 pub fn owned_headers(headers: &[httparse::Header<'_>]) -> Headers {
