@@ -67,6 +67,11 @@ pub fn config_dir(files: &[(&str, &str)]) -> TempDir {
 
 /// A `ringwall` command with the child killed if the test process dies first.
 fn command(args: &[&str]) -> Command {
+    command_in(args, None)
+}
+
+/// `ringwall ARGS`, run inside the network namespace `netns` when given.
+fn command_in(args: &[&str], netns: Option<std::fs::File>) -> Command {
     let mut cmd = Command::new(ringwall_bin());
     cmd.args(args)
         .env("RUST_BACKTRACE", "1")
@@ -76,10 +81,16 @@ fn command(args: &[&str]) -> Command {
     // SAFETY: the closure runs between fork and exec and only calls prctl, which is
     // async-signal-safe and touches no memory of the parent.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             // A test that times out leaves its Gateway undropped; this reaps the process when
             // the test binary exits.
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            // setns is a single syscall: safe between fork and exec.
+            if let Some(ns) = &netns {
+                if libc::setns(std::os::fd::AsRawFd::as_raw_fd(ns), libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
             Ok(())
         });
     }
@@ -166,6 +177,12 @@ impl Gateway {
     /// Writes `files` into a fresh directory and runs `ringwall run --config DIR --workers 2`
     /// plus `extra_args` (a `--workers` there replaces the default), until it is ready.
     pub fn start(files: &[(&str, &str)], extra_args: &[&str]) -> Gateway {
+        Self::start_in(None, files, extra_args)
+    }
+
+    /// As [`Gateway::start`], with the gateway inside network namespace `netns` (a name
+    /// under /run/netns).
+    pub fn start_in(netns: Option<&str>, files: &[(&str, &str)], extra_args: &[&str]) -> Gateway {
         let dir = config_dir(files);
         let dir_arg = dir.path().to_str().expect("utf-8 temp path").to_string();
         let mut args = vec!["run", "--config", dir_arg.as_str()];
@@ -173,7 +190,8 @@ impl Gateway {
             args.extend(["--workers", "2"]);
         }
         args.extend_from_slice(extra_args);
-        let mut child = command(&args)
+        let ns = netns.map(crate::netns::NetLab::ns_file);
+        let mut child = command_in(&args, ns)
             .spawn()
             .unwrap_or_else(|e| panic!("spawn ringwall {args:?}: {e}"));
         let (stderr, stderr_thread) = drain(child.stderr.take().expect("stderr piped"));

@@ -8,6 +8,7 @@
 
 pub mod client;
 pub mod gateway;
+pub mod netns;
 pub mod origin;
 pub mod wire;
 pub mod yaml;

@@ -175,3 +175,27 @@ fn within_reports_a_hung_body() {
     });
     assert!(res.is_err());
 }
+
+#[test]
+fn net_lab_connects_client_addresses_to_the_gateway_host_only() {
+    use crate::netns::{connect_from, NetLab, CLIENT_IPS, GATEWAY_IP};
+    use std::net::TcpListener;
+    let lab = NetLab::new();
+    let listener = lab.on_gateway(|| TcpListener::bind((GATEWAY_IP, 0)).expect("bind in the lab"));
+    let addr = listener.local_addr().expect("addr");
+    let peers = lab.on_client(move || {
+        CLIENT_IPS
+            .iter()
+            .map(|&ip| connect_from(ip, addr, Duration::from_secs(2)).expect("connect"))
+            .collect::<Vec<_>>()
+    });
+    let mut seen: Vec<_> = (0..peers.len())
+        .map(|_| listener.accept().expect("accept").1.ip())
+        .collect();
+    seen.sort();
+    let mut want: Vec<std::net::IpAddr> = CLIENT_IPS.iter().map(|&ip| ip.into()).collect();
+    want.sort();
+    assert_eq!(seen, want);
+    // The lab's addresses do not exist in this (the test's own) namespace.
+    assert!(TcpListener::bind((GATEWAY_IP, 0)).is_err());
+}
