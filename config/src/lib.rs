@@ -7,6 +7,7 @@
 //! `file:line`, resource and field; the snapshot is returned only when there are none.
 
 mod address;
+mod connection;
 mod env;
 mod error;
 mod logging;
@@ -26,7 +27,10 @@ mod tests;
 use std::fs;
 use std::path::Path;
 
+pub use connection::{peer_expression_is_remote_address, ConnectionRate, ConnectionRules, RateKey};
 pub use error::{ConfigError, LoadErrors};
+/// Re-exported so users of [`ConnectionRules`] need no dependency of their own.
+pub use ipnet::IpNet;
 pub use logging::{AccessLogs, LogLevel, LogOutput, LogOutputKind, Logging, RuntimeLogs};
 pub use model::{upstream_path, ApiInstance, Policy, Route, Upstream};
 pub use node::{Node, Value};

@@ -8,6 +8,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use crate::connection::ConnectionRules;
 use crate::node::Node;
 use crate::rules::{any_matches, Rule};
 
@@ -22,8 +23,12 @@ pub struct ApiInstance {
     /// Inline-service routes first, then route bindings by `order`. Tried in order; the first
     /// that matches wins; none is a 404.
     pub routes: Vec<Route>,
-    /// Policies to enforce, `cors-flex` first, then by `order`.
+    /// Per-request policies to enforce, `cors-flex` first, then by `order`.
     pub policies: Vec<Policy>,
+    /// What is enforced on the peer address before a byte is read (`ip-blocklist-flex`,
+    /// `ip-allowlist-flex`, `connection-rate-limit`; none of them is in `policies`). Every
+    /// ApiInstance on a listener has the same, see [`crate::Snapshot::listener_rules`].
+    pub connection_rules: ConnectionRules,
 }
 
 impl ApiInstance {
@@ -183,6 +188,7 @@ mod tests {
             base_path: base_path.into(),
             routes: Vec::new(),
             policies: Vec::new(),
+            connection_rules: ConnectionRules::default(),
         }
     }
 

@@ -7,6 +7,7 @@
 //! [`check_config`]).
 
 use crate::address::destination_path;
+use crate::connection::{is_connection_policy, parse_connection_policy, ConnectionPolicy};
 use crate::error::{child, did_you_mean, Scope};
 use crate::node::{Fields, Node, Value};
 use crate::rules::{parse_rules, Rule};
@@ -27,8 +28,8 @@ pub const POLICIES: &[(&str, PolicyStatus)] = &[
     ("route-weighted", Implemented),
     ("rate-limiting-flex", NotEnforced),
     ("spike-control-flex", NotEnforced),
-    ("ip-allowlist-flex", NotEnforced),
-    ("ip-blocklist-flex", NotEnforced),
+    ("ip-allowlist-flex", Implemented),
+    ("ip-blocklist-flex", Implemented),
     ("http-basic-authentication-flex", NotEnforced),
     ("jwt-validation-flex", NotEnforced),
     ("cors-flex", NotEnforced),
@@ -48,7 +49,7 @@ pub const POLICIES: &[(&str, PolicyStatus)] = &[
     ("ldap-authentication-flex", NotEnforced),
     ("native-ext-authz-flex", NotEnforced),
     // Ringwall's own.
-    ("connection-rate-limit", NotEnforced),
+    ("connection-rate-limit", Implemented),
     ("client-id-enforcement", NotEnforced),
 ];
 
@@ -73,9 +74,21 @@ pub(crate) struct PolicySpec {
     pub order: i64,
     pub rules: Vec<Rule>,
     pub config: Node,
+    /// The line and field path of `policyRef.name`.
     pub line: usize,
-    /// Set for `route` and `route-weighted`.
-    pub route: Option<RouteConfig>,
+    pub name_field: String,
+    pub kind: PolicyKind,
+}
+
+/// Where a policy takes effect, with its checked `config` when the loader interprets it.
+#[derive(Debug)]
+pub(crate) enum PolicyKind {
+    /// Handed to the proxy as it is, in [`crate::Policy`].
+    PerRequest,
+    /// `route` and `route-weighted`: becomes a [`crate::Route`].
+    Route(RouteConfig),
+    /// Decided on the peer address: becomes part of [`crate::ConnectionRules`].
+    Connection(ConnectionPolicy),
 }
 
 /// The `config` of `route` / `route-weighted`.
@@ -118,6 +131,18 @@ pub(crate) fn parse_policy(
             return None;
         }
     }
+    // The kernel sees addresses and ports, never a path: a connection-level policy cannot apply
+    // to some requests only. `rules: []` means all of them.
+    if let Some(node) = fields.get("rules") {
+        if is_connection_policy(&name) && node.as_seq().is_some_and(|r| !r.is_empty()) {
+            let message = format!(
+                "{name} applies to whole connections; its `rules` need per-request enforcement, \
+                 which is not supported yet"
+            );
+            scope.error(node.line, &fields.path_of("rules"), message);
+            return None;
+        }
+    }
 
     let config_path = fields.path_of("config");
     let mut config = fields
@@ -131,14 +156,15 @@ pub(crate) fn parse_policy(
     if !crate::env::substitute(&mut config, &config_path, var, scope) {
         return None;
     }
-    let route = check_config(&name, &config, &config_path, scope)?;
+    let kind = check_config(&name, &config, &config_path, scope)?;
     Some(PolicySpec {
         name,
         order: order?,
         rules: rules.unwrap_or_default(),
         config,
         line: name_line,
-        route,
+        name_field: name_path,
+        kind,
     })
 }
 
@@ -169,17 +195,20 @@ fn unknown_policy(name: &str) -> String {
     }
 }
 
-/// Checks the `config` of the implemented policies that need it; `Err` (as `None`) when invalid.
+/// Checks the `config` of the implemented policies that need it; `None` when invalid.
 fn check_config(
     name: &str,
     config: &Node,
     path: &str,
     scope: &mut Scope<'_>,
-) -> Option<Option<RouteConfig>> {
+) -> Option<PolicyKind> {
     match name {
-        "route" => route_config(config, path, false, scope).map(Some),
-        "route-weighted" => route_config(config, path, true, scope).map(Some),
-        _ => Some(None),
+        "route" => route_config(config, path, false, scope).map(PolicyKind::Route),
+        "route-weighted" => route_config(config, path, true, scope).map(PolicyKind::Route),
+        _ if is_connection_policy(name) => {
+            parse_connection_policy(name, config, path, scope).map(PolicyKind::Connection)
+        }
+        _ => Some(PolicyKind::PerRequest),
     }
 }
 
@@ -265,7 +294,33 @@ mod tests {
         assert_eq!(policy_status("route"), Some(Implemented));
         assert_eq!(policy_status("rate-limiting-flex"), Some(NotEnforced));
         assert_eq!(policy_status("client-id-enforcement"), Some(NotEnforced));
+        for name in [
+            "ip-allowlist-flex",
+            "ip-blocklist-flex",
+            "connection-rate-limit",
+        ] {
+            assert_eq!(policy_status(name), Some(Implemented), "{name}");
+            assert!(is_connection_policy(name));
+        }
         assert_eq!(policy_status("nope"), None);
+    }
+
+    #[test]
+    fn the_readme_status_table_matches_the_registry() {
+        let readme = include_str!("../README.md");
+        let table = readme
+            .split_once("## Policy status")
+            .map_or("", |(_, rest)| rest);
+        for &(name, status) in POLICIES {
+            let row = table
+                .lines()
+                .find(|line| line.starts_with("| ") && line.contains(&format!("`{name}`")));
+            let Some(row) = row else {
+                panic!("{name} is missing from the README's status table");
+            };
+            let implemented = row.contains("| implemented");
+            assert_eq!(implemented, status == Implemented, "{name}: {row}");
+        }
     }
 
     #[test]

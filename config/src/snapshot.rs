@@ -1,8 +1,9 @@
 //! Linking the resources of one load into a [`Snapshot`].
 //!
 //! Here resources meet: names must be unique per kind, `targetRef` and `destinationRef` must
-//! name something that exists, route bindings become routes of their ApiInstance, and
-//! listeners must not clash. A broken resource was already reported when it was read, so
+//! name something that exists, route bindings become routes of their ApiInstance,
+//! connection-level policies become its [`ConnectionRules`], and listeners must not clash (nor
+//! disagree on those rules). A broken resource was already reported when it was read, so
 //! references to it are followed silently rather than reported twice.
 
 use std::collections::{HashMap, HashSet};
@@ -10,9 +11,10 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use crate::connection::{ConnectionPolicy, ConnectionRules, ALLOWLIST, RATE_LIMIT};
 use crate::error::{ConfigError, Diagnostics, Scope};
 use crate::model::{path_prefix, ApiInstance, Policy, Route, Upstream};
-use crate::policy::{PolicySpec, CORS};
+use crate::policy::{PolicyKind, PolicySpec, CORS};
 use crate::resources::{Kind, Meta, RawApi, RawBinding, RawService, Resources};
 use crate::settings::Settings;
 
@@ -23,6 +25,12 @@ pub struct Snapshot {
     pub apis: Vec<ApiInstance>,
     /// Every upstream: the top-level Services in load order, then the inline services.
     pub services: Vec<Arc<Upstream>>,
+    /// The connection rules of each listener that has any, in the order of `apis`: one entry
+    /// per distinct listen address, and one per ApiInstance on port 0 (each binds a port of its
+    /// own, so `127.0.0.1:0` may appear more than once; the ApiInstance's own
+    /// `connection_rules` say the same). ApiInstances sharing a listen address have equal rules,
+    /// and so do listen addresses sharing a non-zero port, since the kernel keys by port.
+    pub listener_rules: Vec<(SocketAddr, ConnectionRules)>,
     pub settings: Settings,
     pub summary: Summary,
     /// Valid but probably unintended (an ApiInstance without routes, an unused Service).
@@ -124,12 +132,14 @@ pub(crate) fn link(res: Resources, files: usize, diag: &mut Diagnostics) -> Snap
         }
     }
     check_listeners(&linked, diag);
+    let listener_rules = listener_rules(&linked, diag);
 
     let mut upstreams = services.upstreams;
     upstreams.extend(inline);
     Snapshot {
         apis: linked.into_iter().map(|(_, _, api)| api).collect(),
         services: upstreams,
+        listener_rules,
         settings: settings.settings,
         summary,
         warnings: Vec::new(),
@@ -174,7 +184,7 @@ fn attach_bindings(
                 scope.error(target.line, "spec.targetRef.name", message);
                 continue;
             };
-            if spec.route.is_some() {
+            if !matches!(spec.kind, PolicyKind::PerRequest) {
                 let message = format!("`{}` must target an ApiInstance", spec.name);
                 scope.error(target.line, "spec.targetRef", message);
                 continue;
@@ -232,15 +242,29 @@ fn build_api(
     });
     let mut routes: Vec<(i64, Route)> = Vec::new();
     let mut enforced = Vec::new();
+    let mut connection = ConnectionFold::default();
     for Bound {
         binding,
         meta,
         spec,
     } in inline.chain(bound)
     {
-        let Some(route) = &spec.route else {
-            enforced.push(policy(binding, &meta, spec));
-            continue;
+        let route = match spec.kind {
+            PolicyKind::PerRequest => {
+                enforced.push(policy(binding, &meta, spec));
+                continue;
+            }
+            PolicyKind::Connection(rule) => {
+                let origin = Origin {
+                    binding,
+                    meta: &meta,
+                    line: spec.line,
+                    field: &spec.name_field,
+                };
+                connection.add(&raw.meta, origin, rule, diag);
+                continue;
+            }
+            PolicyKind::Route(route) => route,
         };
         if !services.metas.iter().any(|s| s.name == route.service) {
             let message = format!("destinationRef names no Service called `{}`", route.service);
@@ -270,6 +294,7 @@ fn build_api(
         base_path,
         routes: raw.routes,
         policies: enforced,
+        connection_rules: connection.rules,
     };
     api.routes
         .extend(routes.into_iter().map(|(_, route)| route));
@@ -281,6 +306,70 @@ fn build_api(
         );
     }
     Some((raw.meta, address_line, api))
+}
+
+/// Where a connection-level policy was written.
+struct Origin<'a> {
+    binding: String,
+    meta: &'a Meta,
+    line: usize,
+    field: &'a str,
+}
+
+/// An ApiInstance's connection-level policies, folded into its rules as they come.
+#[derive(Default)]
+struct ConnectionFold {
+    rules: ConnectionRules,
+    /// `binding (file:line)` of the first allow list and of the rate limit, to name them
+    /// when another comes.
+    allow_from: Option<String>,
+    rate_from: Option<String>,
+}
+
+impl ConnectionFold {
+    fn add(
+        &mut self,
+        api: &Meta,
+        origin: Origin<'_>,
+        policy: ConnectionPolicy,
+        diag: &mut Diagnostics,
+    ) {
+        let here = format!(
+            "`{}` ({}:{})",
+            origin.binding, origin.meta.file, origin.line
+        );
+        let rules = std::mem::take(&mut self.rules);
+        self.rules = match policy {
+            ConnectionPolicy::Deny(nets) => rules.with_deny(nets),
+            ConnectionPolicy::Allow(nets) => {
+                if let Some(first) = &self.allow_from {
+                    let message = format!(
+                        "{} also has {ALLOWLIST} {first}; allow lists are combined, so an \
+                         address on either list is admitted",
+                        api.label()
+                    );
+                    scope_of(diag, origin.meta).warn(origin.line, origin.field, message);
+                } else {
+                    self.allow_from = Some(here);
+                }
+                rules.with_allow(nets)
+            }
+            ConnectionPolicy::Rate(rate) => {
+                if let Some(first) = &self.rate_from {
+                    let message = format!(
+                        "{} already has {RATE_LIMIT} {first}; only one connection rate applies \
+                         to a listener",
+                        api.label()
+                    );
+                    scope_of(diag, origin.meta).error(origin.line, origin.field, message);
+                    rules
+                } else {
+                    self.rate_from = Some(here);
+                    rules.with_rate(rate)
+                }
+            }
+        };
+    }
 }
 
 fn scope_of<'a>(diag: &'a mut Diagnostics, meta: &'a Meta) -> Scope<'a> {
@@ -336,6 +425,70 @@ fn check_listeners(apis: &[(Meta, usize, ApiInstance)], diag: &mut Diagnostics) 
             scope_of(diag, meta).error(*line, "spec.address", message);
         }
     }
+}
+
+/// The rules of each listener that has any (see [`Snapshot::listener_rules`]), reporting
+/// ApiInstances whose connection rules differ from those of the listener, or of the port, they
+/// share: the kernel sees only the destination address and port, so it cannot tell them apart.
+fn listener_rules(
+    apis: &[(Meta, usize, ApiInstance)],
+    diag: &mut Diagnostics,
+) -> Vec<(SocketAddr, ConnectionRules)> {
+    // Each listener with the ApiInstance that opened it, which sets its rules.
+    let mut listeners: Vec<(&Meta, &ApiInstance)> = Vec::new();
+    for (meta, line, api) in apis {
+        let port = api.listen.port();
+        let shared = listeners
+            .iter()
+            .find(|(_, first)| port != 0 && first.listen == api.listen);
+        let same_port = listeners.iter().find(|(_, first)| {
+            port != 0 && first.listen.port() == port && !overlaps(first.listen, api.listen)
+        });
+        let message = match (shared, same_port) {
+            (Some((first_meta, first)), _) => {
+                if first.connection_rules == api.connection_rules {
+                    continue;
+                }
+                format!(
+                    "connection-level policies apply to the whole listener {}, which {} shares \
+                     with {} ({}:{}) with different ones; give {} its own port or bind the same \
+                     policies to both",
+                    api.listen,
+                    meta.label(),
+                    first_meta.label(),
+                    first_meta.file,
+                    first_meta.line,
+                    api.name,
+                )
+            }
+            (None, Some((first_meta, first))) if first.connection_rules != api.connection_rules => {
+                format!(
+                    "connection-level policies are enforced per port, and {} shares port {port} \
+                     with {} of {} ({}:{}) with different ones; give {} another port or bind the \
+                     same policies to both",
+                    api.listen,
+                    first.listen,
+                    first_meta.label(),
+                    first_meta.file,
+                    first_meta.line,
+                    api.name,
+                )
+            }
+            _ => {
+                listeners.push((meta, api));
+                continue;
+            }
+        };
+        scope_of(diag, meta).error(*line, "spec.address", message);
+        if shared.is_none() {
+            listeners.push((meta, api));
+        }
+    }
+    listeners
+        .into_iter()
+        .filter(|(_, api)| !api.connection_rules.is_empty())
+        .map(|(_, api)| (api.listen, api.connection_rules.clone()))
+        .collect()
 }
 
 /// Whether binding both addresses would fail: same port, one a wildcard covering the other.
