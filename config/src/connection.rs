@@ -31,7 +31,8 @@ pub(crate) fn is_connection_policy(name: &str) -> bool {
 pub struct ConnectionRules {
     /// The union of every `ip-blocklist-flex` binding's `ips`.
     pub deny: Vec<IpNet>,
-    /// `None`: no allow list. `Some`: the union of every `ip-allowlist-flex` binding's `ips`.
+    /// `None`: no allow list. `Some`: the addresses every `ip-allowlist-flex` binding admits.
+    /// Each binding filters on its own, as in Flex, so two lists admit their intersection.
     pub allow: Option<Vec<IpNet>>,
     /// At most one `connection-rate-limit` per listener.
     pub rate: Option<ConnectionRate>,
@@ -81,9 +82,14 @@ impl ConnectionRules {
         self
     }
 
-    /// These rules with `nets` added to the allow list (which exists from then on).
+    /// These rules behind one more allow list: only addresses on `nets` and on every
+    /// earlier list are admitted.
     pub fn with_allow(mut self, nets: impl IntoIterator<Item = IpNet>) -> Self {
-        self.allow = Some(union(self.allow.take().unwrap_or_default(), nets));
+        let nets = union(Vec::new(), nets);
+        self.allow = Some(match self.allow.take() {
+            None => nets,
+            Some(earlier) => intersection(&earlier, &nets),
+        });
         self
     }
 
@@ -91,6 +97,22 @@ impl ConnectionRules {
         self.rate = Some(rate);
         self
     }
+}
+
+/// The addresses on both lists. Two CIDR blocks are either nested or disjoint, so the
+/// intersection is the narrower block of every nested pair.
+fn intersection(a: &[IpNet], b: &[IpNet]) -> Vec<IpNet> {
+    let mut out = Vec::new();
+    for x in a {
+        for y in b {
+            if x.contains(y) {
+                out.push(*y);
+            } else if y.contains(x) {
+                out.push(*x);
+            }
+        }
+    }
+    IpNet::aggregate(&out)
 }
 
 /// `list` and `more`, normalised.

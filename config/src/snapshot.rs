@@ -342,17 +342,21 @@ impl ConnectionFold {
         self.rules = match policy {
             ConnectionPolicy::Deny(nets) => rules.with_deny(nets),
             ConnectionPolicy::Allow(nets) => {
+                let narrowed = rules.with_allow(nets);
                 if let Some(first) = &self.allow_from {
-                    let message = format!(
-                        "{} also has {ALLOWLIST} {first}; allow lists are combined, so an \
-                         address on either list is admitted",
-                        api.label()
-                    );
-                    scope_of(diag, origin.meta).warn(origin.line, origin.field, message);
+                    if narrowed.allow.as_ref().is_some_and(Vec::is_empty) {
+                        let message = format!(
+                            "{} also has {ALLOWLIST} {first}; each allow list filters on its \
+                             own, and these have no address in common, so no connection is \
+                             admitted",
+                            api.label()
+                        );
+                        scope_of(diag, origin.meta).warn(origin.line, origin.field, message);
+                    }
                 } else {
                     self.allow_from = Some(here);
                 }
-                rules.with_allow(nets)
+                narrowed
             }
             ConnectionPolicy::Rate(rate) => {
                 if let Some(first) = &self.rate_from {

@@ -836,7 +836,24 @@ fn a_second_rate_limit_or_allow_list_names_the_first() {
         )
     );
 
-    // Allow lists combine as a union, which two separate filters would not: say so.
+    // Each allow list filters on its own (as in Flex): two lists admit their intersection.
+    let narrowed = ok(&[
+        ("a.yaml", &api("a", "http://127.0.0.1:0")),
+        (
+            "b.yaml",
+            &ip_binding("al1", "ip-allowlist-flex", &["10.0.0.0/8"]),
+        ),
+        (
+            "c.yaml",
+            &ip_binding("al2", "ip-allowlist-flex", &["10.1.0.0/16", "192.0.2.0/24"]),
+        ),
+    ]);
+    let rules = &narrowed.apis[0].connection_rules;
+    assert!(rules.admits(ip("10.1.2.3")));
+    assert!(!rules.admits(ip("10.2.0.1")) && !rules.admits(ip("192.0.2.1")));
+    assert!(narrowed.warnings.is_empty(), "{:?}", narrowed.warnings);
+
+    // Lists with nothing in common admit no one: allowed, but said.
     let snapshot = ok(&[
         ("a.yaml", &api("a", "http://127.0.0.1:0")),
         (
@@ -849,12 +866,12 @@ fn a_second_rate_limit_or_allow_list_names_the_first() {
         ),
     ]);
     let rules = &snapshot.apis[0].connection_rules;
-    assert!(rules.admits(ip("10.1.1.1")) && rules.admits(ip("192.0.2.1")));
+    assert!(!rules.admits(ip("10.1.1.1")) && !rules.admits(ip("192.0.2.1")));
     assert_eq!(snapshot.warnings.len(), 1, "{:?}", snapshot.warnings);
     assert_eq!(
         snapshot.warnings[0].message,
-        "ApiInstance/a also has ip-allowlist-flex `al1` (b.yaml:9); allow lists are combined, so \
-         an address on either list is admitted"
+        "ApiInstance/a also has ip-allowlist-flex `al1` (b.yaml:9); each allow list filters on its \
+         own, and these have no address in common, so no connection is admitted"
     );
 }
 
