@@ -102,11 +102,8 @@ fn ipv4<B: Bytes + ?Sized>(packet: &B, at: usize) -> Option<(u8, [u8; 16], usize
     if header_len < IPV4_MIN_HLEN || fragment_offset != 0 {
         return None;
     }
-    let mut src = [0u8; 16];
-    src[0] = header[12];
-    src[1] = header[13];
-    src[2] = header[14];
-    src[3] = header[15];
+    let [a, b, c, d] = [header[12], header[13], header[14], header[15]];
+    let src = [a, b, c, d, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
     Some((crate::FAMILY_V4, src, at + header_len))
 }
 

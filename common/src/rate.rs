@@ -81,14 +81,16 @@ fn refill(bucket: &mut TokenBucket, now_ns: u64, rate_per_sec: u32, burst: u32) 
 /// first 4 bytes), the /64 of an IPv6 one.
 #[inline(always)]
 pub const fn mask_prefix(family: u8, addr: [u8; 16]) -> [u8; 16] {
-    let keep = if family == FAMILY_V4 { 3 } else { 8 };
-    let mut masked = [0u8; 16];
-    let mut i = 0;
-    while i < keep {
-        masked[i] = addr[i];
-        i += 1;
+    // Spelled out rather than a loop over a variable length, which LLVM would turn into a
+    // memset call that libbpf-based loaders refuse.
+    let a = addr;
+    if family == FAMILY_V4 {
+        [a[0], a[1], a[2], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+    } else {
+        [
+            a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], 0, 0, 0, 0, 0, 0, 0, 0,
+        ]
     }
-    masked
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Builds: the XDP object (nightly, `bpfel-unknown-none`, linked by bpf-linker, as aya's
 //! template does it) and the proxy. The XDP crate is outside the workspace's default members
-//! because it cannot build for the host.
+//! because it cannot build for the host. The nested build's command is `proxy/build/xdp.rs`,
+//! shared with the proxy's build script, which embeds the same object.
 
 use std::fs;
 use std::path::PathBuf;
@@ -8,11 +9,10 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-use crate::{proc, root, setup, target_dir};
+use crate::{proc, root, setup, target_dir, xdp_check};
 
-const EBPF_PACKAGE: &str = "ringwall-ebpf";
-const EBPF_BIN: &str = "ringwall-xdp";
-const BPF_TARGET: &str = "bpfel-unknown-none";
+#[path = "../../proxy/build/xdp.rs"]
+mod xdp;
 
 /// `cargo xtask build`: setup, the XDP object, then the release proxy.
 pub fn all() -> Result<PathBuf> {
@@ -21,34 +21,29 @@ pub fn all() -> Result<PathBuf> {
     release()
 }
 
-/// `cargo xtask build-ebpf`: builds and checks the XDP object and returns its path.
+/// `cargo xtask build-ebpf`: builds the XDP object, checks its sections and, as root, that
+/// the kernel accepts it and it judges packets as it should; returns its path.
 pub fn ebpf() -> Result<PathBuf> {
-    let mut cmd = Command::new("cargo");
-    cmd.current_dir(root())
-        .args(["+nightly", "build", "-Z", "build-std=core"])
-        .args(["--target", BPF_TARGET, "--release", "-p", EBPF_PACKAGE])
-        // aya-build, a build-dependency of aya-ebpf, declares a rust-version newer than the
-        // nightly installed here, and builds with it all the same.
-        .arg("--ignore-rust-version")
-        // BTF for the loader, as aya-build passes it (full debug info: see Cargo.toml).
-        .env("CARGO_ENCODED_RUSTFLAGS", "-Clink-arg=--btf")
-        // Set when xtask runs under `cargo run`; they would pin the stable compiler.
-        .env_remove("RUSTC")
-        .env_remove("RUSTC_WORKSPACE_WRAPPER")
-        .env_remove("RUSTUP_TOOLCHAIN");
-    proc::run(&mut cmd)?;
-    let object = target_dir().join(BPF_TARGET).join("release").join(EBPF_BIN);
+    if let Some(missing) = xdp::missing_tool() {
+        bail!("cannot build the XDP object: {missing}");
+    }
+    let target = xdp::target_dir(&root());
+    proc::run(&mut xdp::command(&root(), &target))?;
+    let object = xdp::object(&target);
     let bytes = fs::read(&object).with_context(|| format!("cannot read {}", object.display()))?;
     let sections = elf_section_names(&bytes)
         .with_context(|| format!("{} is not a valid ELF", object.display()))?;
-    if !sections.iter().any(|s| s == "xdp" || s.starts_with("xdp/")) {
-        bail!(
-            "{} has no xdp section (sections: {})",
-            object.display(),
-            sections.join(" ")
-        );
+    for wanted in ["xdp", ".maps", ".BTF"] {
+        if !sections.iter().any(|s| s == wanted) {
+            bail!(
+                "{} has no {wanted} section (sections: {})",
+                object.display(),
+                sections.join(" ")
+            );
+        }
     }
     println!("XDP object: {}", object.display());
+    xdp_check::check(&object)?;
     Ok(object)
 }
 

@@ -10,6 +10,7 @@ mod proc;
 mod report;
 mod setup;
 mod wrk;
+mod xdp_check;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
