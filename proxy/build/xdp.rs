@@ -31,6 +31,7 @@ pub fn object(target_dir: &Path) -> PathBuf {
 pub fn missing_tool() -> Option<String> {
     let sysroot = match Command::new("rustup")
         .args(["run", TOOLCHAIN, "rustc", "--print", "sysroot"])
+        .env("RUSTUP_AUTO_INSTALL", "0")
         .output()
     {
         Err(_) => return Some("rustup is not installed".into()),
@@ -68,6 +69,8 @@ pub fn command(root: &Path, target_dir: &Path) -> Command {
         // aya-build, a build-dependency of aya-ebpf, declares a rust-version newer than the
         // nightly installed here, and builds with it all the same.
         .arg("--ignore-rust-version")
+        // A missing nightly is reported by `missing_tool`, never downloaded behind a build.
+        .env("RUSTUP_AUTO_INSTALL", "0")
         // BTF for the loader, as aya-build passes it.
         .env("CARGO_ENCODED_RUSTFLAGS", "-Clink-arg=--btf")
         // Full debug info for every crate, core and compiler_builtins included: with less,
