@@ -104,8 +104,14 @@ pub fn check(object: &Path) -> Result<()> {
 /// the `memset` bpf-linker leaves in when LLVM emits one.
 fn libbpf_load(object: &Path) -> Result<()> {
     let bpffs = Path::new("/sys/fs/bpf");
-    if !proc::on_path("bpftool") || !bpffs.is_dir() {
-        println!("libbpf check skipped: no bpftool or no /sys/fs/bpf");
+    // bpftool pins what it loads, so it needs the BPF filesystem mounted there.
+    let mounted = std::fs::read_to_string("/proc/mounts").is_ok_and(|mounts| {
+        mounts
+            .lines()
+            .any(|line| line.starts_with("bpf /sys/fs/bpf "))
+    });
+    if !proc::on_path("bpftool") || !mounted {
+        println!("libbpf check skipped: no bpftool, or no BPF filesystem on /sys/fs/bpf");
         return Ok(());
     }
     let pin = bpffs.join(format!("ringwall-xtask-{}", std::process::id()));
