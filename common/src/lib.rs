@@ -22,7 +22,7 @@ pub mod names {
     pub const DENY_V4: &str = "RW_DENY_V4";
     /// `LpmTrie<PortV6, TrieValue>`.
     pub const DENY_V6: &str = "RW_DENY_V6";
-    /// `LpmTrie<PortV4, TrieValue>`: on a port with [`PortConfig::HAS_ALLOW_LIST`], the
+    /// `LpmTrie<PortV4, TrieValue>`: on a port with [`crate::PortConfig::HAS_ALLOW_LIST`], the
     /// only sources accepted.
     pub const ALLOW_V4: &str = "RW_ALLOW_V4";
     /// `LpmTrie<PortV6, TrieValue>`.
@@ -66,9 +66,9 @@ pub mod counter {
     pub const COUNT: u32 = 6;
 }
 
-/// IPv4 address families as [`RateKey::family`] stores them.
+/// IPv4, as [`RateKey::family`] and [`packet::Tcp::family`] store it.
 pub const FAMILY_V4: u8 = 4;
-/// IPv6, as [`RateKey::family`] stores it.
+/// IPv6, as [`RateKey::family`] and [`packet::Tcp::family`] store it.
 pub const FAMILY_V6: u8 = 6;
 
 /// The LPM trie prefix length of an IPv4 rule: the 16 port bits always match exactly.
