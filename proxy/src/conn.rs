@@ -92,14 +92,15 @@ pub(crate) async fn serve(
 }
 
 async fn exchange(c: &mut Client, listener: usize, w: &Worker) -> Next {
-    let gateway = w.gateway();
-    let settings = &gateway.snapshot.settings;
-
     // === Phase: read and route the request head ===
-    let plan = loop {
+    // The configuration is taken anew as bytes arrive, so a keep-alive connection
+    // idle across a reload serves its next request with the new one; the exchange
+    // then keeps that snapshot to its end.
+    let (gateway, plan) = loop {
+        let gateway = w.gateway();
         if !c.buf.is_empty() {
             match plan_request(c, &gateway, listener, w.random()) {
-                Ok(Some(plan)) => break plan,
+                Ok(Some(plan)) => break (gateway, plan),
                 Ok(None) => {}
                 Err(r) => return refuse(c, &r.error, r.is_head, r.close).await,
             }
@@ -108,7 +109,9 @@ async fn exchange(c: &mut Client, listener: usize, w: &Worker) -> Next {
         if idle && w.is_draining() {
             return Next::Close;
         }
-        let read = read_more(&c.stream, &mut c.buf, settings.timeouts.stream_idle);
+        let stream_idle = gateway.snapshot.settings.timeouts.stream_idle;
+        drop(gateway);
+        let read = read_more(&c.stream, &mut c.buf, stream_idle);
         let n = if idle {
             tokio::select! {
                 n = read => n,
@@ -128,6 +131,7 @@ async fn exchange(c: &mut Client, listener: usize, w: &Worker) -> Next {
         }
     };
 
+    let settings = &gateway.snapshot.settings;
     if let (Framing::Length(n), Some(max)) = (plan.framing, settings.limits.max_body_bytes) {
         if n > max {
             return refuse(c, &ProxyError::BodyTooLarge, plan.is_head, true).await;

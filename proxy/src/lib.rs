@@ -5,6 +5,7 @@
 //! protocol code; `gateway` is the routing view of a configuration snapshot.
 
 pub mod admin;
+pub mod admission;
 pub mod conn;
 pub mod error;
 pub mod gateway;
@@ -12,3 +13,4 @@ pub mod http;
 pub mod pool;
 pub mod server;
 pub mod worker;
+pub mod xdp;

@@ -8,6 +8,14 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use ringwall::gateway::Gateway;
 use ringwall::server;
+use ringwall::xdp::{AttachMode, XdpSetting};
+
+/// The `--xdp*` flags.
+struct XdpOptions {
+    setting: XdpSetting,
+    ifaces: Vec<String>,
+    mode: AttachMode,
+}
 
 #[derive(Parser)]
 #[command(
@@ -38,6 +46,15 @@ enum Command {
         /// Address for the admin endpoints (`/live`, `/ready`), e.g. 127.0.0.1:9901.
         #[arg(long)]
         admin: Option<std::net::SocketAddr>,
+        /// Enforce connection rules with XDP: auto (when it loads), required, or off.
+        #[arg(long, value_enum, default_value_t = XdpSetting::Auto)]
+        xdp: XdpSetting,
+        /// Interface to attach XDP to (repeatable; default: where the listeners' addresses live).
+        #[arg(long = "xdp-iface")]
+        xdp_ifaces: Vec<String>,
+        /// XDP attach mode.
+        #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
+        xdp_mode: AttachMode,
         /// Seconds to let in-flight requests finish after SIGTERM.
         #[arg(long, default_value_t = 30.0)]
         shutdown_timeout: f64,
@@ -64,10 +81,18 @@ fn main() -> ExitCode {
             config,
             workers,
             admin,
+            xdp,
+            xdp_ifaces,
+            xdp_mode,
             shutdown_timeout,
         } => {
             init_logging();
-            match run(&config, workers, admin, shutdown_timeout) {
+            let xdp = XdpOptions {
+                setting: xdp,
+                ifaces: xdp_ifaces,
+                mode: xdp_mode,
+            };
+            match run(&config, workers, admin, xdp, shutdown_timeout) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("ringwall: {e:#}");
@@ -82,6 +107,7 @@ fn run(
     config: &std::path::Path,
     workers: Option<usize>,
     admin: Option<std::net::SocketAddr>,
+    xdp: XdpOptions,
     shutdown_timeout: f64,
 ) -> anyhow::Result<()> {
     let snapshot = match ringwall_config::load_dir(config) {
@@ -106,9 +132,13 @@ fn run(
     server::run(
         gateway,
         &server::Options {
+            config_dir: config.to_path_buf(),
             workers,
             shutdown_timeout: Duration::from_secs_f64(shutdown_timeout),
             admin,
+            xdp: xdp.setting,
+            xdp_ifaces: xdp.ifaces,
+            xdp_mode: xdp.mode,
         },
     )?;
     Ok(())

@@ -1,9 +1,10 @@
-//! Start-up and shutdown: binds every listener once per worker (`SO_REUSEPORT`),
-//! starts one pinned thread per worker, reports readiness on stdout, and on
-//! SIGTERM/SIGINT drains the workers and returns.
+//! Start-up, reload and shutdown: binds every listener once per worker (`SO_REUSEPORT`),
+//! starts one pinned thread per worker, reports readiness on stdout; on SIGHUP loads the
+//! configuration again and hands it to the workers; on SIGTERM/SIGINT drains them.
 
 use std::io::{self, Write};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -12,19 +13,27 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
-use crate::admin::{self, Phase};
+use crate::admin::{self, ConnectionStats, Phase};
+use crate::admission::Admission;
 use crate::gateway::Gateway;
-use crate::worker::{self, WorkerSetup};
+use crate::worker::{self, Update, WorkerSetup};
+use crate::xdp::{self, AttachMode, KernelPlane, XdpError, XdpSetting};
 
 /// Pending connections each listening socket queues.
 const BACKLOG: i32 = 4096;
 
 #[derive(Debug, Clone)]
 pub struct Options {
+    /// The directory the configuration is read from again on SIGHUP.
+    pub config_dir: PathBuf,
     pub workers: usize,
     pub shutdown_timeout: Duration,
     /// Where the admin endpoints listen, if anywhere.
     pub admin: Option<SocketAddr>,
+    pub xdp: XdpSetting,
+    /// Interfaces to attach to; empty: those the listeners' addresses live on.
+    pub xdp_ifaces: Vec<String>,
+    pub xdp_mode: AttachMode,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +52,8 @@ pub enum ServerError {
     WorkerPanicked,
     #[error("cannot listen on {addr} for the admin endpoints: {source}")]
     Admin { addr: SocketAddr, source: io::Error },
+    #[error("XDP is required (--xdp required) but unavailable: {0}")]
+    XdpRequired(XdpError),
 }
 
 /// Runs the gateway until a termination signal, then drains it.
@@ -53,30 +64,47 @@ pub fn run(gateway: Arc<Gateway>, opts: &Options) -> Result<(), ServerError> {
         .map_err(ServerError::Signals)?;
     // Signal handlers go in before anything listens, so a SIGTERM never kills the
     // process half-started.
-    let (mut term, mut int) = control
+    let (mut term, mut int, mut hup) = control
         .block_on(async {
             Ok::<_, io::Error>((
                 signal(SignalKind::terminate())?,
                 signal(SignalKind::interrupt())?,
+                signal(SignalKind::hangup())?,
             ))
         })
         .map_err(ServerError::Signals)?;
 
     let (phase_tx, phase_rx) = watch::channel(Phase::Starting);
-    if let Some(addr) = opts.admin {
-        let err = |source| ServerError::Admin { addr, source };
-        let std_listener = admin::bind(addr).map_err(err)?;
-        let local = std_listener.local_addr().map_err(err)?;
-        let listener = {
-            let _guard = control.enter();
-            tokio::net::TcpListener::from_std(std_listener).map_err(err)?
-        };
-        control.spawn(admin::serve(listener, phase_rx));
-        announce(&format!("admin {local}"));
-        tracing::info!(addr = %local, "admin endpoints listening");
-    }
+    let admin_listener = match opts.admin {
+        Some(addr) => {
+            let err = |source| ServerError::Admin { addr, source };
+            let std_listener = admin::bind(addr).map_err(err)?;
+            let local = std_listener.local_addr().map_err(err)?;
+            let listener = {
+                let _guard = control.enter();
+                tokio::net::TcpListener::from_std(std_listener).map_err(err)?
+            };
+            announce(&format!("admin {local}"));
+            tracing::info!(addr = %local, "admin endpoints listening");
+            Some(listener)
+        }
+        None => None,
+    };
 
-    let sockets = bind_listeners(&gateway, opts.workers)?;
+    let (sockets, locals) = bind_listeners(&gateway, opts.workers)?;
+    // Rules are per listener, and the kernel sees ports: pair each listener's rules with
+    // the port it really got (port 0 is resolved only now).
+    let port_rules = port_rules(&gateway, &locals);
+    // Held until the end of `run`: dropping it detaches the program.
+    let (kernel, admission) = connection_plane(opts, &locals, &port_rules)?;
+    let stats = match (&kernel, &admission) {
+        (Some(k), _) => Some(ConnectionStats::Kernel(k.counter_reader())),
+        (None, Some(a)) => Some(ConnectionStats::Userspace(a.counters())),
+        (None, None) => None,
+    };
+    if let Some(listener) = admin_listener {
+        control.spawn(admin::serve(listener, phase_rx, stats));
+    }
     // Thread per core: with a worker for every allowed CPU, each gets its own. With fewer,
     // which CPUs are best is the scheduler's call (or the operator's, through taskset).
     let cpus = allowed_cpus();
@@ -86,6 +114,12 @@ pub fn run(gateway: Arc<Gateway>, opts: &Options) -> Result<(), ServerError> {
         Vec::new()
     };
     let (drain_tx, drain_rx) = watch::channel(false);
+    let (applied_tx, mut applied_rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
+    let (update_tx, update_rx) = watch::channel(Update {
+        generation: 1,
+        gateway: gateway.clone(),
+        admission: admission.clone(),
+    });
     let (ready_tx, ready_rx) = mpsc::channel();
     let (exit_tx, mut exit_rx) = tokio::sync::mpsc::unbounded_channel::<usize>();
     let mut per_worker: Vec<Vec<(usize, std::net::TcpListener)>> =
@@ -99,7 +133,8 @@ pub fn run(gateway: Arc<Gateway>, opts: &Options) -> Result<(), ServerError> {
     for (id, listeners) in per_worker.into_iter().enumerate() {
         let setup = WorkerSetup {
             id,
-            gateway: gateway.clone(),
+            updates: update_rx.clone(),
+            applied: applied_tx.clone(),
             listeners,
             drain: drain_rx.clone(),
             shutdown_timeout: opts.shutdown_timeout,
@@ -140,11 +175,21 @@ pub fn run(gateway: Arc<Gateway>, opts: &Options) -> Result<(), ServerError> {
     announce(&format!("ready workers={}", opts.workers));
     tracing::info!(workers = opts.workers, "ready");
 
+    let mut live = Live {
+        gateway,
+        locals,
+        kernel,
+        admission,
+        generation: 1,
+    };
     let (early_exit, panicked) = control.block_on(async {
-        let early_exit = tokio::select! {
-            _ = term.recv() => false,
-            _ = int.recv() => false,
-            _ = exit_rx.recv() => true,
+        let early_exit = loop {
+            tokio::select! {
+                _ = term.recv() => break false,
+                _ = int.recv() => break false,
+                _ = exit_rx.recv() => break true,
+                _ = hup.recv() => live.reload(opts, &update_tx, &mut applied_rx).await,
+            }
         };
         tracing::info!("draining");
         let _ = phase_tx.send(Phase::Draining);
@@ -158,8 +203,198 @@ pub fn run(gateway: Arc<Gateway>, opts: &Options) -> Result<(), ServerError> {
     if early_exit || panicked {
         return Err(ServerError::WorkerPanicked);
     }
+    drop(live);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// What is in force, as the control thread holds it.
+struct Live {
+    gateway: Arc<Gateway>,
+    /// The address each listener got, by listener index.
+    locals: Vec<SocketAddr>,
+    /// Dropping it detaches the program.
+    kernel: Option<KernelPlane>,
+    admission: Option<Arc<Admission>>,
+    generation: u64,
+}
+
+impl Live {
+    /// Loads the configuration again. A valid one replaces routes, services and
+    /// connection rules on every worker (XDP maps in place); an invalid one is reported
+    /// and the running configuration stays. Says which on stdout.
+    async fn reload(
+        &mut self,
+        opts: &Options,
+        updates: &watch::Sender<Update>,
+        applied: &mut tokio::sync::mpsc::UnboundedReceiver<u64>,
+    ) {
+        self.generation += 1;
+        let generation = self.generation;
+        match self.try_reload(opts) {
+            Ok(update) => {
+                let _ = updates.send(update);
+                // Announced once every worker has taken it, so that whoever waits for
+                // the line knows the next request sees the new configuration.
+                let mut taken = 0;
+                while taken < opts.workers {
+                    match tokio::time::timeout(Duration::from_secs(5), applied.recv()).await {
+                        Ok(Some(g)) if g == generation => taken += 1,
+                        Ok(Some(_)) => {}
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+                tracing::info!(generation, workers = taken, "configuration reloaded");
+                announce(&format!("reloaded generation={generation}"));
+            }
+            Err(errors) => {
+                for e in &errors {
+                    tracing::error!("reload: {e}");
+                }
+                tracing::error!(
+                    generation,
+                    "reload rejected; the running configuration stays"
+                );
+                announce(&format!(
+                    "reload-failed generation={generation} errors={}",
+                    errors.len()
+                ));
+            }
+        }
+    }
+
+    fn try_reload(&mut self, opts: &Options) -> Result<Update, Vec<String>> {
+        let snapshot = ringwall_config::load_dir(&opts.config_dir)
+            .map_err(|errors| errors.0.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+        let gateway = Arc::new(Gateway::new(Arc::new(snapshot)));
+        if listener_keys(&gateway) != listener_keys(&self.gateway) {
+            return Err(vec![
+                "the change adds, removes or moves a listening address; this version applies \
+                 such changes on restart only (routes, services and policies reload live)"
+                    .to_string(),
+            ]);
+        }
+        let rules = port_rules(&gateway, &self.locals);
+        let admission = match (&mut self.kernel, &self.admission) {
+            (Some(kernel), _) => {
+                kernel.apply(&rules).map_err(|e| vec![e.to_string()])?;
+                None
+            }
+            (None, Some(old)) => Some(Arc::new(old.reconfigured(rules))),
+            (None, None) if rules.iter().any(|(_, r)| !r.is_empty()) => {
+                // The first rules after a start without any: choose a plane now.
+                let (kernel, admission) = connection_plane(opts, &self.locals, &rules)
+                    .map_err(|e| vec![e.to_string()])?;
+                self.kernel = kernel;
+                admission
+            }
+            (None, None) => None,
+        };
+        self.admission.clone_from(&admission);
+        self.gateway = gateway.clone();
+        Ok(Update {
+            generation: self.generation,
+            gateway,
+            admission,
+        })
+    }
+}
+
+/// What identifies the listeners: their addresses in order, and for port-0 ones (a port
+/// each) the ApiInstances behind them.
+fn listener_keys(gateway: &Gateway) -> Vec<(SocketAddr, Vec<String>)> {
+    gateway
+        .listeners
+        .iter()
+        .map(|l| {
+            let names = if l.addr.port() == 0 {
+                l.apis
+                    .iter()
+                    .map(|&i| gateway.snapshot.apis[i].name.clone())
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            (l.addr, names)
+        })
+        .collect()
+}
+
+/// Each listener's connection rules with the port it really got (port 0 is resolved only
+/// once bound; the kernel sees ports).
+fn port_rules(
+    gateway: &Gateway,
+    locals: &[SocketAddr],
+) -> Vec<(u16, ringwall_config::ConnectionRules)> {
+    gateway
+        .listeners
+        .iter()
+        .zip(locals)
+        .map(|(l, local)| {
+            let rules = l
+                .apis
+                .first()
+                .map(|&i| gateway.snapshot.apis[i].connection_rules.clone())
+                .unwrap_or_default();
+            (local.port(), rules)
+        })
+        .collect()
+}
+
+/// Chooses where connection rules are enforced: the kernel when XDP loads (or must), at
+/// accept otherwise. Announces the choice on stdout.
+fn connection_plane(
+    opts: &Options,
+    locals: &[SocketAddr],
+    port_rules: &[(u16, ringwall_config::ConnectionRules)],
+) -> Result<(Option<KernelPlane>, Option<Arc<Admission>>), ServerError> {
+    let has_rules = port_rules.iter().any(|(_, r)| !r.is_empty());
+    let userspace = || Some(Arc::new(Admission::new(port_rules.to_vec())));
+    let want_kernel = match opts.xdp {
+        XdpSetting::Off => false,
+        XdpSetting::Required => true,
+        // Without rules there is nothing for the program to do on every packet.
+        XdpSetting::Auto => has_rules,
+    };
+    if !want_kernel {
+        announce(if has_rules {
+            "connection-rules accept"
+        } else {
+            "connection-rules none"
+        });
+        return Ok((None, has_rules.then(userspace).flatten()));
+    }
+    let started = (|| {
+        let ifaces = if opts.xdp_ifaces.is_empty() {
+            xdp::interfaces_for(locals.iter().map(SocketAddr::ip))?
+        } else {
+            opts.xdp_ifaces.clone()
+        };
+        let mut plane = KernelPlane::start(&ifaces, opts.xdp_mode)?;
+        plane.apply(port_rules)?;
+        Ok::<_, XdpError>(plane)
+    })();
+    match started {
+        Ok(plane) => {
+            let at: Vec<String> = plane
+                .attached
+                .iter()
+                .map(|(iface, how)| format!("{iface}:{how}"))
+                .collect();
+            announce(&format!("connection-rules xdp {}", at.join(",")));
+            tracing::info!(interfaces = %at.join(","), "XDP program attached");
+            Ok((Some(plane), None))
+        }
+        Err(e) if opts.xdp == XdpSetting::Required => Err(ServerError::XdpRequired(e)),
+        Err(e) => {
+            tracing::warn!(
+                "XDP unavailable, enforcing connection rules at accept instead (same rules, \
+                 higher cost): {e}"
+            );
+            announce("connection-rules accept");
+            Ok((None, userspace()))
+        }
+    }
 }
 
 fn join_all(threads: Vec<JoinHandle<()>>) -> bool {
@@ -182,8 +417,9 @@ fn announce(line: &str) {
 fn bind_listeners(
     gateway: &Gateway,
     workers: usize,
-) -> Result<Vec<Vec<std::net::TcpListener>>, ServerError> {
+) -> Result<(Vec<Vec<std::net::TcpListener>>, Vec<SocketAddr>), ServerError> {
     let mut all = Vec::with_capacity(gateway.listeners.len());
+    let mut locals = Vec::with_capacity(gateway.listeners.len());
     for l in &gateway.listeners {
         let apis = l
             .apis
@@ -206,8 +442,9 @@ fn bind_listeners(
         announce(&format!("listening {addr} {apis}"));
         tracing::info!(%addr, apis, "listening");
         all.push(socks);
+        locals.push(addr);
     }
-    Ok(all)
+    Ok((all, locals))
 }
 
 fn reuseport_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {

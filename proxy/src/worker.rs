@@ -13,6 +13,7 @@ use std::time::Duration;
 use tokio::sync::{watch, Notify};
 use tokio_uring::net::TcpListener;
 
+use crate::admission::{Admission, Verdict};
 use crate::conn;
 use crate::gateway::Gateway;
 use crate::pool::Pool;
@@ -26,6 +27,8 @@ pub struct Worker {
     /// cache line between cores on every request.
     #[allow(clippy::redundant_allocation)]
     gateway: RefCell<Rc<Arc<Gateway>>>,
+    /// Connection rules checked at accept, when the kernel plane is not enforcing them.
+    admission: RefCell<Option<Arc<Admission>>>,
     pub pool: Pool,
     draining: Cell<bool>,
     drain_started: Notify,
@@ -36,9 +39,10 @@ pub struct Worker {
 }
 
 impl Worker {
-    fn new(gateway: Arc<Gateway>) -> Self {
+    fn new(update: Update) -> Self {
         Self {
-            gateway: RefCell::new(Rc::new(gateway)),
+            gateway: RefCell::new(Rc::new(update.gateway)),
+            admission: RefCell::new(update.admission),
             pool: Pool::default(),
             draining: Cell::new(false),
             drain_started: Notify::new(),
@@ -54,6 +58,13 @@ impl Worker {
     #[allow(clippy::redundant_allocation)]
     pub fn gateway(&self) -> Rc<Arc<Gateway>> {
         self.gateway.borrow().clone()
+    }
+
+    /// Takes a new configuration: exchanges already running finish on the snapshot they
+    /// started with; the upstream pool is kept.
+    fn apply(&self, update: Update) {
+        *self.gateway.borrow_mut() = Rc::new(update.gateway);
+        *self.admission.borrow_mut() = update.admission;
     }
 
     pub fn is_draining(&self) -> bool {
@@ -123,10 +134,21 @@ impl Drop for ConnectionGuard {
     }
 }
 
+/// A configuration for the workers: the routing view and the accept-time check.
+#[derive(Clone)]
+pub struct Update {
+    pub generation: u64,
+    pub gateway: Arc<Gateway>,
+    pub admission: Option<Arc<Admission>>,
+}
+
 /// What a worker thread is given.
 pub struct WorkerSetup {
     pub id: usize,
-    pub gateway: Arc<Gateway>,
+    /// The configuration now, and every later one.
+    pub updates: watch::Receiver<Update>,
+    /// Where the worker says which generation it has taken.
+    pub applied: tokio::sync::mpsc::UnboundedSender<u64>,
     /// (index of the listener in the gateway, this worker's socket for it)
     pub listeners: Vec<(usize, std::net::TcpListener)>,
     pub drain: watch::Receiver<bool>,
@@ -147,13 +169,23 @@ pub fn run(setup: WorkerSetup, ready: mpsc::Sender<Result<usize, String>>) {
     };
     let WorkerSetup {
         id,
-        gateway,
+        mut updates,
+        applied,
         listeners,
         mut drain,
         shutdown_timeout,
     } = setup;
     rt.block_on(async move {
-        let worker = Rc::new(Worker::new(gateway));
+        let worker = Rc::new(Worker::new(updates.borrow_and_update().clone()));
+        let follower = worker.clone();
+        tokio_uring::spawn(async move {
+            while updates.changed().await.is_ok() {
+                let update = updates.borrow_and_update().clone();
+                let generation = update.generation;
+                follower.apply(update);
+                let _ = applied.send(generation);
+            }
+        });
         let mut accepts = Vec::with_capacity(listeners.len());
         for (index, socket) in listeners {
             let listener = TcpListener::from_std(socket);
@@ -188,6 +220,15 @@ async fn accept_loop(listener: TcpListener, index: usize, worker: Rc<Worker>) {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    let verdict = worker.admission.borrow().as_ref().map(|a| a.check(index, peer.ip()));
+                    if let Some(verdict) = verdict {
+                        if verdict != Verdict::Admit {
+                            tracing::debug!(%peer, ?verdict, "connection refused at accept");
+                            // Closed before a byte is read; dropping releases it.
+                            let _ = stream.shutdown(std::net::Shutdown::Both);
+                            continue;
+                        }
+                    }
                     tokio_uring::spawn(conn::serve(stream, peer, index, worker.clone()));
                 }
                 Err(e) => {

@@ -168,6 +168,10 @@ pub struct Gateway {
     listening: Vec<String>,
     admin: Option<SocketAddr>,
     workers: usize,
+    /// Stdout lines after `ready`, as they come.
+    lines: Option<mpsc::Receiver<String>>,
+    /// The `connection-rules ...` line.
+    connection_rules: String,
     stderr: Arc<Mutex<Vec<u8>>>,
     stderr_thread: Option<JoinHandle<()>>,
     exit: Option<ExitStatus>,
@@ -214,6 +218,8 @@ impl Gateway {
             stderr,
             stderr_thread: Some(stderr_thread),
             exit: None,
+            lines: None,
+            connection_rules: String::new(),
         };
         let deadline = Instant::now() + STARTUP_DEADLINE;
         let mut seen = Vec::new();
@@ -244,6 +250,7 @@ impl Gateway {
                     }
                     gw.listening.push(line);
                 }
+                Some("connection-rules") => gw.connection_rules = line.clone(),
                 Some("admin") => match words.next().and_then(|a| a.parse().ok()) {
                     Some(addr) => gw.admin = Some(addr),
                     None => gw.fail_start("unparsable `admin` line", &seen),
@@ -257,6 +264,7 @@ impl Gateway {
                         Some(n) => gw.workers = n,
                         None => gw.fail_start("unparsable `ready` line", &seen),
                     }
+                    gw.lines = Some(lines);
                     return gw;
                 }
                 _ => {}
@@ -286,6 +294,14 @@ impl Gateway {
                 self.listening
             ),
         }
+    }
+
+    /// Where connection rules are enforced, from the `connection-rules` line: `xdp ...`,
+    /// `accept` or `none`.
+    pub fn connection_rules(&self) -> &str {
+        self.connection_rules
+            .strip_prefix("connection-rules ")
+            .unwrap_or("")
     }
 
     /// The admin listener's address, from its `admin` line (start with `--admin`).
@@ -324,6 +340,58 @@ impl Gateway {
 
     pub fn terminate(&self) {
         self.signal(libc::SIGTERM);
+    }
+
+    /// Asks for a reload (SIGHUP) after replacing the config file `name` with `text`
+    /// (`None` removes it), and returns the gateway's verdict line (`reloaded ...` or
+    /// `reload-failed ...`).
+    pub fn reload_with(&mut self, name: &str, text: Option<&str>) -> String {
+        let path = self._dir.path().join(name);
+        match text {
+            Some(text) => std::fs::write(&path, text),
+            None => std::fs::remove_file(&path),
+        }
+        .unwrap_or_else(|e| panic!("update {}: {e}", path.display()));
+        self.signal(libc::SIGHUP);
+        self.wait_line(
+            |l| l.starts_with("reloaded ") || l.starts_with("reload-failed "),
+            Duration::from_secs(10),
+        )
+    }
+
+    /// Waits until stderr contains `text` (its reader thread may lag stdout); panics
+    /// after `timeout`.
+    pub fn wait_stderr(&self, text: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let stderr = self.stderr();
+            if stderr.contains(text) {
+                return stderr;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "stderr never showed {text:?}:\n{stderr}"
+            );
+            // Poll interval only: what is awaited is the text itself.
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The next stdout line that `want` accepts, skipping others; panics after `timeout`.
+    pub fn wait_line(&mut self, want: impl Fn(&str) -> bool, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        let lines = self.lines.as_ref().expect("stdout lines");
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(line) if want(&line) => return line,
+                Ok(_) => {}
+                Err(e) => panic!(
+                    "no matching stdout line within {timeout:?}: {e}\nstderr:\n{}",
+                    self.stderr()
+                ),
+            }
+        }
     }
 
     /// Waits for the gateway to exit; panics with its stderr if it is still running after
