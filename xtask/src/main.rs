@@ -9,6 +9,7 @@ mod peers;
 mod proc;
 mod report;
 mod setup;
+mod synflood;
 mod wrk;
 mod xdp_check;
 
@@ -46,6 +47,8 @@ enum Task {
     Test,
     /// Load benchmark of Ringwall beside nginx and HAProxy (wrk, loopback only).
     Bench(bench::Options),
+    /// CPU cost of dropping a SYN flood: XDP, nftables, iptables, accept, no rule (namespaces).
+    BenchSyn(synflood::Options),
 }
 
 fn main() -> ExitCode {
@@ -57,6 +60,7 @@ fn main() -> ExitCode {
         Task::Run { args } => demo::run(&args),
         Task::Test => ci::test().map(|()| ExitCode::SUCCESS),
         Task::Bench(options) => bench::bench(&options).map(|()| ExitCode::SUCCESS),
+        Task::BenchSyn(options) => synflood::bench_syn(&options).map(|()| ExitCode::SUCCESS),
     };
     result.unwrap_or_else(|err| {
         eprintln!("error: {err:#}");

@@ -11,7 +11,8 @@ use anyhow::{bail, Result};
 
 use crate::proc;
 
-/// Debian packages: the kernel-plane tools, Redis for shared storage, and the bench peers.
+/// Debian packages: the kernel-plane tools, Redis for shared storage, the bench peers, and
+/// what bench-syn floods and filters with (trafgen is in netsniff-ng).
 pub const APT_PACKAGES: &[&str] = &[
     "iproute2",
     "bpftool",
@@ -20,6 +21,10 @@ pub const APT_PACKAGES: &[&str] = &[
     "haproxy",
     "wrk",
     "curl",
+    "netsniff-ng",
+    "nftables",
+    "iptables",
+    "ethtool",
 ];
 
 /// The bpf-linker release the XDP build is known to work with.
