@@ -269,3 +269,54 @@ fn rate_limit_at_accept() {
         rate_limit_caps_one_source_and_spares_another("off")
     });
 }
+
+#[test]
+fn auto_falls_back_to_accept_with_one_warning_naming_the_cause() {
+    within(TEST_LIMIT, || {
+        // Loopback only: the block list names 127.0.0.1 itself, the interface does not exist.
+        let config = format!(
+            "{HEADER}kind: ApiInstance\nmetadata:\n  name: edge\nspec:\n  address: http://127.0.0.1:0\n  \
+             services:\n    down:\n      address: http://127.0.0.1:9\n---\n{HEADER}kind: PolicyBinding\n\
+             metadata:\n  name: block-self\nspec:\n  targetRef:\n    name: edge\n  policyRef:\n    \
+             name: ip-blocklist-flex\n  config:\n    ips: [127.0.0.1]\n"
+        );
+        let gw = Gateway::start(
+            &[("edge.yaml", &config)],
+            &["--xdp", "auto", "--xdp-iface", "rw-no-such-if"],
+        );
+        assert_eq!(gw.connection_rules(), "accept");
+        let stderr = gw.wait_stderr("XDP unavailable", Duration::from_secs(5));
+        assert!(
+            stderr.contains("rw-no-such-if"),
+            "the warning names the cause:\n{stderr}"
+        );
+        assert_eq!(stderr.matches("XDP unavailable").count(), 1, "{stderr}");
+        // The rule still holds, at accept.
+        let refused = request_from(Ipv4Addr::LOCALHOST, gw.addr("edge"));
+        assert!(refused.is_err(), "{refused:?}");
+    })
+}
+
+#[test]
+fn required_exits_with_the_cause() {
+    let config = edge(&[]).replace("198.18.0.1", "127.0.0.1");
+    let dir = config_dir(&[("edge.yaml", &config)]);
+    let out = run_cli(
+        &[
+            "run",
+            "--config",
+            dir.path().to_str().expect("utf-8"),
+            "--xdp",
+            "required",
+            "--xdp-iface",
+            "rw-no-such-if",
+        ],
+        Duration::from_secs(10),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("XDP is required") && stderr.contains("rw-no-such-if"),
+        "{stderr}"
+    );
+}
