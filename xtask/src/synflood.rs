@@ -34,7 +34,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::json;
 
 use self::counters::{Announcement, RuleCounters};
-use self::cpu::CpuTimes;
+use self::cpu::{CpuTimes, SchedStat};
 use self::lab::{Lab, GATEWAY_IP};
 use self::table::Run;
 use crate::{build, proc, target_dir};
@@ -284,21 +284,20 @@ pub fn bench_syn(options: &Options) -> Result<()> {
         SOURCE_PREFIX[1],
     );
     println!(
-        "recv = run time of the gateway's NAPI thread + ksoftirqd/{RX_CPU} + listener (CPU {RX_CPU}), generator \
-         NOT included; gen = trafgen's run time (CPU {GEN_CPU}); cpu{RX_CPU}/cpu{GEN_CPU} = /proc/stat busy time \
-         of the whole CPU (every task on it, other builds included)"
+        "recv = run time of the gateway's NAPI thread + ksoftirqd/{RX_CPU} + ringwall, all on CPU {RX_CPU} \
+         (generator NOT included); gen = trafgen's run time, on CPU {GEN_CPU}; cpu{RX_CPU} = /proc/stat busy \
+         time of CPU {RX_CPU}, every task on it; others = the share of CPU {RX_CPU} other tasks used. \
+         Medians over rounds."
     );
     if rows.is_empty() {
         println!("nothing measured");
     } else {
         print!("{}", table::table(&rows));
     }
-    let elsewhere: Vec<f64> = runs.iter().map(Run::rx_cpu_busy_elsewhere).collect();
-    if let Some(share) = crate::report::median(&elsewhere).filter(|&share| share > 0.1) {
+    if rows.iter().any(|row| row.rx_cpu_elsewhere > 0.1) {
         println!(
-            "note: other tasks kept CPU {RX_CPU} busy {:.0}% of the time (median over runs): the cpu columns \
-             include them, recv and gen do not",
-            100.0 * share
+            "note: other tasks shared CPU {RX_CPU}; they make every thread on it slower (caches, the \
+             hypervisor), recv included: compare cases measured when \"others\" was low"
         );
     }
     for (case, why) in &skipped {
@@ -340,12 +339,14 @@ fn settings(plan: &Plan, flood: &trafgen::SynFlood) -> serde_json::Value {
 fn progress(run: &Run, pps: u32) -> String {
     let verdict = run.verdict();
     let mut line = format!(
-        "  {:<11} round {}: {:>7.0} SYN/s, receive {:>5} ns/SYN, generator {:>5} ns/SYN, {}",
+        "  {:<11} round {}: {:>7.0} SYN/s, receive {:>5} ns/SYN, generator {:>5} ns/SYN, \
+         other tasks on CPU {RX_CPU} {:>3.0}%, {}",
         run.case.name(),
         run.round,
         run.packets_per_sec(),
         show_ns(run.receive_ns_per_packet()),
         show_ns(run.generator_ns_per_packet()),
+        100.0 * run.rx_cpu_busy_elsewhere(),
         verdict.label,
     );
     if !verdict.ok {
@@ -467,6 +468,7 @@ impl Bench<'_> {
             syncookies_sent: net("TcpExt.SyncookiesSent"),
             accepted,
             napi_ns: end.napi_ns.saturating_sub(start.napi_ns),
+            napi_runs: end.napi_runs.saturating_sub(start.napi_runs),
             ksoftirqd_ns: end.ksoftirqd_ns.saturating_sub(start.ksoftirqd_ns),
             listener_ns: end.listener_ns.saturating_sub(start.listener_ns),
             generator_ns: end.generator_ns.saturating_sub(start.generator_ns),
@@ -531,12 +533,21 @@ impl Bench<'_> {
     /// The packet count, then the CPU times, read within a few milliseconds of each other.
     fn sample(&self, threads: &Threads) -> Result<Sample> {
         let (rx_packets, _) = self.lab.gateway_rx()?;
-        let runtime = |tids: &[u32]| tids.iter().map(|&t| cpu::thread_runtime_ns(t)).sum();
+        let stat = |tids: &[u32]| {
+            tids.iter()
+                .map(|&t| cpu::thread_schedstat(t))
+                .fold(SchedStat::default(), |sum, s| SchedStat {
+                    run_ns: sum.run_ns + s.run_ns,
+                    timeslices: sum.timeslices + s.timeslices,
+                })
+        };
+        let napi = stat(&threads.napi);
         Ok(Sample {
             at: Instant::now(),
             rx_packets,
-            napi_ns: runtime(&threads.napi),
-            ksoftirqd_ns: runtime(&threads.ksoftirqd),
+            napi_ns: napi.run_ns,
+            napi_runs: napi.timeslices,
+            ksoftirqd_ns: stat(&threads.ksoftirqd).run_ns,
             listener_ns: cpu::process_runtime_ns(threads.listener),
             generator_ns: cpu::group_runtime_ns(threads.generator),
             cpus: cpu::read_proc_stat(),
@@ -579,6 +590,7 @@ struct Sample {
     at: Instant,
     rx_packets: u64,
     napi_ns: u64,
+    napi_runs: u64,
     ksoftirqd_ns: u64,
     listener_ns: u64,
     generator_ns: u64,

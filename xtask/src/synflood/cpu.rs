@@ -87,9 +87,19 @@ pub fn ticks_to_ns(ticks: u64, ticks_per_sec: u64) -> u64 {
     ticks.saturating_mul(1_000_000_000) / ticks_per_sec.max(1)
 }
 
-/// The run time in `/proc/.../schedstat` ("run_ns wait_ns timeslices").
-pub fn parse_schedstat(text: &str) -> Option<u64> {
-    text.split_whitespace().next()?.parse().ok()
+/// A thread's `/proc/.../schedstat`: "run_ns wait_ns timeslices".
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SchedStat {
+    pub run_ns: u64,
+    /// How many times it was scheduled in: for a NAPI thread, how often it woke to poll.
+    pub timeslices: u64,
+}
+
+pub fn parse_schedstat(text: &str) -> Option<SchedStat> {
+    let mut fields = text.split_whitespace().map(|f| f.parse::<u64>().ok());
+    let run_ns = fields.next()??;
+    let timeslices = fields.nth(1)??;
+    Some(SchedStat { run_ns, timeslices })
 }
 
 /// Run time of every thread of process `pid`, in ns (0 once it has exited).
@@ -100,17 +110,17 @@ pub fn process_runtime_ns(pid: u32) -> u64 {
     tasks
         .filter_map(|task| {
             let path = task.ok()?.path().join("schedstat");
-            parse_schedstat(&fs::read_to_string(path).ok()?)
+            parse_schedstat(&fs::read_to_string(path).ok()?).map(|s| s.run_ns)
         })
         .sum()
 }
 
-/// Run time of a single thread (a kernel thread, say), in ns.
-pub fn thread_runtime_ns(tid: u32) -> u64 {
+/// The schedstat of a single thread (a kernel thread, say); zero once it has exited.
+pub fn thread_schedstat(tid: u32) -> SchedStat {
     fs::read_to_string(format!("/proc/{tid}/schedstat"))
         .ok()
         .and_then(|text| parse_schedstat(&text))
-        .unwrap_or(0)
+        .unwrap_or_default()
 }
 
 /// Run time of every process in process group `pgid` (a server xtask started, with what it
@@ -199,9 +209,13 @@ mod tests {
     fn reads_schedstat_and_the_process_group() {
         assert_eq!(
             parse_schedstat("548752255 70155817 288\n"),
-            Some(548_752_255)
+            Some(SchedStat {
+                run_ns: 548_752_255,
+                timeslices: 288
+            })
         );
         assert_eq!(parse_schedstat(""), None);
+        assert_eq!(parse_schedstat("1 2"), None);
         let stat = "16097 (trafgen) S 16095 16095 16095 0 -1 4194560 137 0 0 0";
         assert_eq!(process_group(stat), Some(16095));
         let odd = "42 (a) b (c)) R 1 40 40 0";
