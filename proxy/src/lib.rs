@@ -12,5 +12,6 @@ pub mod gateway;
 pub mod http;
 pub mod pool;
 pub mod server;
+pub mod watch;
 pub mod worker;
 pub mod xdp;

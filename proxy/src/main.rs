@@ -55,6 +55,9 @@ enum Command {
         /// XDP attach mode.
         #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
         xdp_mode: AttachMode,
+        /// Reload only on SIGHUP, not when a file in the directory changes.
+        #[arg(long)]
+        no_watch: bool,
         /// Seconds to let in-flight requests finish after SIGTERM.
         #[arg(long, default_value_t = 30.0)]
         shutdown_timeout: f64,
@@ -84,6 +87,7 @@ fn main() -> ExitCode {
             xdp,
             xdp_ifaces,
             xdp_mode,
+            no_watch,
             shutdown_timeout,
         } => {
             init_logging();
@@ -92,7 +96,7 @@ fn main() -> ExitCode {
                 ifaces: xdp_ifaces,
                 mode: xdp_mode,
             };
-            match run(&config, workers, admin, xdp, shutdown_timeout) {
+            match run(&config, workers, admin, xdp, !no_watch, shutdown_timeout) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("ringwall: {e:#}");
@@ -108,8 +112,11 @@ fn run(
     workers: Option<usize>,
     admin: Option<std::net::SocketAddr>,
     xdp: XdpOptions,
+    watch: bool,
     shutdown_timeout: f64,
 ) -> anyhow::Result<()> {
+    // Taken first, so that a change made while the gateway starts is noticed.
+    let loaded = ringwall::watch::fingerprint(config);
     let snapshot = match ringwall_config::load_dir(config) {
         Ok(s) => s,
         Err(errors) => {
@@ -133,6 +140,8 @@ fn run(
         gateway,
         &server::Options {
             config_dir: config.to_path_buf(),
+            watch,
+            loaded,
             workers,
             shutdown_timeout: Duration::from_secs_f64(shutdown_timeout),
             admin,

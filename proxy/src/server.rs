@@ -26,6 +26,10 @@ const BACKLOG: i32 = 4096;
 pub struct Options {
     /// The directory the configuration is read from again on SIGHUP.
     pub config_dir: PathBuf,
+    /// Also reload when a file in `config_dir` changes.
+    pub watch: bool,
+    /// [`crate::watch::fingerprint`] of `config_dir`, taken before the initial load.
+    pub loaded: Option<u64>,
     pub workers: usize,
     pub shutdown_timeout: Duration,
     /// Where the admin endpoints listen, if anywhere.
@@ -171,6 +175,19 @@ pub fn run(gateway: Arc<Gateway>, opts: &Options) -> Result<(), ServerError> {
             }
         }
     }
+    // Saving a file reloads, as in Flex Local Mode; without a watcher SIGHUP still does.
+    let (watcher, mut changes) = {
+        let _guard = control.enter();
+        match crate::watch::watch_dir(&opts.config_dir) {
+            _ if !opts.watch => (None, tokio::sync::mpsc::unbounded_channel().1),
+            Ok((w, rx)) => (Some(w), rx),
+            Err(e) => {
+                tracing::warn!(dir = %opts.config_dir.display(), error = %e,
+                    "cannot watch the configuration directory; reload with SIGHUP");
+                (None, tokio::sync::mpsc::unbounded_channel().1)
+            }
+        }
+    };
     let _ = phase_tx.send(Phase::Ready);
     announce(&format!("ready workers={}", opts.workers));
     tracing::info!(workers = opts.workers, "ready");
@@ -181,16 +198,32 @@ pub fn run(gateway: Arc<Gateway>, opts: &Options) -> Result<(), ServerError> {
         kernel,
         admission,
         generation: 1,
+        loaded: opts.loaded,
     };
     let (early_exit, panicked) = control.block_on(async {
+        // A change between the initial load and the watcher's start raised no event.
+        if opts.watch && crate::watch::fingerprint(&opts.config_dir) != live.loaded {
+            live.reload(opts, &update_tx, &mut applied_rx).await;
+        }
         let early_exit = loop {
             tokio::select! {
                 _ = term.recv() => break false,
                 _ = int.recv() => break false,
                 _ = exit_rx.recv() => break true,
                 _ = hup.recv() => live.reload(opts, &update_tx, &mut applied_rx).await,
+                Some(()) = changes.recv() => {
+                    // A save that leaves the directory as it was last loaded (an editor
+                    // rewriting the same bytes, or a change SIGHUP already applied) is no
+                    // reason to reload.
+                    if crate::watch::settle(&mut changes).await
+                        && crate::watch::fingerprint(&opts.config_dir) != live.loaded
+                    {
+                        live.reload(opts, &update_tx, &mut applied_rx).await;
+                    }
+                }
             }
         };
+        drop(watcher);
         tracing::info!("draining");
         let _ = phase_tx.send(Phase::Draining);
         let _ = drain_tx.send(true);
@@ -217,6 +250,8 @@ struct Live {
     kernel: Option<KernelPlane>,
     admission: Option<Arc<Admission>>,
     generation: u64,
+    /// The directory's content as last loaded, valid or not.
+    loaded: Option<u64>,
 }
 
 impl Live {
@@ -231,6 +266,7 @@ impl Live {
     ) {
         self.generation += 1;
         let generation = self.generation;
+        self.loaded = crate::watch::fingerprint(&opts.config_dir);
         match self.try_reload(opts) {
             Ok(update) => {
                 let _ = updates.send(update);

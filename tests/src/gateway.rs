@@ -344,15 +344,41 @@ impl Gateway {
 
     /// Asks for a reload (SIGHUP) after replacing the config file `name` with `text`
     /// (`None` removes it), and returns the gateway's verdict line (`reloaded ...` or
-    /// `reload-failed ...`).
+    /// `reload-failed ...`). Start the gateway with `--no-watch` so that the file change
+    /// itself does not trigger a second reload.
     pub fn reload_with(&mut self, name: &str, text: Option<&str>) -> String {
-        let path = self._dir.path().join(name);
         match text {
-            Some(text) => std::fs::write(&path, text),
-            None => std::fs::remove_file(&path),
+            Some(text) => self.replace_file(name, text),
+            None => {
+                let path = self.config_path(name);
+                std::fs::remove_file(&path)
+                    .unwrap_or_else(|e| panic!("remove {}: {e}", path.display()));
+            }
         }
-        .unwrap_or_else(|e| panic!("update {}: {e}", path.display()));
         self.signal(libc::SIGHUP);
+        self.wait_line(
+            |l| l.starts_with("reloaded ") || l.starts_with("reload-failed "),
+            Duration::from_secs(10),
+        )
+    }
+
+    /// Replaces the config file `name` atomically (a scratch file renamed over it), so the
+    /// gateway never reads it half-written.
+    pub fn replace_file(&self, name: &str, text: &str) {
+        let scratch = self._dir.path().join(format!(".{name}.tmp"));
+        std::fs::write(&scratch, text).expect("write the scratch file");
+        std::fs::rename(&scratch, self.config_path(name)).expect("rename over the config file");
+    }
+
+    /// Where the config file `name` lives.
+    pub fn config_path(&self, name: &str) -> std::path::PathBuf {
+        self._dir.path().join(name)
+    }
+
+    /// Saves the config file `name` as editors do (write a temporary file, rename it over
+    /// the old one), without a signal, and returns the gateway's verdict line.
+    pub fn save(&mut self, name: &str, text: &str) -> String {
+        self.replace_file(name, text);
         self.wait_line(
             |l| l.starts_with("reloaded ") || l.starts_with("reload-failed "),
             Duration::from_secs(10),

@@ -74,6 +74,8 @@ pub struct Reply {
     pub headers: Headers,
     pub body: Body,
     pub delay: Option<Duration>,
+    /// A pause between the chunks of a chunked body: a slow stream.
+    pub pace: Option<Duration>,
     pub action: Action,
 }
 
@@ -84,6 +86,7 @@ impl Reply {
             headers: Vec::new(),
             body: Body::Fixed(Vec::new()),
             delay: None,
+            pace: None,
             action: Action::Respond,
         }
     }
@@ -123,6 +126,12 @@ impl Reply {
     }
 
     /// Waits this long before answering.
+    /// Pauses `pace` between chunks of a chunked body.
+    pub fn pace(mut self, pace: Duration) -> Reply {
+        self.pace = Some(pace);
+        self
+    }
+
     pub fn delay(mut self, delay: Duration) -> Reply {
         self.delay = Some(delay);
         self
@@ -375,6 +384,9 @@ fn write_response(conn: &mut Conn, req: &Request, resp: &Reply) -> std::io::Resu
             // One write per chunk, so chunk boundaries fall anywhere in the gateway's reads.
             for chunk in wire::chunk_frames(data, sizes) {
                 conn.write_all(&chunk)?;
+                if let Some(pace) = resp.pace {
+                    thread::sleep(pace);
+                }
             }
             Ok(())
         }

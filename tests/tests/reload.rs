@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use ringwall_tests::client;
 use ringwall_tests::yaml::*;
 use ringwall_tests::*;
 
@@ -14,7 +15,7 @@ fn named_origin(name: &'static str) -> Origin {
 fn a_route_change_applies_on_an_open_keep_alive_connection() {
     within(TEST_LIMIT, || {
         let (a, b) = (named_origin("a"), named_origin("b"));
-        let mut gw = Gateway::start(&[("api.yaml", &simple_api(&a.url()))], &[]);
+        let mut gw = Gateway::start(&[("api.yaml", &simple_api(&a.url()))], &["--no-watch"]);
         let mut client = Client::connect(gw.addr("api"));
         assert_eq!(client.get("/x").text(), "a /x");
 
@@ -31,7 +32,7 @@ fn a_route_change_applies_on_an_open_keep_alive_connection() {
 fn an_invalid_change_is_refused_and_the_old_configuration_stays() {
     within(TEST_LIMIT, || {
         let a = named_origin("a");
-        let mut gw = Gateway::start(&[("api.yaml", &simple_api(&a.url()))], &[]);
+        let mut gw = Gateway::start(&[("api.yaml", &simple_api(&a.url()))], &["--no-watch"]);
 
         let broken = simple_api(&a.url()).replace("  services:", "  servces:");
         let verdict = gw.reload_with("api.yaml", Some(&broken));
@@ -60,11 +61,112 @@ fn an_invalid_change_is_refused_and_the_old_configuration_stays() {
 fn moving_a_listener_is_refused_until_restart() {
     within(TEST_LIMIT, || {
         let a = named_origin("a");
-        let mut gw = Gateway::start(&[("api.yaml", &simple_api(&a.url()))], &[]);
+        let mut gw = Gateway::start(&[("api.yaml", &simple_api(&a.url()))], &["--no-watch"]);
         let moved = api_to(&format!("http://{}", free_port()), &a.url(), "/");
         let verdict = gw.reload_with("api.yaml", Some(&moved));
         assert!(verdict.starts_with("reload-failed"), "{verdict}");
         gw.wait_stderr("on restart only", Duration::from_secs(5));
         assert_eq!(Client::connect(gw.addr("api")).get("/").text(), "a /");
+    })
+}
+
+#[test]
+fn saving_a_file_reloads_without_a_signal() {
+    within(TEST_LIMIT, || {
+        let (a, b) = (named_origin("a"), named_origin("b"));
+        let mut gw = Gateway::start(&[("api.yaml", &simple_api(&a.url()))], &[]);
+        assert_eq!(
+            gw.save("api.yaml", &simple_api(&b.url())),
+            "reloaded generation=2"
+        );
+        assert_eq!(Client::connect(gw.addr("api")).get("/s").text(), "b /s");
+        // Saving the same bytes again is not a change: the next real change is generation 3.
+        gw.replace_file("api.yaml", &simple_api(&b.url()));
+        assert_eq!(
+            gw.save("api.yaml", &simple_api(&a.url())),
+            "reloaded generation=3"
+        );
+    })
+}
+
+#[test]
+fn reloads_under_load_lose_no_request_and_cut_no_stream() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::thread;
+
+    within(Duration::from_secs(60), || {
+        let (a, b) = (named_origin("a"), named_origin("b"));
+        let body: Vec<u8> = (0..200u32).flat_map(|i| i.to_le_bytes()).collect();
+        let stream_body = body.clone();
+        let streaming = Origin::start(move |_| {
+            Reply::new(200)
+                .chunked(stream_body.clone(), vec![40])
+                .pace(Duration::from_millis(10))
+        });
+        let config = |up: &str| {
+            documents(&[&api_instance(
+                "api",
+                ANY_PORT,
+                &[
+                    InlineService::new(
+                        "stream",
+                        &streaming.url(),
+                        vec![Route::all().rule(Rule::path("/stream"))],
+                    ),
+                    InlineService::new("up", up, vec![Route::all()]),
+                ],
+            )])
+        };
+        let mut gw = Gateway::start(&[("api.yaml", &config(&a.url()))], &[]);
+        let addr = gw.addr("api");
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(AtomicUsize::new(0));
+        let load: Vec<_> = (0..4)
+            .map(|_| {
+                let (stop, done) = (stop.clone(), done.clone());
+                thread::spawn(move || -> Result<(), String> {
+                    let mut client = Client::try_connect(addr).map_err(|e| e.to_string())?;
+                    while !stop.load(Ordering::Relaxed) {
+                        client
+                            .send_lenient(client::get("/load").as_bytes())
+                            .map_err(|e| e.to_string())?;
+                        let resp = client.try_read_response("GET").map_err(|e| e.to_string())?;
+                        if resp.status != 200 {
+                            return Err(format!("status {}", resp.status));
+                        }
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        let stream = thread::spawn(move || Client::connect(addr).get("/stream"));
+
+        for i in 0..10 {
+            let up = if i % 2 == 0 { b.url() } else { a.url() };
+            let verdict = gw.save("api.yaml", &config(&up));
+            assert_eq!(
+                verdict,
+                format!("reloaded generation={}", i + 2),
+                "stderr:\n{}",
+                gw.stderr()
+            );
+        }
+        stop.store(true, Ordering::Relaxed);
+        for (i, t) in load.into_iter().enumerate() {
+            t.join()
+                .expect("load thread")
+                .unwrap_or_else(|e| panic!("load client {i}: {e}"));
+        }
+        let streamed = stream.join().expect("stream thread");
+        assert_eq!(streamed.status, 200);
+        assert_same_bytes(
+            &streamed.body,
+            &body,
+            "the stream that ran across ten reloads",
+        );
+        assert!(done.load(Ordering::Relaxed) > 100, "the load kept flowing");
     })
 }
