@@ -40,6 +40,8 @@ fn start(lab: &NetLab, config: &str, plane: &str) -> Gateway {
             &lab.gateway_if,
             "--admin",
             "127.0.0.1:0",
+            // Reloads here come from SIGHUP alone.
+            "--no-watch",
         ],
     );
     let want = if plane == "off" { "accept" } else { "xdp" };
