@@ -145,7 +145,7 @@ async fn exchange(c: &mut Client, listener: usize, w: &Worker) -> Next {
         Ok(next) => next,
         Err(Failure::BeforeResponse(e, body_consumed)) => {
             tracing::debug!(peer = %c.peer, error = %e, "exchange failed");
-            let close = !body_consumed || !plan.keep_alive || w.is_draining();
+            let close = !body_consumed || !plan.keep_alive || w.closes_connections();
             refuse(c, &e, plan.is_head, close).await
         }
         Err(Failure::AfterResponse(e)) => {
@@ -317,7 +317,7 @@ async fn forward(
         // === Phase: response head ===
         // `c.out` still holds the request head, for a replay; the client head
         // replaces it once a response head arrives.
-        let draining = w.is_draining();
+        let draining = w.closes_connections();
         match read_response_head(
             &mut up,
             plan,

@@ -10,6 +10,12 @@ use ringwall::gateway::Gateway;
 use ringwall::server;
 use ringwall::xdp::{AttachMode, XdpSetting};
 
+/// The stopping flags, in seconds.
+struct Timing {
+    drain: f64,
+    shutdown: f64,
+}
+
 /// The `--xdp*` flags.
 struct XdpOptions {
     setting: XdpSetting,
@@ -58,6 +64,10 @@ enum Command {
         /// Reload only on SIGHUP, not when a file in the directory changes.
         #[arg(long)]
         no_watch: bool,
+        /// Seconds to keep serving after SIGTERM with /ready at 503 and every response
+        /// closing its connection, so a load balancer can take the replica out first.
+        #[arg(long, default_value_t = 0.0)]
+        drain_seconds: f64,
         /// Seconds to let in-flight requests finish after SIGTERM.
         #[arg(long, default_value_t = 30.0)]
         shutdown_timeout: f64,
@@ -88,6 +98,7 @@ fn main() -> ExitCode {
             xdp_ifaces,
             xdp_mode,
             no_watch,
+            drain_seconds,
             shutdown_timeout,
         } => {
             init_logging();
@@ -96,7 +107,11 @@ fn main() -> ExitCode {
                 ifaces: xdp_ifaces,
                 mode: xdp_mode,
             };
-            match run(&config, workers, admin, xdp, !no_watch, shutdown_timeout) {
+            let timing = Timing {
+                drain: drain_seconds,
+                shutdown: shutdown_timeout,
+            };
+            match run(&config, workers, admin, xdp, !no_watch, timing) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("ringwall: {e:#}");
@@ -113,7 +128,7 @@ fn run(
     admin: Option<std::net::SocketAddr>,
     xdp: XdpOptions,
     watch: bool,
-    shutdown_timeout: f64,
+    timing: Timing,
 ) -> anyhow::Result<()> {
     // Taken first, so that a change made while the gateway starts is noticed.
     let loaded = ringwall::watch::fingerprint(config);
@@ -132,8 +147,13 @@ fn run(
         Some(n) => n,
         None => std::thread::available_parallelism().map_or(1, |n| n.get()),
     };
-    if !(shutdown_timeout.is_finite() && shutdown_timeout >= 0.0) {
-        anyhow::bail!("--shutdown-timeout must be a non-negative number of seconds");
+    for (flag, secs) in [
+        ("--shutdown-timeout", timing.shutdown),
+        ("--drain-seconds", timing.drain),
+    ] {
+        if !(secs.is_finite() && secs >= 0.0) {
+            anyhow::bail!("{flag} must be a non-negative number of seconds");
+        }
     }
     let gateway = Arc::new(Gateway::new(Arc::new(snapshot)));
     server::run(
@@ -143,7 +163,8 @@ fn run(
             watch,
             loaded,
             workers,
-            shutdown_timeout: Duration::from_secs_f64(shutdown_timeout),
+            drain_period: Duration::from_secs_f64(timing.drain),
+            shutdown_timeout: Duration::from_secs_f64(timing.shutdown),
             admin,
             xdp: xdp.setting,
             xdp_ifaces: xdp.ifaces,

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use crate::admin::{self, ConnectionStats, Phase};
 use crate::admission::Admission;
 use crate::gateway::Gateway;
-use crate::worker::{self, Update, WorkerSetup};
+use crate::worker::{self, DrainPhase, Update, WorkerSetup};
 use crate::xdp::{self, AttachMode, KernelPlane, XdpError, XdpSetting};
 
 /// Pending connections each listening socket queues.
@@ -31,6 +31,8 @@ pub struct Options {
     /// [`crate::watch::fingerprint`] of `config_dir`, taken before the initial load.
     pub loaded: Option<u64>,
     pub workers: usize,
+    /// After SIGTERM: how long to keep serving, not ready, before draining.
+    pub drain_period: Duration,
     pub shutdown_timeout: Duration,
     /// Where the admin endpoints listen, if anywhere.
     pub admin: Option<SocketAddr>,
@@ -117,7 +119,7 @@ pub fn run(gateway: Arc<Gateway>, opts: &Options) -> Result<(), ServerError> {
     } else {
         Vec::new()
     };
-    let (drain_tx, drain_rx) = watch::channel(false);
+    let (drain_tx, drain_rx) = watch::channel(DrainPhase::Serving);
     let (applied_tx, mut applied_rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
     let (update_tx, update_rx) = watch::channel(Update {
         generation: 1,
@@ -164,12 +166,12 @@ pub fn run(gateway: Arc<Gateway>, opts: &Options) -> Result<(), ServerError> {
         match ready_rx.recv() {
             Ok(Ok(_)) => {}
             Ok(Err(message)) => {
-                let _ = drain_tx.send(true);
+                let _ = drain_tx.send(DrainPhase::Draining);
                 join_all(threads);
                 return Err(ServerError::Worker(message));
             }
             Err(_) => {
-                let _ = drain_tx.send(true);
+                let _ = drain_tx.send(DrainPhase::Draining);
                 join_all(threads);
                 return Err(ServerError::WorkerPanicked);
             }
@@ -205,11 +207,13 @@ pub fn run(gateway: Arc<Gateway>, opts: &Options) -> Result<(), ServerError> {
         if opts.watch && crate::watch::fingerprint(&opts.config_dir) != live.loaded {
             live.reload(opts, &update_tx, &mut applied_rx).await;
         }
-        let early_exit = loop {
+        let (early_exit, drain_period) = loop {
             tokio::select! {
-                _ = term.recv() => break false,
-                _ = int.recv() => break false,
-                _ = exit_rx.recv() => break true,
+                // SIGTERM is how orchestrators stop a replica: give the load balancer
+                // the drain period to take it out. SIGINT is a person: stop now.
+                _ = term.recv() => break (false, opts.drain_period),
+                _ = int.recv() => break (false, Duration::ZERO),
+                _ = exit_rx.recv() => break (true, Duration::ZERO),
                 _ = hup.recv() => live.reload(opts, &update_tx, &mut applied_rx).await,
                 Some(()) = changes.recv() => {
                     // A save that leaves the directory as it was last loaded (an editor
@@ -224,9 +228,17 @@ pub fn run(gateway: Arc<Gateway>, opts: &Options) -> Result<(), ServerError> {
             }
         };
         drop(watcher);
-        tracing::info!("draining");
         let _ = phase_tx.send(Phase::Draining);
-        let _ = drain_tx.send(true);
+        if !drain_period.is_zero() {
+            tracing::info!(
+                seconds = drain_period.as_secs_f64(),
+                "drain period: not ready, still serving"
+            );
+            let _ = drain_tx.send(DrainPhase::Closing);
+            tokio::time::sleep(drain_period).await;
+        }
+        tracing::info!("draining");
+        let _ = drain_tx.send(DrainPhase::Draining);
         // Joined off the control thread, so the admin endpoints answer meanwhile.
         let panicked = tokio::task::spawn_blocking(move || join_all(threads))
             .await

@@ -30,6 +30,8 @@ pub struct Worker {
     /// Connection rules checked at accept, when the kernel plane is not enforcing them.
     admission: RefCell<Option<Arc<Admission>>>,
     pub pool: Pool,
+    /// Responses close their connections: the drain period has begun.
+    closing: Cell<bool>,
     draining: Cell<bool>,
     drain_started: Notify,
     active: Cell<usize>,
@@ -44,6 +46,7 @@ impl Worker {
             gateway: RefCell::new(Rc::new(update.gateway)),
             admission: RefCell::new(update.admission),
             pool: Pool::default(),
+            closing: Cell::new(false),
             draining: Cell::new(false),
             drain_started: Notify::new(),
             active: Cell::new(0),
@@ -67,6 +70,13 @@ impl Worker {
         *self.admission.borrow_mut() = update.admission;
     }
 
+    /// Connections close after their current response (`Connection: close`), so that
+    /// clients move to other replicas while this one is still serving.
+    pub fn closes_connections(&self) -> bool {
+        self.closing.get()
+    }
+
+    /// No more accepting; idle connections close now.
     pub fn is_draining(&self) -> bool {
         self.draining.get()
     }
@@ -79,6 +89,7 @@ impl Worker {
     }
 
     fn start_drain(&self) {
+        self.closing.set(true);
         self.draining.set(true);
         self.drain_started.notify_waiters();
     }
@@ -151,8 +162,18 @@ pub struct WorkerSetup {
     pub applied: tokio::sync::mpsc::UnboundedSender<u64>,
     /// (index of the listener in the gateway, this worker's socket for it)
     pub listeners: Vec<(usize, std::net::TcpListener)>,
-    pub drain: watch::Receiver<bool>,
+    pub drain: watch::Receiver<DrainPhase>,
     pub shutdown_timeout: Duration,
+}
+
+/// How far the gateway is into stopping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum DrainPhase {
+    Serving,
+    /// Still accepting and serving, every response closing its connection.
+    Closing,
+    /// Accepting no more; finishing what is in flight.
+    Draining,
 }
 
 /// The body of a worker thread: reports readiness (or why it could not start) on
@@ -197,7 +218,10 @@ pub fn run(setup: WorkerSetup, ready: mpsc::Sender<Result<usize, String>>) {
         }
         let _ = ready.send(Ok(id));
         // A dropped sender (the main thread is gone) drains as well.
-        let _ = drain.wait_for(|d| *d).await;
+        if drain.wait_for(|d| *d >= DrainPhase::Closing).await.is_ok() {
+            worker.closing.set(true);
+        }
+        let _ = drain.wait_for(|d| *d >= DrainPhase::Draining).await;
         worker.start_drain();
         for accept in accepts {
             let _ = accept.await;

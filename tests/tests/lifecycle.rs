@@ -251,3 +251,48 @@ fn readiness_turns_503_while_draining_and_liveness_stays_200() {
         assert_eq!(gw.wait_exit(Duration::from_secs(10)).code(), Some(0));
     })
 }
+
+#[test]
+fn sigterm_with_a_drain_period_keeps_serving_unready_and_closes_connections() {
+    within(TEST_LIMIT, || {
+        let origin = Origin::ok("fine");
+        let config = simple_api(&origin.url());
+        let mut gw = Gateway::start(
+            &[("api.yaml", &config)],
+            &["--admin", "127.0.0.1:0", "--drain-seconds", "1.5"],
+        );
+        let (addr, admin) = (gw.addr("api"), gw.admin_addr());
+        let mut kept = Client::connect(addr);
+        assert_eq!(kept.get("/before").header("connection"), None);
+
+        let started = Instant::now();
+        gw.terminate();
+        // Not ready at once, while still serving: a new connection works, and says close.
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while Client::connect(admin).get("/ready").status == 200 {
+            assert!(Instant::now() < deadline, "/ready never turned 503");
+            // Poll interval only: the flip itself is what is awaited.
+            thread::sleep(Duration::from_millis(5));
+        }
+        let fresh = Client::connect(addr).get("/during");
+        assert_eq!(fresh.status, 200);
+        assert_eq!(fresh.header("connection"), Some("close"));
+        // The idle keep-alive connection gets one more response, marked close, then ends.
+        let last = kept.get("/during");
+        assert_eq!(last.status, 200);
+        assert_eq!(last.header("connection"), Some("close"));
+        kept.assert_closed();
+        assert!(
+            started.elapsed() < Duration::from_millis(1500),
+            "all within the period"
+        );
+
+        // After the period, nothing new is accepted and the process exits cleanly.
+        wait_until_refused(addr, Duration::from_secs(5));
+        assert!(
+            started.elapsed() >= Duration::from_millis(1400),
+            "refused too early"
+        );
+        assert_eq!(gw.wait_exit(Duration::from_secs(10)).code(), Some(0));
+    })
+}
