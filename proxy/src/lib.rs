@@ -11,6 +11,7 @@ pub mod error;
 pub mod gateway;
 pub mod http;
 pub mod pool;
+pub mod runtime_log;
 pub mod server;
 pub mod watch;
 pub mod worker;

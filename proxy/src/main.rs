@@ -101,7 +101,6 @@ fn main() -> ExitCode {
             drain_seconds,
             shutdown_timeout,
         } => {
-            init_logging();
             let xdp = XdpOptions {
                 setting: xdp,
                 ifaces: xdp_ifaces,
@@ -139,6 +138,7 @@ fn run(
             anyhow::bail!("invalid configuration in {}", config.display());
         }
     };
+    ringwall::runtime_log::init(snapshot.settings.logging.runtime.level);
     for w in &snapshot.warnings {
         tracing::warn!("{w}");
     }
@@ -174,12 +174,3 @@ fn run(
     Ok(())
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-}

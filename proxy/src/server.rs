@@ -339,6 +339,7 @@ impl Live {
             (None, None) => None,
         };
         self.admission.clone_from(&admission);
+        crate::runtime_log::set_level(gateway.snapshot.settings.logging.runtime.level);
         self.gateway = gateway.clone();
         Ok(Update {
             generation: self.generation,

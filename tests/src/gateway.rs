@@ -75,6 +75,8 @@ fn command_in(args: &[&str], netns: Option<std::fs::File>) -> Command {
     let mut cmd = Command::new(ringwall_bin());
     cmd.args(args)
         .env("RUST_BACKTRACE", "1")
+        // The configuration sets the log level; an inherited RUST_LOG would override it.
+        .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

@@ -170,3 +170,24 @@ fn reloads_under_load_lose_no_request_and_cut_no_stream() {
         assert!(done.load(Ordering::Relaxed) > 100, "the load kept flowing");
     })
 }
+
+#[test]
+fn the_runtime_log_level_comes_from_the_configuration_and_follows_reloads() {
+    within(TEST_LIMIT, || {
+        let down = closed_port();
+        let level = |l: &str| {
+            documents(&[
+                &simple_api(&format!("http://{}", down.addr())),
+                &configuration("logs", &format!("logging:\n  runtimeLogs:\n    logLevel: {l}\n")),
+            ])
+        };
+        let mut gw = Gateway::start(&[("api.yaml", &level("warn"))], &["--no-watch"]);
+        assert_eq!(Client::connect(gw.addr("api")).get("/").status, 502);
+        assert!(!gw.stderr().contains(" INFO "), "info lines at warn:\n{}", gw.stderr());
+
+        assert_eq!(gw.reload_with("api.yaml", Some(&level("debug"))), "reloaded generation=2");
+        assert_eq!(Client::connect(gw.addr("api")).get("/").status, 502);
+        // The 502's cause is logged at debug level.
+        gw.wait_stderr("exchange failed", Duration::from_secs(5));
+    })
+}
