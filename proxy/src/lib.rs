@@ -4,6 +4,7 @@
 //! upstream `pool`; `conn` runs every exchange through its phases; `http` is the
 //! protocol code; `gateway` is the routing view of a configuration snapshot.
 
+pub mod access_log;
 pub mod admin;
 pub mod admission;
 pub mod conn;
