@@ -287,7 +287,7 @@ pub fn bench_syn(options: &Options) -> Result<()> {
         "recv = run time of the gateway's NAPI thread + ksoftirqd/{RX_CPU} + ringwall, all on CPU {RX_CPU} \
          (generator NOT included); gen = trafgen's run time, on CPU {GEN_CPU}; cpu{RX_CPU} = /proc/stat busy \
          time of CPU {RX_CPU}, every task on it; others = the share of CPU {RX_CPU} other tasks used. \
-         Medians over rounds."
+         Medians over rounds; min = the lowest round."
     );
     if rows.is_empty() {
         println!("nothing measured");
@@ -407,19 +407,15 @@ impl Bench<'_> {
     fn measure(&self, case: Case, round: u32) -> Result<Run> {
         let mut receiver = Receiver::start(self, case)?;
         let napi = self.lab.pin_napi_threads(RX_CPU)?;
+        let totals_before = self.totals(&receiver)?;
+        let log = self.work.join(format!("trafgen-{}.log", case.name()));
+        let mut flood = self.start_flood(&log)?;
         let ksoftirqd_name = format!("ksoftirqd/{RX_CPU}");
         let threads = Threads {
             napi,
             ksoftirqd: lab::threads_named(|comm| comm == ksoftirqd_name),
             listener: receiver.ringwall.child().id(),
-            generator: 0,
-        };
-        let totals_before = self.totals(&receiver)?;
-        let log = self.work.join(format!("trafgen-{}.log", case.name()));
-        let mut flood = self.start_flood(&log)?;
-        let threads = Threads {
             generator: flood.child().id(),
-            ..threads
         };
 
         self.wait(WARMUP, &mut flood, &mut receiver)?;
