@@ -22,7 +22,7 @@ use crate::http::request::{self, Forward};
 use crate::http::response::{self, ToClient};
 use crate::http::{write_local_response, Framing, CONTINUE};
 use crate::pool::{still_open, UpstreamConn};
-use crate::worker::Worker;
+use crate::worker::{ListenerHandle, Worker};
 
 /// Initial size of each connection's read and write buffers.
 const BUF_SIZE: usize = 16 * 1024;
@@ -67,7 +67,7 @@ struct Plan {
 pub(crate) async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
-    listener: usize,
+    listener: Rc<ListenerHandle>,
     worker: Rc<Worker>,
 ) {
     let _active = worker.track_connection();
@@ -80,9 +80,15 @@ pub(crate) async fn serve(
         out: BytesMut::with_capacity(BUF_SIZE),
     };
     loop {
-        match exchange(&mut client, listener, &worker).await {
+        match exchange(&mut client, &listener, &worker).await {
             Next::KeepAlive => continue,
-            Next::Close => break,
+            Next::Close => {
+                // A read abandoned by a select (drain, listener removed) is still in
+                // flight on the ring and holds the socket open; shutting it down ends
+                // the read and lets the peer see the close now.
+                abort(&client.stream);
+                break;
+            }
             Next::Linger => {
                 linger_close(&client.stream).await;
                 break;
@@ -91,7 +97,7 @@ pub(crate) async fn serve(
     }
 }
 
-async fn exchange(c: &mut Client, listener: usize, w: &Worker) -> Next {
+async fn exchange(c: &mut Client, listener: &ListenerHandle, w: &Worker) -> Next {
     // === Phase: read and route the request head ===
     // The configuration is taken anew as bytes arrive, so a keep-alive connection
     // idle across a reload serves its next request with the new one; the exchange
@@ -99,14 +105,17 @@ async fn exchange(c: &mut Client, listener: usize, w: &Worker) -> Next {
     let (gateway, plan) = loop {
         let gateway = w.gateway();
         if !c.buf.is_empty() {
-            match plan_request(c, &gateway, listener, w.random()) {
+            // A listener a reload removed has no index: its requests find no route and
+            // the connection closes.
+            let index = gateway.index_of(&listener.key).unwrap_or(usize::MAX);
+            match plan_request(c, &gateway, index, w.random()) {
                 Ok(Some(plan)) => break (gateway, plan),
                 Ok(None) => {}
                 Err(r) => return refuse(c, &r.error, r.is_head, r.close).await,
             }
         }
         let idle = c.buf.is_empty();
-        if idle && w.is_draining() {
+        if idle && (w.is_draining() || listener.is_closed()) {
             return Next::Close;
         }
         let stream_idle = gateway.snapshot.settings.timeouts.stream_idle;
@@ -116,6 +125,7 @@ async fn exchange(c: &mut Client, listener: usize, w: &Worker) -> Next {
             tokio::select! {
                 n = read => n,
                 () = w.draining() => return Next::Close,
+                () = listener.closed() => return Next::Close,
             }
         } else {
             read.await
@@ -140,12 +150,15 @@ async fn exchange(c: &mut Client, listener: usize, w: &Worker) -> Next {
 
     // === Phase: upstream ===
     let route = &gateway.snapshot.apis[plan.api].routes[plan.route];
-    let result = forward(c, w, &gateway, &plan, route).await;
+    let result = forward(c, w, listener, &gateway, &plan, route).await;
     match result {
         Ok(next) => next,
         Err(Failure::BeforeResponse(e, body_consumed)) => {
             tracing::debug!(peer = %c.peer, error = %e, "exchange failed");
-            let close = !body_consumed || !plan.keep_alive || w.closes_connections();
+            let close = !body_consumed
+                || !plan.keep_alive
+                || w.closes_connections()
+                || listener.is_closed();
             refuse(c, &e, plan.is_head, close).await
         }
         Err(Failure::AfterResponse(e)) => {
@@ -238,6 +251,7 @@ enum Failure {
 async fn forward(
     c: &mut Client,
     w: &Worker,
+    listener: &ListenerHandle,
     gateway: &Gateway,
     plan: &Plan,
     route: &ringwall_config::Route,
@@ -317,7 +331,7 @@ async fn forward(
         // === Phase: response head ===
         // `c.out` still holds the request head, for a replay; the client head
         // replaces it once a response head arrives.
-        let draining = w.closes_connections();
+        let draining = w.closes_connections() || listener.is_closed();
         match read_response_head(
             &mut up,
             plan,

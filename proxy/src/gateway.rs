@@ -18,8 +18,17 @@ pub struct Gateway {
 /// One listening address and the ApiInstances behind it, longest base path first.
 #[derive(Debug)]
 pub struct Listener {
+    pub key: ListenerKey,
     pub addr: SocketAddr,
     pub apis: Vec<usize>,
+}
+
+/// A listener's identity across reloads: its address and, for port 0 (a port of the
+/// system's choosing for each ApiInstance), the ApiInstance it serves.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ListenerKey {
+    pub addr: SocketAddr,
+    pub port0_api: Option<String>,
 }
 
 /// Where a request goes.
@@ -47,6 +56,10 @@ impl Gateway {
             {
                 Some(l) => l.apis.push(i),
                 None => listeners.push(Listener {
+                    key: ListenerKey {
+                        addr: api.listen,
+                        port0_api: (!shared).then(|| api.name.clone()),
+                    },
                     addr: api.listen,
                     apis: vec![i],
                 }),
@@ -60,6 +73,11 @@ impl Gateway {
             snapshot,
             listeners,
         }
+    }
+
+    /// The listener with `key` in this configuration, if it still has one.
+    pub fn index_of(&self, key: &ListenerKey) -> Option<usize> {
+        self.listeners.iter().position(|l| l.key == *key)
     }
 
     /// The ApiInstance with the longest base path the request falls under, then its

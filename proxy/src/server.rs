@@ -4,6 +4,7 @@
 
 use std::io::{self, Write};
 use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
@@ -15,8 +16,8 @@ use tokio::sync::watch;
 
 use crate::admin::{self, ConnectionStats, Phase};
 use crate::admission::Admission;
-use crate::gateway::Gateway;
-use crate::worker::{self, DrainPhase, Update, WorkerSetup};
+use crate::gateway::{Gateway, Listener, ListenerKey};
+use crate::worker::{self, DrainPhase, Sockets, Update, WorkerSetup};
 use crate::xdp::{self, AttachMode, KernelPlane, XdpError, XdpSetting};
 
 /// Pending connections each listening socket queues.
@@ -97,10 +98,14 @@ pub fn run(gateway: Arc<Gateway>, opts: &Options) -> Result<(), ServerError> {
         None => None,
     };
 
-    let (sockets, locals) = bind_listeners(&gateway, opts.workers)?;
+    let mut bound = Vec::with_capacity(gateway.listeners.len());
+    for l in &gateway.listeners {
+        bound.push(bind_listener(&gateway, l, opts.workers)?);
+    }
     // Rules are per listener, and the kernel sees ports: pair each listener's rules with
     // the port it really got (port 0 is resolved only now).
-    let port_rules = port_rules(&gateway, &locals);
+    let port_rules = port_rules(&gateway, &bound);
+    let locals: Vec<SocketAddr> = bound.iter().map(|b| b.local).collect();
     // Held until the end of `run`: dropping it detaches the program.
     let (kernel, admission) = connection_plane(opts, &locals, &port_rules)?;
     let stats = match (&kernel, &admission) {
@@ -125,23 +130,16 @@ pub fn run(gateway: Arc<Gateway>, opts: &Options) -> Result<(), ServerError> {
         generation: 1,
         gateway: gateway.clone(),
         admission: admission.clone(),
+        sockets: sockets_of(&bound),
     });
     let (ready_tx, ready_rx) = mpsc::channel();
     let (exit_tx, mut exit_rx) = tokio::sync::mpsc::unbounded_channel::<usize>();
-    let mut per_worker: Vec<Vec<(usize, std::net::TcpListener)>> =
-        (0..opts.workers).map(|_| Vec::new()).collect();
-    for (index, socks) in sockets.into_iter().enumerate() {
-        for (w, s) in socks.into_iter().enumerate() {
-            per_worker[w].push((index, s));
-        }
-    }
     let mut threads: Vec<JoinHandle<()>> = Vec::with_capacity(opts.workers);
-    for (id, listeners) in per_worker.into_iter().enumerate() {
+    for id in 0..opts.workers {
         let setup = WorkerSetup {
             id,
             updates: update_rx.clone(),
             applied: applied_tx.clone(),
-            listeners,
             drain: drain_rx.clone(),
             shutdown_timeout: opts.shutdown_timeout,
         };
@@ -196,7 +194,7 @@ pub fn run(gateway: Arc<Gateway>, opts: &Options) -> Result<(), ServerError> {
 
     let mut live = Live {
         gateway,
-        locals,
+        bound,
         kernel,
         admission,
         generation: 1,
@@ -256,8 +254,8 @@ pub fn run(gateway: Arc<Gateway>, opts: &Options) -> Result<(), ServerError> {
 /// What is in force, as the control thread holds it.
 struct Live {
     gateway: Arc<Gateway>,
-    /// The address each listener got, by listener index.
-    locals: Vec<SocketAddr>,
+    /// The listeners, bound.
+    bound: Vec<Bound>,
     /// Dropping it detaches the program.
     kernel: Option<KernelPlane>,
     admission: Option<Arc<Admission>>,
@@ -315,14 +313,20 @@ impl Live {
         let snapshot = ringwall_config::load_dir(&opts.config_dir)
             .map_err(|errors| errors.0.iter().map(ToString::to_string).collect::<Vec<_>>())?;
         let gateway = Arc::new(Gateway::new(Arc::new(snapshot)));
-        if listener_keys(&gateway) != listener_keys(&self.gateway) {
-            return Err(vec![
-                "the change adds, removes or moves a listening address; this version applies \
-                 such changes on restart only (routes, services and policies reload live)"
-                    .to_string(),
-            ]);
+        // Listeners that stay keep their sockets; new ones are bound now (a port that
+        // cannot be bound fails the reload); removed ones stop accepting once the workers
+        // take the update, and their connections close after their current exchange.
+        let mut bound = Vec::with_capacity(gateway.listeners.len());
+        for l in &gateway.listeners {
+            match self.bound.iter().find(|b| b.key == l.key) {
+                Some(b) => bound.push(b.clone()),
+                None => bound.push(
+                    bind_listener(&gateway, l, opts.workers).map_err(|e| vec![e.to_string()])?,
+                ),
+            }
         }
-        let rules = port_rules(&gateway, &self.locals);
+        let rules = port_rules(&gateway, &bound);
+        let locals: Vec<SocketAddr> = bound.iter().map(|b| b.local).collect();
         let admission = match (&mut self.kernel, &self.admission) {
             (Some(kernel), _) => {
                 kernel.apply(&rules).map_err(|e| vec![e.to_string()])?;
@@ -331,7 +335,7 @@ impl Live {
             (None, Some(old)) => Some(Arc::new(old.reconfigured(rules))),
             (None, None) if rules.iter().any(|(_, r)| !r.is_empty()) => {
                 // The first rules after a start without any: choose a plane now.
-                let (kernel, admission) = connection_plane(opts, &self.locals, &rules)
+                let (kernel, admission) = connection_plane(opts, &locals, &rules)
                     .map_err(|e| vec![e.to_string()])?;
                 self.kernel = kernel;
                 admission
@@ -341,51 +345,31 @@ impl Live {
         self.admission.clone_from(&admission);
         crate::runtime_log::set_level(gateway.snapshot.settings.logging.runtime.level);
         self.gateway = gateway.clone();
+        let sockets = sockets_of(&bound);
+        self.bound = bound;
         Ok(Update {
             generation: self.generation,
             gateway,
             admission,
+            sockets,
         })
     }
 }
 
-/// What identifies the listeners: their addresses in order, and for port-0 ones (a port
-/// each) the ApiInstances behind them.
-fn listener_keys(gateway: &Gateway) -> Vec<(SocketAddr, Vec<String>)> {
-    gateway
-        .listeners
-        .iter()
-        .map(|l| {
-            let names = if l.addr.port() == 0 {
-                l.apis
-                    .iter()
-                    .map(|&i| gateway.snapshot.apis[i].name.clone())
-                    .collect()
-            } else {
-                Vec::new()
-            };
-            (l.addr, names)
-        })
-        .collect()
-}
-
 /// Each listener's connection rules with the port it really got (port 0 is resolved only
 /// once bound; the kernel sees ports).
-fn port_rules(
-    gateway: &Gateway,
-    locals: &[SocketAddr],
-) -> Vec<(u16, ringwall_config::ConnectionRules)> {
+fn port_rules(gateway: &Gateway, bound: &[Bound]) -> Vec<(u16, ringwall_config::ConnectionRules)> {
     gateway
         .listeners
         .iter()
-        .zip(locals)
-        .map(|(l, local)| {
+        .zip(bound)
+        .map(|(l, b)| {
             let rules = l
                 .apis
                 .first()
                 .map(|&i| gateway.snapshot.apis[i].connection_rules.clone())
                 .unwrap_or_default();
-            (local.port(), rules)
+            (b.local.port(), rules)
         })
         .collect()
 }
@@ -461,39 +445,46 @@ fn announce(line: &str) {
     let _ = out.flush();
 }
 
-/// For every listener, one socket per worker on the same address. A port of 0 is
-/// resolved by the first socket, and the others join it.
-fn bind_listeners(
-    gateway: &Gateway,
-    workers: usize,
-) -> Result<(Vec<Vec<std::net::TcpListener>>, Vec<SocketAddr>), ServerError> {
-    let mut all = Vec::with_capacity(gateway.listeners.len());
-    let mut locals = Vec::with_capacity(gateway.listeners.len());
-    for l in &gateway.listeners {
-        let apis = l
-            .apis
-            .iter()
-            .map(|&i| gateway.snapshot.apis[i].name.as_str())
-            .collect::<Vec<_>>()
-            .join(",");
-        let err = |source| ServerError::Listen {
-            addr: l.addr,
-            apis: apis.clone(),
-            source,
-        };
-        let mut addr = l.addr;
-        let mut socks = Vec::with_capacity(workers);
-        for _ in 0..workers {
-            let s = reuseport_listener(addr).map_err(err)?;
-            addr = s.local_addr().map_err(err)?;
-            socks.push(s);
-        }
-        announce(&format!("listening {addr} {apis}"));
-        tracing::info!(%addr, apis, "listening");
-        all.push(socks);
-        locals.push(addr);
+/// A listener's sockets, one per worker, and the address they got.
+#[derive(Clone)]
+struct Bound {
+    key: ListenerKey,
+    local: SocketAddr,
+    fds: Arc<Vec<OwnedFd>>,
+}
+
+fn sockets_of(bound: &[Bound]) -> Sockets {
+    Arc::new(bound.iter().map(|b| (b.key.clone(), b.fds.clone())).collect())
+}
+
+/// One socket per worker on the listener's address. A port of 0 is resolved by the
+/// first socket, and the others join it. Announces the address on stdout.
+fn bind_listener(gateway: &Gateway, l: &Listener, workers: usize) -> Result<Bound, ServerError> {
+    let apis = l
+        .apis
+        .iter()
+        .map(|&i| gateway.snapshot.apis[i].name.as_str())
+        .collect::<Vec<_>>()
+        .join(",");
+    let err = |source| ServerError::Listen {
+        addr: l.addr,
+        apis: apis.clone(),
+        source,
+    };
+    let mut addr = l.addr;
+    let mut fds = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        let s = reuseport_listener(addr).map_err(err)?;
+        addr = s.local_addr().map_err(err)?;
+        fds.push(OwnedFd::from(s));
     }
-    Ok((all, locals))
+    announce(&format!("listening {addr} {apis}"));
+    tracing::info!(%addr, apis, "listening");
+    Ok(Bound {
+        key: l.key.clone(),
+        local: addr,
+        fds: Arc::new(fds),
+    })
 }
 
 fn reuseport_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {

@@ -5,7 +5,7 @@
 use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::rc::Rc;
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
@@ -15,13 +15,17 @@ use tokio_uring::net::TcpListener;
 
 use crate::admission::{Admission, Verdict};
 use crate::conn;
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, ListenerKey};
 use crate::pool::Pool;
 
 /// Submission queue depth of each worker's ring.
 const RING_ENTRIES: u32 = 4096;
 
 pub struct Worker {
+    id: usize,
+    /// The listeners this worker accepts on, by key.
+    listeners: RefCell<hashbrown::HashMap<ListenerKey, Rc<ListenerHandle>>>,
+    accepts: RefCell<Vec<tokio::task::JoinHandle<()>>>,
     /// `Rc` around the shared `Arc` on purpose: every exchange clones it, and an `Rc`
     /// clone is a plain increment, where an `Arc` clone would bounce the refcount's
     /// cache line between cores on every request.
@@ -41,10 +45,13 @@ pub struct Worker {
 }
 
 impl Worker {
-    fn new(update: Update) -> Self {
+    fn new(id: usize, update: &Update) -> Self {
         Self {
-            gateway: RefCell::new(Rc::new(update.gateway)),
-            admission: RefCell::new(update.admission),
+            id,
+            listeners: RefCell::default(),
+            accepts: RefCell::default(),
+            gateway: RefCell::new(Rc::new(update.gateway.clone())),
+            admission: RefCell::new(update.admission.clone()),
             pool: Pool::default(),
             closing: Cell::new(false),
             draining: Cell::new(false),
@@ -64,10 +71,48 @@ impl Worker {
     }
 
     /// Takes a new configuration: exchanges already running finish on the snapshot they
-    /// started with; the upstream pool is kept.
-    fn apply(&self, update: Update) {
+    /// started with; the upstream pool is kept; listeners that are new start accepting
+    /// and those that are gone stop (their connections finish, then close).
+    fn apply(self: &Rc<Self>, update: Update) {
         *self.gateway.borrow_mut() = Rc::new(update.gateway);
         *self.admission.borrow_mut() = update.admission;
+        self.sync_listeners(&update.sockets);
+    }
+
+    fn sync_listeners(self: &Rc<Self>, sockets: &Sockets) {
+        let mut running = self.listeners.borrow_mut();
+        running.retain(|key, handle| {
+            let keep = sockets.iter().any(|(k, _)| k == key);
+            if !keep {
+                tracing::debug!(worker = self.id, addr = %key.addr, "listener removed: stop accepting");
+                handle.close();
+            }
+            keep
+        });
+        for (key, fds) in sockets.iter() {
+            if running.contains_key(key) {
+                continue;
+            }
+            // Each worker has its own SO_REUSEPORT socket; the control thread keeps the
+            // originals, the worker accepts on a duplicate.
+            let socket = match fds.get(self.id).map(OwnedFd::try_clone) {
+                Some(Ok(fd)) => std::net::TcpListener::from(fd),
+                Some(Err(e)) => {
+                    tracing::error!(addr = %key.addr, error = %e, "cannot take a listening socket");
+                    continue;
+                }
+                None => continue,
+            };
+            let handle = Rc::new(ListenerHandle {
+                key: key.clone(),
+                closed: Cell::new(false),
+                closed_notify: Notify::new(),
+            });
+            let listener = TcpListener::from_std(socket);
+            let task = tokio_uring::spawn(accept_loop(listener, handle.clone(), self.clone()));
+            self.accepts.borrow_mut().push(task);
+            running.insert(key.clone(), handle);
+        }
     }
 
     /// Connections close after their current response (`Connection: close`), so that
@@ -145,12 +190,43 @@ impl Drop for ConnectionGuard {
     }
 }
 
-/// A configuration for the workers: the routing view and the accept-time check.
+/// One listener as a worker runs it. Connections keep it to learn that it was removed
+/// by a reload, which closes them once their current exchange is over.
+pub struct ListenerHandle {
+    pub key: ListenerKey,
+    closed: Cell<bool>,
+    closed_notify: Notify,
+}
+
+impl ListenerHandle {
+    pub fn is_closed(&self) -> bool {
+        self.closed.get()
+    }
+
+    /// Resolves once a reload has removed the listener.
+    pub async fn closed(&self) {
+        while !self.closed.get() {
+            self.closed_notify.notified().await;
+        }
+    }
+
+    fn close(&self) {
+        self.closed.set(true);
+        self.closed_notify.notify_waiters();
+    }
+}
+
+/// Every listener's sockets, one per worker: worker `i` accepts on `fds[i]`.
+pub type Sockets = Arc<Vec<(ListenerKey, Arc<Vec<OwnedFd>>)>>;
+
+/// A configuration for the workers: the routing view, the accept-time check and the
+/// listeners.
 #[derive(Clone)]
 pub struct Update {
     pub generation: u64,
     pub gateway: Arc<Gateway>,
     pub admission: Option<Arc<Admission>>,
+    pub sockets: Sockets,
 }
 
 /// What a worker thread is given.
@@ -160,8 +236,6 @@ pub struct WorkerSetup {
     pub updates: watch::Receiver<Update>,
     /// Where the worker says which generation it has taken.
     pub applied: tokio::sync::mpsc::UnboundedSender<u64>,
-    /// (index of the listener in the gateway, this worker's socket for it)
-    pub listeners: Vec<(usize, std::net::TcpListener)>,
     pub drain: watch::Receiver<DrainPhase>,
     pub shutdown_timeout: Duration,
 }
@@ -192,12 +266,13 @@ pub fn run(setup: WorkerSetup, ready: mpsc::Sender<Result<usize, String>>) {
         id,
         mut updates,
         applied,
-        listeners,
         mut drain,
         shutdown_timeout,
     } = setup;
     rt.block_on(async move {
-        let worker = Rc::new(Worker::new(updates.borrow_and_update().clone()));
+        let first = updates.borrow_and_update().clone();
+        let worker = Rc::new(Worker::new(id, &first));
+        worker.sync_listeners(&first.sockets);
         let follower = worker.clone();
         tokio_uring::spawn(async move {
             while updates.changed().await.is_ok() {
@@ -207,15 +282,6 @@ pub fn run(setup: WorkerSetup, ready: mpsc::Sender<Result<usize, String>>) {
                 let _ = applied.send(generation);
             }
         });
-        let mut accepts = Vec::with_capacity(listeners.len());
-        for (index, socket) in listeners {
-            let listener = TcpListener::from_std(socket);
-            accepts.push(tokio_uring::spawn(accept_loop(
-                listener,
-                index,
-                worker.clone(),
-            )));
-        }
         let _ = ready.send(Ok(id));
         // A dropped sender (the main thread is gone) drains as well.
         if drain.wait_for(|d| *d >= DrainPhase::Closing).await.is_ok() {
@@ -223,6 +289,7 @@ pub fn run(setup: WorkerSetup, ready: mpsc::Sender<Result<usize, String>>) {
         }
         let _ = drain.wait_for(|d| *d >= DrainPhase::Draining).await;
         worker.start_drain();
+        let accepts = std::mem::take(&mut *worker.accepts.borrow_mut());
         for accept in accepts {
             let _ = accept.await;
         }
@@ -239,12 +306,15 @@ pub fn run(setup: WorkerSetup, ready: mpsc::Sender<Result<usize, String>>) {
     });
 }
 
-async fn accept_loop(listener: TcpListener, index: usize, worker: Rc<Worker>) {
+async fn accept_loop(listener: TcpListener, handle: Rc<ListenerHandle>, worker: Rc<Worker>) {
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let verdict = worker.admission.borrow().as_ref().map(|a| a.check(index, peer.ip()));
+                    let index = worker.gateway().index_of(&handle.key);
+                    let verdict = index.and_then(|i| {
+                        worker.admission.borrow().as_ref().map(|a| a.check(i, peer.ip()))
+                    });
                     if let Some(verdict) = verdict {
                         if verdict != Verdict::Admit {
                             tracing::debug!(%peer, ?verdict, "connection refused at accept");
@@ -253,7 +323,7 @@ async fn accept_loop(listener: TcpListener, index: usize, worker: Rc<Worker>) {
                             continue;
                         }
                     }
-                    tokio_uring::spawn(conn::serve(stream, peer, index, worker.clone()));
+                    tokio_uring::spawn(conn::serve(stream, peer, handle.clone(), worker.clone()));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
@@ -264,6 +334,7 @@ async fn accept_loop(listener: TcpListener, index: usize, worker: Rc<Worker>) {
                 }
             },
             () = worker.draining() => break,
+            () = handle.closed() => break,
         }
     }
     // SAFETY: the descriptor is owned by `listener`, which is alive here. Shutting a

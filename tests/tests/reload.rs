@@ -58,15 +58,36 @@ fn an_invalid_change_is_refused_and_the_old_configuration_stays() {
 }
 
 #[test]
-fn moving_a_listener_is_refused_until_restart() {
+fn listeners_are_added_and_removed_by_a_reload() {
     within(TEST_LIMIT, || {
-        let a = named_origin("a");
-        let mut gw = Gateway::start(&[("api.yaml", &simple_api(&a.url()))], &["--no-watch"]);
-        let moved = api_to(&format!("http://{}", free_port()), &a.url(), "/");
-        let verdict = gw.reload_with("api.yaml", Some(&moved));
-        assert!(verdict.starts_with("reload-failed"), "{verdict}");
-        gw.wait_stderr("on restart only", Duration::from_secs(5));
-        assert_eq!(Client::connect(gw.addr("api")).get("/").text(), "a /");
+        let (a, b) = (named_origin("a"), named_origin("b"));
+        let first = api_to(ANY_PORT, &a.url(), "/");
+        let second = api_instance(
+            "second",
+            ANY_PORT,
+            &[InlineService::new("up", &b.url(), vec![Route::all()])],
+        );
+        let mut gw = Gateway::start(&[("api.yaml", &first)], &["--no-watch"]);
+        let old = gw.addr("api");
+        let mut kept = Client::connect(old);
+        assert_eq!(kept.get("/1").text(), "a /1");
+
+        // Added: a new ApiInstance on a port of its own starts serving.
+        gw.replace_file("second.yaml", &second);
+        gw.signal(libc::SIGHUP);
+        let line = gw.wait_line(|l| l.starts_with("listening "), Duration::from_secs(10));
+        assert!(line.ends_with(" second"), "{line}");
+        let added: std::net::SocketAddr = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        assert_eq!(gw.wait_line(|l| l.starts_with("reloaded"), Duration::from_secs(10)), "reloaded generation=2");
+        assert_eq!(Client::connect(added).get("/2").text(), "b /2");
+        assert_eq!(kept.get("/3").text(), "a /3", "the first listener is untouched");
+
+        // Removed: the first stops accepting, and its idle connection is closed, as in a
+        // drain (one busy at that moment would finish its exchange first).
+        assert_eq!(gw.reload_with("api.yaml", None), "reloaded generation=3");
+        kept.assert_closed();
+        assert!(std::net::TcpStream::connect(old).is_err(), "the removed listener still accepts");
+        assert_eq!(Client::connect(added).get("/5").text(), "b /5");
     })
 }
 
