@@ -10,6 +10,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::{IpNet, Ipv4Net};
+use serde::Serialize;
 
 use crate::error::{item, Scope};
 use crate::node::Node;
@@ -27,7 +28,7 @@ pub(crate) fn is_connection_policy(name: &str) -> bool {
 ///
 /// The lists are normalised (sorted, overlapping and adjacent networks merged, IPv4-mapped IPv6
 /// networks written as IPv4), so two rule sets that admit the same addresses compare equal.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct ConnectionRules {
     /// The union of every `ip-blocklist-flex` binding's `ips`.
     pub deny: Vec<IpNet>,
@@ -39,7 +40,8 @@ pub struct ConnectionRules {
 }
 
 /// `connection-rate-limit`: a token bucket per key, refilled at `per_second`, holding `burst`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ConnectionRate {
     pub per_second: u32,
     pub burst: u32,
@@ -47,7 +49,8 @@ pub struct ConnectionRate {
 }
 
 /// Which peers share a bucket.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum RateKey {
     /// One bucket per peer address.
     Source,

@@ -7,8 +7,10 @@
 
 use std::fmt;
 
+use serde::Serialize;
+
 /// One problem found while loading, located as precisely as the loader can.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ConfigError {
     /// The file as the caller named it (for [`crate::load_dir`], the directory joined with the
     /// file name).

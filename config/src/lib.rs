@@ -19,6 +19,7 @@ mod rules;
 mod settings;
 mod snapshot;
 mod storage;
+mod view;
 mod yaml;
 
 #[cfg(test)]
@@ -39,6 +40,7 @@ pub use rules::Rule;
 pub use settings::{Limits, Settings, Timeouts};
 pub use snapshot::{Snapshot, Summary};
 pub use storage::{Redis, RedisTls, Secret, Sentinel, SharedStorage};
+pub use view::{is_secret_key, is_secret_pair, REDACTED};
 
 use address::system_resolve;
 use error::{Diagnostics, Scope};

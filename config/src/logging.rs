@@ -6,24 +6,31 @@
 
 use std::path::PathBuf;
 
+use serde::Serialize;
+
 use crate::error::{item, Scope};
 use crate::node::{Fields, Node};
 
 /// `spec.logging`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Logging {
     pub outputs: Vec<LogOutput>,
+    #[serde(rename = "runtimeLogs")]
     pub runtime: RuntimeLogs,
+    #[serde(rename = "accessLogs")]
     pub access: AccessLogs,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Shown as `{name, type: stdout}` or `{name, type: file, path}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LogOutput {
     pub name: String,
+    #[serde(flatten)]
     pub kind: LogOutputKind,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", content = "path", rename_all = "lowercase")]
 pub enum LogOutputKind {
     Stdout,
     /// `parameters.path` (a directory) joined with `parameters.file`.
@@ -31,19 +38,21 @@ pub enum LogOutputKind {
 }
 
 /// `runtimeLogs`: no outputs means the default sink (stderr).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct RuntimeLogs {
+    #[serde(rename = "logLevel")]
     pub level: LogLevel,
     pub outputs: Vec<String>,
 }
 
 /// `accessLogs`: no outputs means no access log.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct AccessLogs {
     pub outputs: Vec<String>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LogLevel {
     Trace,
     Debug,

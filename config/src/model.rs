@@ -8,12 +8,15 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use serde::Serialize;
+
 use crate::connection::ConnectionRules;
 use crate::node::Node;
 use crate::rules::{any_matches, Rule};
 
 /// One `kind: ApiInstance`: a listener (plus base path) and what it routes to.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ApiInstance {
     pub name: String,
     /// Port 0 asks the OS for a port when binding.
@@ -58,11 +61,13 @@ impl ApiInstance {
 }
 
 /// A way from an ApiInstance to an upstream.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Route {
     /// The inline service's name, or the route binding's name.
     pub name: String,
     pub rules: Vec<Rule>,
+    #[serde(serialize_with = "crate::view::upstream_name")]
     pub upstream: Arc<Upstream>,
     /// The upstream's path joined with the route's `destinationPath` (default `/`): what the
     /// rest of the request path is appended to, see [`upstream_path`].
@@ -85,11 +90,13 @@ impl Route {
 }
 
 /// Where requests are forwarded: a top-level Service or an ApiInstance's inline service.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Upstream {
     /// The Service's name; inline services are named `<api>/<service>` to stay unique.
     pub name: String,
     /// Resolved at load, in resolver order.
+    #[serde(rename = "addresses")]
     pub addrs: Vec<SocketAddr>,
     /// `host[:port]` as written in the address, for the `Host` header.
     pub authority: String,
@@ -100,7 +107,8 @@ pub struct Upstream {
 }
 
 /// A policy bound to an ApiInstance (or a Service), ready to be enforced.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Policy {
     /// `policyRef.name`, e.g. `cors-flex`.
     pub name: String,
@@ -111,6 +119,8 @@ pub struct Policy {
     /// Which requests the policy applies to; no rules mean all of them.
     pub rules: Vec<Rule>,
     /// The `config` block with environment variables substituted (`{}` when absent).
+    /// Shown with its secrets redacted, see [`crate::is_secret_key`].
+    #[serde(serialize_with = "crate::view::redacted")]
     pub config: Node,
     pub file: String,
     pub line: usize,

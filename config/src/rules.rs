@@ -14,11 +14,11 @@ const REGEX_SIZE_LIMIT: usize = 1 << 20;
 
 #[derive(Debug, Clone, Default)]
 pub struct Rule {
-    path: Option<Regex>,
-    methods: Option<Regex>,
-    host: Option<Regex>,
+    pub(crate) path: Option<Regex>,
+    pub(crate) methods: Option<Regex>,
+    pub(crate) host: Option<Regex>,
     /// Lower-cased header name and the pattern its value must match.
-    headers: Vec<(String, Regex)>,
+    pub(crate) headers: Vec<(String, Regex)>,
 }
 
 impl Rule {

@@ -8,12 +8,15 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use serde::Serialize;
+
 use crate::error::Scope;
 use crate::logging::{parse_logging, Logging};
 use crate::node::Node;
 use crate::storage::{parse_shared_storage, SharedStorage};
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Settings {
     pub timeouts: Timeouts,
     pub limits: Limits,
@@ -23,15 +26,29 @@ pub struct Settings {
     pub proxy_protocol: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Shown as the seconds the YAML sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Timeouts {
     /// `upstreamConnectSeconds` (Ringwall's), default 5 s.
+    #[serde(
+        rename = "upstreamConnectSeconds",
+        serialize_with = "crate::view::seconds"
+    )]
     pub upstream_connect: Duration,
     /// `upstreamResponseSeconds`, default 15 s.
+    #[serde(
+        rename = "upstreamResponseSeconds",
+        serialize_with = "crate::view::seconds"
+    )]
     pub upstream_response: Duration,
     /// `upstreamConnectionIdleSeconds`: idle pooled upstream connections, default 60 s.
+    #[serde(
+        rename = "upstreamConnectionIdleSeconds",
+        serialize_with = "crate::view::seconds"
+    )]
     pub upstream_idle: Duration,
     /// `streamIdleSeconds`: idle client keep-alive, default 300 s.
+    #[serde(rename = "streamIdleSeconds", serialize_with = "crate::view::seconds")]
     pub stream_idle: Duration,
 }
 
@@ -46,11 +63,13 @@ impl Default for Timeouts {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Limits {
     /// `maxRequestHeaderBytes`, 1024..=1048576, default 32768.
+    #[serde(rename = "maxRequestHeaderBytes")]
     pub max_header_bytes: usize,
     /// `maxRequestBodyBytes`; no limit by default.
+    #[serde(rename = "maxRequestBodyBytes")]
     pub max_body_bytes: Option<u64>,
 }
 

@@ -11,6 +11,8 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use serde::Serialize;
+
 use crate::connection::{ConnectionPolicy, ConnectionRules, ALLOWLIST, RATE_LIMIT};
 use crate::error::{ConfigError, Diagnostics, Scope};
 use crate::model::{path_prefix, ApiInstance, Policy, Route, Upstream};
@@ -19,7 +21,8 @@ use crate::resources::{Kind, Meta, RawApi, RawBinding, RawService, Resources};
 use crate::settings::Settings;
 
 /// Everything one load produced, immutable from here on.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Snapshot {
     /// In load order (file name, then document).
     pub apis: Vec<ApiInstance>,
@@ -30,6 +33,7 @@ pub struct Snapshot {
     /// own, so `127.0.0.1:0` may appear more than once; the ApiInstance's own
     /// `connection_rules` say the same). ApiInstances sharing a listen address have equal rules,
     /// and so do listen addresses sharing a non-zero port, since the kernel keys by port.
+    #[serde(serialize_with = "crate::view::listener_rules")]
     pub listener_rules: Vec<(SocketAddr, ConnectionRules)>,
     pub settings: Settings,
     pub summary: Summary,
@@ -44,7 +48,8 @@ const _: fn() = || {
 };
 
 /// How many files and resources a load read.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Summary {
     pub files: usize,
     pub api_instances: usize,

@@ -7,41 +7,49 @@
 use std::fmt;
 use std::path::PathBuf;
 
+use serde::Serialize;
+
 use crate::error::{item, Scope};
 use crate::node::{Fields, Node};
 
 /// `spec.sharedStorage`: where distributed policies keep their state.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub enum SharedStorage {
     Redis(Redis),
     Sentinel(Sentinel),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Redis {
     /// `host:port`, resolved when connecting (Redis may start after the gateway).
     pub address: String,
     pub username: Option<String>,
     pub password: Option<Secret>,
+    #[serde(rename = "DB")]
     pub db: u32,
     pub tls: Option<RedisTls>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Sentinel {
     /// `host:port` of each sentinel.
     pub addresses: Vec<String>,
     pub master_name: String,
     pub username: Option<String>,
     pub password: Option<Secret>,
+    #[serde(rename = "DB")]
     pub db: u32,
 }
 
 /// `redis.tls`: TLS to Redis.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct RedisTls {
     pub skip_verify: bool,
     pub server_name: Option<String>,
+    #[serde(rename = "trustedCA")]
     pub trusted_ca: Option<PathBuf>,
     pub min_version: Option<String>,
     pub max_version: Option<String>,
@@ -51,7 +59,8 @@ pub struct RedisTls {
     pub key_file: Option<PathBuf>,
 }
 
-/// A password: kept out of `Debug` output so settings can be logged.
+/// A password: kept out of `Debug` output so settings can be logged, and shown as `"***"`
+/// by `GET /config`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(pub String);
 

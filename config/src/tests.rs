@@ -1368,3 +1368,113 @@ fn truncated_or_mangled_input_never_panics() {
         let _ = load(&[("t.yaml", &whole.replacen(from, to, 3))]);
     }
 }
+
+// === the effective configuration as JSON (GET /config) ===
+
+#[test]
+fn a_snapshot_serialises_with_the_yaml_names_and_no_secrets() {
+    let api = format!(
+        "{HEADER}kind: ApiInstance\nmetadata:\n  name: shop\nspec:\n  address: http://127.0.0.1:8081/api\n  \
+         services:\n    orders:\n      address: http://127.0.0.1:9000/v1\n      routes:\n        \
+         - rules: [{{path: /orders/.*, methods: GET|POST}}]\n          config: {{destinationPath: /o}}\n"
+    );
+    let settings = configuration(
+        "settings",
+        "  timeouts:\n    upstreamConnectSeconds: 0.5\n  sharedStorage:\n    redis:\n      \
+         address: redis:6379\n      password: $API_PASSWORD\n  logging:\n    outputs:\n      \
+         - name: out\n        type: stdout\n",
+    );
+    let snapshot = ok(&[
+        ("a.yaml", &api),
+        ("b.yaml", &settings),
+        (
+            "c.yaml",
+            &binding(
+                "deny",
+                "shop",
+                "ip-blocklist-flex",
+                "  config:\n    ips: [192.0.2.0/24]\n",
+            ),
+        ),
+    ]);
+    let json = serde_json::to_value(&snapshot).expect("serialises");
+    let text = json.to_string();
+    assert!(!text.contains("s3cret"), "{text}");
+
+    let shop = &json["apis"][0];
+    assert_eq!(shop["name"], "shop");
+    assert_eq!(shop["listen"], "127.0.0.1:8081");
+    assert_eq!(shop["basePath"], "/api");
+    assert_eq!(
+        shop["routes"][0],
+        serde_json::json!({
+            "name": "orders",
+            "rules": [{"path": "/orders/.*", "methods": "GET|POST"}],
+            "upstream": "shop/orders",
+            "pathPrefix": "/v1/o",
+            "weight": null,
+        })
+    );
+    assert_eq!(
+        shop["connectionRules"],
+        serde_json::json!({"deny": ["192.0.2.0/24"], "allow": null, "rate": null})
+    );
+    assert_eq!(
+        json["listenerRules"][0]["address"],
+        serde_json::json!("127.0.0.1:8081")
+    );
+    assert_eq!(
+        json["services"][0],
+        serde_json::json!({
+            "name": "shop/orders",
+            "addresses": ["127.0.0.1:9000"],
+            "authority": "127.0.0.1:9000",
+            "path": "/v1",
+            "policies": [],
+        })
+    );
+    let s = &json["settings"];
+    assert_eq!(s["timeouts"]["upstreamConnectSeconds"], 0.5);
+    assert_eq!(s["timeouts"]["upstreamResponseSeconds"], 15.0);
+    assert_eq!(s["limits"]["maxRequestBodyBytes"], serde_json::Value::Null);
+    assert_eq!(
+        s["sharedStorage"],
+        serde_json::json!({"redis": {"address": "redis:6379", "username": null, "password": "***", "DB": 0, "tls": null}})
+    );
+    assert_eq!(
+        s["logging"],
+        serde_json::json!({
+            "outputs": [{"name": "out", "type": "stdout"}],
+            "runtimeLogs": {"logLevel": "info", "outputs": []},
+            "accessLogs": {"outputs": []},
+        })
+    );
+    assert_eq!(s["proxyProtocol"], false);
+    assert_eq!(json["summary"]["apiInstances"], 1);
+    assert_eq!(json["warnings"], serde_json::json!([]));
+}
+
+#[test]
+fn policy_config_is_redacted_when_serialised() {
+    let policy = Policy {
+        name: "http-basic-authentication-flex".into(),
+        binding: "basic".into(),
+        order: 50,
+        rules: Vec::new(),
+        config: Node::new(
+            1,
+            Value::Map(vec![
+                ("username".into(), Node::new(2, Value::Str("alice".into()))),
+                ("password".into(), Node::new(3, Value::Str("s3cret".into()))),
+            ]),
+        ),
+        file: "p.yaml".into(),
+        line: 1,
+    };
+    let json = serde_json::to_value(&policy).expect("serialises");
+    assert_eq!(
+        json["config"],
+        serde_json::json!({"username": "alice", "password": "***"})
+    );
+    assert_eq!(json["binding"], "basic");
+}
