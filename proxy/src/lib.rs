@@ -11,6 +11,7 @@ pub mod conn;
 pub mod error;
 pub mod gateway;
 pub mod http;
+pub mod metrics;
 pub mod pool;
 pub mod runtime_log;
 pub mod server;

@@ -1,0 +1,725 @@
+//! What the gateway did, for Prometheus: the `metrics` facade over the Prometheus exporter's
+//! recorder, rendered by the admin listener's `GET /metrics` (the exporter runs no listener
+//! of its own).
+//!
+//! The recorder is installed once, before the first snapshot's handles are made, and only
+//! when there is an admin listener to scrape it: without one every handle is a no-op. The
+//! hot path never names a metric. Handles are registered off it, per snapshot
+//! ([`GatewayMetrics`], one [`RouteMetrics`] per route) and per worker ([`WorkerMetrics`]),
+//! and a request costs an index and an atomic add on a counter all workers share, contended
+//! when several cores serve one route; per-core cells summed at scrape time are the later
+//! optimisation. A duration sample goes into the exporter's lock-free bucket, which allocates
+//! a block per 64 samples and is drained into the buckets at every scrape and by
+//! [`Exporter::upkeep`] every [`UPKEEP_INTERVAL`]. Registering a key again returns the same
+//! counter, so a reload keeps every series that survives it.
+//!
+//! What is already counted elsewhere is read at scrape time ([`Scrape`]): the connection
+//! rules' counters (the XDP program's or the accept-time check's) and the generation of the
+//! configuration in force.
+
+use std::time::Duration;
+
+use metrics::{Counter, Gauge, Histogram, Unit};
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusRecorder};
+use ringwall_config::Snapshot;
+
+use crate::error::ProxyError;
+use crate::xdp::Counters;
+
+pub const REQUESTS: &str = "ringwall_requests_total";
+pub const REQUEST_DURATION: &str = "ringwall_request_duration_seconds";
+pub const UPSTREAM_CONNECT_ERRORS: &str = "ringwall_upstream_connect_errors_total";
+pub const UPSTREAM_TIMEOUTS: &str = "ringwall_upstream_timeouts_total";
+pub const UPSTREAM_CONNECTIONS: &str = "ringwall_upstream_connections_total";
+pub const ACTIVE_CONNECTIONS: &str = "ringwall_active_connections";
+pub const REFUSED: &str = "ringwall_refused_total";
+pub const CONFIG_RELOADS: &str = "ringwall_config_reloads_total";
+pub const CONFIG_GENERATION: &str = "ringwall_config_generation";
+pub const CONNECTION_RULES: &str = "ringwall_connection_rules_total";
+
+/// Request duration buckets, in seconds: a cached answer is under a millisecond, a slow
+/// upstream is seconds, and the default response timeout is 15 s.
+pub const DURATION_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// How often histogram samples are folded into their buckets when nobody scrapes.
+pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error("cannot build the Prometheus recorder: {0}")]
+    Build(#[from] BuildError),
+    #[error("a metrics recorder is already installed")]
+    AlreadyInstalled,
+}
+
+/// The recorder, with the request duration's buckets.
+pub fn recorder() -> Result<PrometheusRecorder, BuildError> {
+    Ok(PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(REQUEST_DURATION.into()), &DURATION_BUCKETS)?
+        .build_recorder())
+}
+
+/// Installs the recorder for the whole process and returns what renders it. Call once,
+/// before the first [`GatewayMetrics`] and [`WorkerMetrics`] are made: handles made earlier
+/// record nothing.
+pub fn install() -> Result<Exporter, MetricsError> {
+    let recorder = recorder()?;
+    let exporter = metrics::with_local_recorder(&recorder, || Exporter::new(recorder.handle()));
+    metrics::set_global_recorder(recorder).map_err(|_| MetricsError::AlreadyInstalled)?;
+    Ok(exporter)
+}
+
+/// Counts one configuration reload. Off the hot path, so the key is built here.
+pub fn count_reload(ok: bool) {
+    metrics::counter!(CONFIG_RELOADS, "result" => if ok { "ok" } else { "failed" }).increment(1);
+}
+
+// === Requests ===
+
+/// The request methods counted apart; anything else is `other`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MethodClass {
+    Get,
+    Head,
+    Post,
+    Put,
+    Delete,
+    Patch,
+    Options,
+    Other,
+}
+
+impl MethodClass {
+    pub const ALL: [MethodClass; 8] = [
+        MethodClass::Get,
+        MethodClass::Head,
+        MethodClass::Post,
+        MethodClass::Put,
+        MethodClass::Delete,
+        MethodClass::Patch,
+        MethodClass::Options,
+        MethodClass::Other,
+    ];
+
+    /// Methods are case-sensitive (RFC 9110 §9.1): `get` is `other`.
+    pub fn of(method: &str) -> Self {
+        match method {
+            "GET" => MethodClass::Get,
+            "HEAD" => MethodClass::Head,
+            "POST" => MethodClass::Post,
+            "PUT" => MethodClass::Put,
+            "DELETE" => MethodClass::Delete,
+            "PATCH" => MethodClass::Patch,
+            "OPTIONS" => MethodClass::Options,
+            _ => MethodClass::Other,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MethodClass::Get => "GET",
+            MethodClass::Head => "HEAD",
+            MethodClass::Post => "POST",
+            MethodClass::Put => "PUT",
+            MethodClass::Delete => "DELETE",
+            MethodClass::Patch => "PATCH",
+            MethodClass::Options => "OPTIONS",
+            MethodClass::Other => "other",
+        }
+    }
+}
+
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// The index of `status`'s class in [`STATUS_CLASSES`]. A status outside 100..=599 is
+/// invalid, and RFC 9110 §15 has clients treat it as a 5xx: so does this.
+fn class_index(status: u16) -> usize {
+    match status {
+        100..=599 => usize::from(status / 100 - 1),
+        _ => 4,
+    }
+}
+
+/// The `status_class` label of a response status.
+pub fn status_class(status: u16) -> &'static str {
+    STATUS_CLASSES[class_index(status)]
+}
+
+/// Requests of one route (or of none): counts by method and status class, and durations.
+#[derive(Debug)]
+pub struct RequestMetrics {
+    /// By `method as usize * STATUS_CLASSES.len() + class_index(status)`.
+    counts: [Counter; MethodClass::ALL.len() * STATUS_CLASSES.len()],
+    duration: Histogram,
+}
+
+impl RequestMetrics {
+    fn register(api: &str, route: &str) -> Self {
+        let counts = std::array::from_fn(|i| {
+            let method = MethodClass::ALL[i / STATUS_CLASSES.len()];
+            let class = STATUS_CLASSES[i % STATUS_CLASSES.len()];
+            metrics::counter!(REQUESTS, "api" => api.to_owned(), "route" => route.to_owned(),
+                "method" => method.as_str(), "status_class" => class)
+        });
+        let duration = metrics::histogram!(REQUEST_DURATION, "api" => api.to_owned(),
+            "route" => route.to_owned());
+        Self { counts, duration }
+    }
+
+    /// One exchange that ended with `status` after `elapsed`.
+    pub fn record(&self, method: MethodClass, status: u16, elapsed: Duration) {
+        let i = method as usize * STATUS_CLASSES.len() + class_index(status);
+        if let Some(counter) = self.counts.get(i) {
+            counter.increment(1);
+        }
+        self.duration.record(elapsed);
+    }
+}
+
+// === Upstreams ===
+
+/// What happened on the way to one upstream (by service name; routes to the same service
+/// share the counters).
+#[derive(Debug)]
+pub struct UpstreamMetrics {
+    connect_errors: Counter,
+    connect_timeouts: Counter,
+    response_timeouts: Counter,
+    reused: Counter,
+    fresh: Counter,
+}
+
+impl UpstreamMetrics {
+    fn register(service: &str) -> Self {
+        let timeouts = |kind: &'static str| metrics::counter!(UPSTREAM_TIMEOUTS, "service" => service.to_owned(), "kind" => kind);
+        let connections = |reused: &'static str| {
+            metrics::counter!(UPSTREAM_CONNECTIONS, "service" => service.to_owned(),
+                "reused" => reused)
+        };
+        Self {
+            connect_errors: metrics::counter!(UPSTREAM_CONNECT_ERRORS,
+                "service" => service.to_owned()),
+            connect_timeouts: timeouts("connect"),
+            response_timeouts: timeouts("response"),
+            reused: connections("true"),
+            fresh: connections("false"),
+        }
+    }
+
+    /// A connection taken for a request: from the pool, or newly connected.
+    pub fn connection(&self, reused: bool) {
+        if reused {
+            self.reused.increment(1);
+        } else {
+            self.fresh.increment(1);
+        }
+    }
+
+    /// Counts what `e` says about the upstream: a failed connect (refused, unreachable,
+    /// reset; a connect timeout is counted apart), or a timeout. Anything else is left to
+    /// the request's status.
+    pub fn failed(&self, e: &ProxyError) {
+        match e {
+            ProxyError::Connect(_) => self.connect_errors.increment(1),
+            ProxyError::ConnectTimeout => self.connect_timeouts.increment(1),
+            ProxyError::UpstreamTimeout => self.response_timeouts.increment(1),
+            _ => {}
+        }
+    }
+}
+
+// === Per snapshot ===
+
+/// The handles of one route.
+#[derive(Debug)]
+pub struct RouteMetrics {
+    pub requests: RequestMetrics,
+    pub upstream: UpstreamMetrics,
+}
+
+/// Every route's handles, built with a snapshot and indexed as the snapshot is.
+#[derive(Debug)]
+pub struct GatewayMetrics {
+    /// `[api][route]`.
+    routes: Vec<Vec<RouteMetrics>>,
+    /// Requests no route matched, labelled `api=""` and `route=""`.
+    no_route: RequestMetrics,
+}
+
+impl GatewayMetrics {
+    /// Registers the handles of every route of `snapshot` with the recorder in force.
+    pub fn new(snapshot: &Snapshot) -> Self {
+        let routes = snapshot
+            .apis
+            .iter()
+            .map(|api| {
+                api.routes
+                    .iter()
+                    .map(|route| RouteMetrics {
+                        requests: RequestMetrics::register(&api.name, &route.name),
+                        upstream: UpstreamMetrics::register(&route.upstream.name),
+                    })
+                    .collect()
+            })
+            .collect();
+        Self {
+            routes,
+            no_route: RequestMetrics::register("", ""),
+        }
+    }
+
+    /// The route at the indexes `Gateway::route` gave for the same snapshot.
+    pub fn route(&self, api: usize, route: usize) -> Option<&RouteMetrics> {
+        self.routes.get(api)?.get(route)
+    }
+
+    pub fn no_route(&self) -> &RequestMetrics {
+        &self.no_route
+    }
+}
+
+// === Per worker ===
+
+/// The statuses the gateway answers itself; any other is counted as `other`.
+const REFUSED_STATUSES: [(u16, &str); 8] = [
+    (400, "400"),
+    (404, "404"),
+    (408, "408"),
+    (413, "413"),
+    (417, "417"),
+    (431, "431"),
+    (502, "502"),
+    (504, "504"),
+];
+
+/// Handles a worker keeps for its whole life: they do not depend on the configuration.
+#[derive(Debug)]
+pub struct WorkerMetrics {
+    active: Gauge,
+    /// By index in [`REFUSED_STATUSES`], then `other`.
+    refused: [Counter; REFUSED_STATUSES.len() + 1],
+}
+
+impl WorkerMetrics {
+    /// Registers the handles with the recorder in force.
+    pub fn register() -> Self {
+        Self {
+            active: metrics::gauge!(ACTIVE_CONNECTIONS),
+            refused: std::array::from_fn(|i| {
+                let status = REFUSED_STATUSES.get(i).map_or("other", |&(_, s)| s);
+                metrics::counter!(REFUSED, "status" => status)
+            }),
+        }
+    }
+
+    pub fn connection_opened(&self) {
+        self.active.increment(1.0);
+    }
+
+    pub fn connection_closed(&self) {
+        self.active.decrement(1.0);
+    }
+
+    /// A response the gateway wrote itself instead of the upstream's.
+    pub fn refused(&self, status: u16) {
+        let i = REFUSED_STATUSES
+            .iter()
+            .position(|&(s, _)| s == status)
+            .unwrap_or(REFUSED_STATUSES.len());
+        if let Some(counter) = self.refused.get(i) {
+            counter.increment(1);
+        }
+    }
+}
+
+// === Scraping ===
+
+/// Where connection rules are enforced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plane {
+    /// The XDP program: its counters are packets.
+    Xdp,
+    /// The accept-time check: its counters are connections.
+    Accept,
+}
+
+impl Plane {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Plane::Xdp => "xdp",
+            Plane::Accept => "accept",
+        }
+    }
+
+    /// What the plane's counters count.
+    pub fn unit(self) -> &'static str {
+        match self {
+            Plane::Xdp => "packets",
+            Plane::Accept => "connections",
+        }
+    }
+}
+
+const OUTCOMES: [&str; 4] = ["passed", "dropped_deny", "dropped_allow", "dropped_rate"];
+
+/// What is read afresh at every scrape.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Scrape {
+    /// The generation of the configuration in force.
+    pub generation: Option<u64>,
+    /// The connection rules' counters, where rules are enforced.
+    pub connection_rules: Option<(Plane, Counters)>,
+}
+
+/// Renders the recorder's metrics as Prometheus text.
+#[derive(Debug, Clone)]
+pub struct Exporter {
+    handle: metrics_exporter_prometheus::PrometheusHandle,
+    /// `[plane][outcome]`, in the order of [`Plane`] and [`OUTCOMES`].
+    connection_rules: [[Counter; OUTCOMES.len()]; 2],
+    generation: Gauge,
+}
+
+impl Exporter {
+    /// Describes the metrics and registers the scrape-time ones with the recorder in force,
+    /// which must be the one `handle` reads.
+    pub fn new(handle: metrics_exporter_prometheus::PrometheusHandle) -> Self {
+        describe();
+        // Both results exist from the start, so a rate over them never starts with a gap.
+        for result in ["ok", "failed"] {
+            metrics::counter!(CONFIG_RELOADS, "result" => result).absolute(0);
+        }
+        let plane = |plane: Plane| {
+            OUTCOMES.map(|outcome| {
+                metrics::counter!(CONNECTION_RULES, "plane" => plane.as_str(), "outcome" => outcome)
+            })
+        };
+        Self {
+            handle,
+            connection_rules: [plane(Plane::Xdp), plane(Plane::Accept)],
+            generation: metrics::gauge!(CONFIG_GENERATION),
+        }
+    }
+
+    /// The metrics in Prometheus text format (version 0.0.4), with `scrape`'s values.
+    pub fn render(&self, scrape: &Scrape) -> String {
+        if let Some(generation) = scrape.generation {
+            self.generation.set(generation as f64);
+        }
+        if let Some((plane, c)) = scrape.connection_rules {
+            let counters = &self.connection_rules[plane as usize];
+            for (counter, value) in
+                counters
+                    .iter()
+                    .zip([c.passed, c.drop_deny, c.drop_allow, c.drop_rate])
+            {
+                // The plane's own counters only grow; `absolute` keeps the highest seen.
+                counter.absolute(value);
+            }
+        }
+        self.handle.render()
+    }
+
+    /// Folds recorded samples into their buckets, so memory stays bounded between scrapes.
+    pub fn upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        REQUESTS,
+        "Requests by ApiInstance, route, method and the status class of the response"
+    );
+    describe_histogram!(
+        REQUEST_DURATION,
+        Unit::Seconds,
+        "From a complete request head to the end of the response"
+    );
+    describe_counter!(
+        UPSTREAM_CONNECT_ERRORS,
+        "Upstream connects refused, reset or unreachable (timeouts apart)"
+    );
+    describe_counter!(UPSTREAM_TIMEOUTS, "Upstream connect and response timeouts");
+    describe_counter!(
+        UPSTREAM_CONNECTIONS,
+        "Upstream connections taken for a request: from the pool (reused) or new"
+    );
+    describe_gauge!(ACTIVE_CONNECTIONS, "Open client connections");
+    describe_counter!(REFUSED, "Responses the gateway wrote itself, by status");
+    describe_counter!(CONFIG_RELOADS, "Configuration reloads, by result");
+    describe_gauge!(
+        CONFIG_GENERATION,
+        "Generation of the configuration in force"
+    );
+    describe_counter!(
+        CONNECTION_RULES,
+        "Connection rules' decisions: packets in XDP, connections at accept"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    use metrics::with_local_recorder;
+
+    /// One sample of the text format: name, labels, value.
+    type Sample = (String, BTreeMap<String, String>, f64);
+
+    /// Parses the text format, enough for what this crate renders (no escapes in labels).
+    fn parse(text: &str) -> Vec<Sample> {
+        text.lines()
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(|line| {
+                let (series, value) = line.rsplit_once(' ').expect("value");
+                let (name, labels) = match series.split_once('{') {
+                    Some((name, rest)) => (name, rest.strip_suffix('}').expect("}")),
+                    None => (series, ""),
+                };
+                let labels = labels
+                    .split(',')
+                    .filter(|l| !l.is_empty())
+                    .map(|l| {
+                        let (k, v) = l.split_once('=').expect("=");
+                        (k.to_owned(), v.trim_matches('"').to_owned())
+                    })
+                    .collect();
+                (name.to_owned(), labels, value.parse().expect("number"))
+            })
+            .collect()
+    }
+
+    /// The value of the one sample of `name` with exactly `labels`.
+    fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let want: BTreeMap<String, String> = labels
+            .iter()
+            .map(|&(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        samples
+            .iter()
+            .find(|(n, l, _)| n == name && *l == want)
+            .map(|s| s.2)
+    }
+
+    const CONFIG: &str = "apiVersion: gateway.mulesoft.com/v1alpha1
+kind: ApiInstance
+metadata: {name: shop}
+spec:
+  address: http://127.0.0.1:0
+  services:
+    orders:
+      address: http://127.0.0.1:9001
+      routes:
+        - rules: [{path: /orders/.*}]
+    rest: {address: 'http://127.0.0.1:9002'}
+";
+
+    struct Fixture {
+        exporter: Exporter,
+        gateway: GatewayMetrics,
+        worker: WorkerMetrics,
+    }
+
+    /// Handles on a recorder of the test's own, so tests never touch the global one.
+    fn fixture() -> Fixture {
+        let snapshot =
+            ringwall_config::load_files(&[("m.yaml".into(), CONFIG.into())]).expect("valid config");
+        let recorder = recorder().expect("recorder");
+        with_local_recorder(&recorder, || Fixture {
+            exporter: Exporter::new(recorder.handle()),
+            gateway: GatewayMetrics::new(&snapshot),
+            worker: WorkerMetrics::register(),
+        })
+    }
+
+    #[test]
+    fn status_classes_follow_the_first_digit() {
+        let cases = [
+            (100, "1xx"),
+            (101, "1xx"),
+            (200, "2xx"),
+            (204, "2xx"),
+            (304, "3xx"),
+            (404, "4xx"),
+            (499, "4xx"),
+            (500, "5xx"),
+            (599, "5xx"),
+            // Invalid statuses count as server errors, as RFC 9110 has clients treat them.
+            (600, "5xx"),
+            (99, "5xx"),
+            (0, "5xx"),
+            (u16::MAX, "5xx"),
+        ];
+        for (status, class) in cases {
+            assert_eq!(status_class(status), class, "{status}");
+        }
+        assert_eq!(MethodClass::of("PATCH"), MethodClass::Patch);
+        assert_eq!(MethodClass::of("get"), MethodClass::Other);
+        assert_eq!(MethodClass::of("PROPFIND").as_str(), "other");
+    }
+
+    #[test]
+    fn route_handles_carry_api_route_method_and_status_class() {
+        let f = fixture();
+        let orders = f.gateway.route(0, 0).expect("orders route");
+        orders
+            .requests
+            .record(MethodClass::Get, 200, Duration::from_millis(3));
+        orders
+            .requests
+            .record(MethodClass::Get, 204, Duration::from_millis(30));
+        orders
+            .requests
+            .record(MethodClass::Post, 502, Duration::from_secs(20));
+        f.gateway
+            .no_route()
+            .record(MethodClass::Other, 404, Duration::ZERO);
+        assert!(f.gateway.route(0, 2).is_none() && f.gateway.route(9, 0).is_none());
+        let s = parse(&f.exporter.render(&Scrape::default()));
+
+        let requests = |route: &str, method: &str, class: &str| {
+            let api = if route.is_empty() { "" } else { "shop" };
+            value(
+                &s,
+                REQUESTS,
+                &[
+                    ("api", api),
+                    ("route", route),
+                    ("method", method),
+                    ("status_class", class),
+                ],
+            )
+        };
+        assert_eq!(requests("orders", "GET", "2xx"), Some(2.0));
+        assert_eq!(requests("orders", "POST", "5xx"), Some(1.0));
+        assert_eq!(requests("", "other", "4xx"), Some(1.0));
+        // Registered with the snapshot: present at zero before any request.
+        assert_eq!(requests("rest", "DELETE", "3xx"), Some(0.0));
+        let per_route = s
+            .iter()
+            .filter(|(n, l, _)| n == REQUESTS && l["route"] == "rest")
+            .count();
+        assert_eq!(per_route, 8 * 5);
+    }
+
+    #[test]
+    fn durations_fall_into_the_gateway_buckets() {
+        let f = fixture();
+        let orders = f.gateway.route(0, 0).expect("orders route");
+        for ms in [0.2, 3.0, 30.0, 20_000.0] {
+            orders
+                .requests
+                .record(MethodClass::Get, 200, Duration::from_secs_f64(ms / 1000.0));
+        }
+        let s = parse(&f.exporter.render(&Scrape::default()));
+        let bucket = |le: &str| {
+            value(
+                &s,
+                &format!("{REQUEST_DURATION}_bucket"),
+                &[("api", "shop"), ("route", "orders"), ("le", le)],
+            )
+        };
+        let les: Vec<String> = s
+            .iter()
+            .filter(|(n, l, _)| n.ends_with("_bucket") && l["route"] == "orders")
+            .map(|(_, l, _)| l["le"].clone())
+            .collect();
+        let mut want: Vec<String> = DURATION_BUCKETS.iter().map(f64::to_string).collect();
+        want.push("+Inf".into());
+        assert_eq!(les, want);
+        assert_eq!(bucket("0.0005"), Some(1.0));
+        assert_eq!(bucket("0.005"), Some(2.0));
+        assert_eq!(bucket("0.05"), Some(3.0));
+        assert_eq!(bucket("10"), Some(3.0));
+        assert_eq!(bucket("+Inf"), Some(4.0));
+        let count = value(
+            &s,
+            &format!("{REQUEST_DURATION}_count"),
+            &[("api", "shop"), ("route", "orders")],
+        );
+        assert_eq!(count, Some(4.0));
+    }
+
+    #[test]
+    fn upstream_worker_and_reload_handles_count_what_they_say() {
+        let f = fixture();
+        let up = &f.gateway.route(0, 0).expect("orders route").upstream;
+        up.connection(true);
+        up.connection(true);
+        up.connection(false);
+        up.failed(&ProxyError::Connect(
+            std::io::ErrorKind::ConnectionRefused.into(),
+        ));
+        up.failed(&ProxyError::ConnectTimeout);
+        up.failed(&ProxyError::UpstreamTimeout);
+        up.failed(&ProxyError::UpstreamClosed);
+        f.worker.connection_opened();
+        f.worker.connection_opened();
+        f.worker.connection_closed();
+        f.worker.refused(404);
+        f.worker.refused(431);
+        f.worker.refused(418);
+        let s = parse(&f.exporter.render(&Scrape {
+            generation: Some(7),
+            connection_rules: None,
+        }));
+        let service = ("service", "shop/orders");
+        let connections = |reused| value(&s, UPSTREAM_CONNECTIONS, &[service, ("reused", reused)]);
+        assert_eq!(connections("true"), Some(2.0));
+        assert_eq!(connections("false"), Some(1.0));
+        assert_eq!(value(&s, UPSTREAM_CONNECT_ERRORS, &[service]), Some(1.0));
+        let timeouts = |kind| value(&s, UPSTREAM_TIMEOUTS, &[service, ("kind", kind)]);
+        assert_eq!(timeouts("connect"), Some(1.0));
+        assert_eq!(timeouts("response"), Some(1.0));
+        assert_eq!(value(&s, ACTIVE_CONNECTIONS, &[]), Some(1.0));
+        let refused = |status| value(&s, REFUSED, &[("status", status)]);
+        assert_eq!(refused("404"), Some(1.0));
+        assert_eq!(refused("431"), Some(1.0));
+        assert_eq!(refused("other"), Some(1.0));
+        assert_eq!(refused("502"), Some(0.0));
+        assert_eq!(value(&s, CONFIG_GENERATION, &[]), Some(7.0));
+        assert_eq!(value(&s, CONFIG_RELOADS, &[("result", "ok")]), Some(0.0));
+        assert_eq!(
+            value(&s, CONFIG_RELOADS, &[("result", "failed")]),
+            Some(0.0)
+        );
+    }
+
+    #[test]
+    fn connection_rule_counters_are_read_at_scrape_time() {
+        let f = fixture();
+        let mut c = Counters {
+            passed: 10,
+            drop_deny: 2,
+            drop_allow: 3,
+            drop_rate: 4,
+        };
+        let scrape = |c| Scrape {
+            generation: None,
+            connection_rules: Some((Plane::Xdp, c)),
+        };
+        f.exporter.render(&scrape(c));
+        c.passed = 15;
+        let s = parse(&f.exporter.render(&scrape(c)));
+        let rules = |plane, outcome| {
+            value(
+                &s,
+                CONNECTION_RULES,
+                &[("plane", plane), ("outcome", outcome)],
+            )
+        };
+        assert_eq!(rules("xdp", "passed"), Some(15.0));
+        assert_eq!(rules("xdp", "dropped_deny"), Some(2.0));
+        assert_eq!(rules("xdp", "dropped_allow"), Some(3.0));
+        assert_eq!(rules("xdp", "dropped_rate"), Some(4.0));
+        assert_eq!(rules("accept", "passed"), Some(0.0));
+        let text = f.exporter.render(&Scrape::default());
+        assert!(text.contains(&format!("# TYPE {CONNECTION_RULES} counter")));
+        assert!(text.contains(&format!("# HELP {REQUESTS} ")));
+    }
+}
