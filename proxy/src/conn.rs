@@ -8,13 +8,14 @@
 use std::io;
 use std::net::{Shutdown, SocketAddr};
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Buf, BytesMut};
 use tokio::time::timeout;
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
 
+use crate::access_log::Entry;
 use crate::error::ProxyError;
 use crate::gateway::Gateway;
 use crate::http::chunked::ChunkedDecoder;
@@ -41,6 +42,27 @@ struct Client {
     peer: SocketAddr,
     buf: BytesMut,
     out: BytesMut,
+    /// The exchange under way, for the log phase.
+    rec: Record,
+    /// The request's method then its target, for the log phase (reused, so logging
+    /// allocates nothing once warm).
+    meta: String,
+}
+
+/// What the log phase writes about one exchange, filled in by the phases as they go.
+/// Collected only when an access log is configured.
+#[derive(Default)]
+struct Record {
+    /// When the request's first byte arrived.
+    started: Option<(SystemTime, Instant)>,
+    status: u16,
+    bytes_in: u64,
+    bytes_out: u64,
+    upstream: Option<SocketAddr>,
+    api: Option<usize>,
+    route: Option<usize>,
+    /// Where the method ends and the target begins in `Client::meta`.
+    method_len: usize,
 }
 
 /// What happens to the client connection after an exchange.
@@ -78,6 +100,8 @@ pub(crate) async fn serve(
         peer,
         buf: BytesMut::with_capacity(BUF_SIZE),
         out: BytesMut::with_capacity(BUF_SIZE),
+        rec: Record::default(),
+        meta: String::new(),
     };
     loop {
         match exchange(&mut client, &listener, &worker).await {
@@ -98,6 +122,34 @@ pub(crate) async fn serve(
 }
 
 async fn exchange(c: &mut Client, listener: &ListenerHandle, w: &Worker) -> Next {
+    c.rec = Record::default();
+    let next = phases(c, listener, w).await;
+    // === Phase: log ===
+    if let Some((time, started)) = c.rec.started {
+        let gateway = w.gateway();
+        let api = c.rec.api.and_then(|a| gateway.snapshot.apis.get(a));
+        let route = api.zip(c.rec.route).and_then(|(a, r)| a.routes.get(r));
+        let (method, path) = c.meta.split_at(c.rec.method_len.min(c.meta.len()));
+        w.log(&Entry {
+            time,
+            client: c.peer,
+            method,
+            path,
+            status: c.rec.status,
+            bytes_in: c.rec.bytes_in,
+            bytes_out: c.rec.bytes_out,
+            duration: started.elapsed(),
+            upstream: c.rec.upstream,
+            api: api.map(|a| a.name.as_str()),
+            route: route.map(|r| r.name.as_str()),
+            rejected_by: None,
+        });
+    }
+    next
+}
+
+/// The phases of one exchange, in order.
+async fn phases(c: &mut Client, listener: &ListenerHandle, w: &Worker) -> Next {
     // === Phase: read and route the request head ===
     // The configuration is taken anew as bytes arrive, so a keep-alive connection
     // idle across a reload serves its next request with the new one; the exchange
@@ -105,10 +157,13 @@ async fn exchange(c: &mut Client, listener: &ListenerHandle, w: &Worker) -> Next
     let (gateway, plan) = loop {
         let gateway = w.gateway();
         if !c.buf.is_empty() {
+            if c.rec.started.is_none() && w.logs() {
+                c.rec.started = Some((SystemTime::now(), Instant::now()));
+            }
             // A listener a reload removed has no index: its requests find no route and
             // the connection closes.
             let index = gateway.index_of(&listener.key).unwrap_or(usize::MAX);
-            match plan_request(c, &gateway, index, w.random()) {
+            match plan_request(c, &gateway, index, w.random(), w.logs()) {
                 Ok(Some(plan)) => break (gateway, plan),
                 Ok(None) => {}
                 Err(r) => return refuse(c, &r.error, r.is_head, r.close).await,
@@ -183,6 +238,7 @@ fn plan_request(
     gateway: &Gateway,
     listener: usize,
     pick: u64,
+    log: bool,
 ) -> Result<Option<Plan>, Refusal> {
     let settings = &gateway.snapshot.settings;
     let mut headers = [httparse::EMPTY_HEADER; request::MAX_HEADERS];
@@ -198,6 +254,13 @@ fn plan_request(
         }
     };
     let is_head = req.is_head();
+    c.rec.bytes_in = req.head_len as u64;
+    if log {
+        c.meta.clear();
+        c.meta.push_str(req.method);
+        c.meta.push_str(req.target);
+        c.rec.method_len = req.method.len();
+    }
     let Some(routed) = gateway.route(listener, &req, pick) else {
         // Without a body nothing of the request is left unread: the connection can go on.
         let close = req.framing != Framing::Empty || !req.keep_alive;
@@ -210,6 +273,8 @@ fn plan_request(
         });
     };
     let (api, route) = (routed.api_index, routed.route_index);
+    c.rec.api = Some(api);
+    c.rec.route = Some(route);
     c.out.clear();
     request::write_upstream_head(
         &req,
@@ -265,6 +330,7 @@ async fn forward(
         return Err(Failure::BeforeResponse(ProxyError::Connect(e), !has_body));
     };
     let before = |e| Failure::BeforeResponse(e, !has_body);
+    c.rec.upstream = Some(addr);
 
     // Replaying is safe only for a bodiless idempotent request on a pooled
     // connection that turned out to be closed.
@@ -315,6 +381,9 @@ async fn forward(
                 },
             )
             .await;
+            if let Ok(n) = relayed {
+                c.rec.bytes_in += n;
+            }
             if let Err(e) = relayed {
                 abort(&up.stream);
                 let e = match e {
@@ -357,6 +426,7 @@ async fn forward(
 
     // === Phase: response to the client ===
     let (close, dechunk) = (resp.close, resp.dechunk);
+    c.rec.status = resp.status;
     let mut body_done = resp.framing == Framing::Empty;
     if let Framing::Length(n) = resp.framing {
         if n <= COALESCE_MAX && up.buf.len() as u64 >= n {
@@ -366,6 +436,7 @@ async fn forward(
         }
     }
     let head = std::mem::take(&mut c.out);
+    let written = head.len() as u64;
     let (res, head) = write_all(&c.stream, head, timeouts.stream_idle).await;
     c.out = head;
     c.out.clear();
@@ -373,6 +444,7 @@ async fn forward(
         abort(&up.stream);
         return Err(Failure::AfterResponse(e.client()));
     }
+    c.rec.bytes_out += written;
 
     if !body_done {
         let relayed = relay(
@@ -388,6 +460,9 @@ async fn forward(
             },
         )
         .await;
+        if let Ok(n) = relayed {
+            c.rec.bytes_out += n;
+        }
         if let Err(e) = relayed {
             abort(&up.stream);
             let e = match e {
@@ -411,6 +486,7 @@ async fn forward(
 
 /// The parts of the response head the later phases need.
 struct ResponseHead {
+    status: u16,
     framing: Framing,
     reusable: bool,
     /// The client connection closes after this response.
@@ -460,6 +536,7 @@ async fn read_response_head(
                         out,
                     );
                     let head = ResponseHead {
+                        status: r.status,
                         framing: r.framing,
                         reusable: r.reusable,
                         close,
@@ -504,6 +581,8 @@ async fn connect(addr: SocketAddr, wait: Duration) -> Result<UpstreamConn, Proxy
 async fn refuse(c: &mut Client, e: &ProxyError, is_head: bool, close: bool) -> Next {
     c.out.clear();
     write_local_response(&mut c.out, e.status(), &e.to_string(), close, is_head);
+    c.rec.status = e.status();
+    c.rec.bytes_out += c.out.len() as u64;
     let out = std::mem::take(&mut c.out);
     let (res, out) = write_all(&c.stream, out, Duration::from_secs(5)).await;
     c.out = out;

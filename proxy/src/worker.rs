@@ -13,10 +13,12 @@ use std::time::Duration;
 use tokio::sync::{watch, Notify};
 use tokio_uring::net::TcpListener;
 
+use crate::access_log::{AccessLog, Entry};
 use crate::admission::{Admission, Verdict};
 use crate::conn;
 use crate::gateway::{Gateway, ListenerKey};
 use crate::pool::Pool;
+use ringwall_config::Logging;
 
 /// Submission queue depth of each worker's ring.
 const RING_ENTRIES: u32 = 4096;
@@ -33,6 +35,8 @@ pub struct Worker {
     gateway: RefCell<Rc<Arc<Gateway>>>,
     /// Connection rules checked at accept, when the kernel plane is not enforcing them.
     admission: RefCell<Option<Arc<Admission>>>,
+    /// This worker's access log, when one is configured.
+    access_log: RefCell<Option<Rc<AccessLog>>>,
     pub pool: Pool,
     /// Responses close their connections: the drain period has begun.
     closing: Cell<bool>,
@@ -52,6 +56,7 @@ impl Worker {
             accepts: RefCell::default(),
             gateway: RefCell::new(Rc::new(update.gateway.clone())),
             admission: RefCell::new(update.admission.clone()),
+            access_log: RefCell::new(None),
             pool: Pool::default(),
             closing: Cell::new(false),
             draining: Cell::new(false),
@@ -122,6 +127,39 @@ impl Worker {
     }
 
     /// No more accepting; idle connections close now.
+    /// Whether exchanges are logged (so worth collecting details for).
+    pub fn logs(&self) -> bool {
+        self.access_log.borrow().is_some()
+    }
+
+    /// Appends one access log line; never waits.
+    pub fn log(&self, entry: &Entry<'_>) {
+        if let Some(log) = self.access_log.borrow().as_ref() {
+            log.record(entry);
+        }
+    }
+
+    /// Follows a reload: a changed logging configuration opens new outputs (the old
+    /// ones flush as they go); an unchanged one reopens its files (log rotation).
+    async fn reconfigure_log(&self, before: &Logging, after: &Logging) {
+        if before != after {
+            match AccessLog::from_config(after) {
+                Ok(log) => *self.access_log.borrow_mut() = log.map(Rc::new),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot open the new access log outputs; keeping the old ones")
+                }
+            }
+            return;
+        }
+        // Still recording while it reopens: the handle stays in place.
+        let log = self.access_log.borrow().clone();
+        if let Some(log) = log {
+            if let Err(e) = log.reopen().await {
+                tracing::warn!(error = %e, "cannot reopen the access log");
+            }
+        }
+    }
+
     pub fn is_draining(&self) -> bool {
         self.draining.get()
     }
@@ -272,13 +310,24 @@ pub fn run(setup: WorkerSetup, ready: mpsc::Sender<Result<usize, String>>) {
     rt.block_on(async move {
         let first = updates.borrow_and_update().clone();
         let worker = Rc::new(Worker::new(id, &first));
+        match AccessLog::from_config(&first.gateway.snapshot.settings.logging) {
+            Ok(log) => *worker.access_log.borrow_mut() = log.map(Rc::new),
+            Err(e) => {
+                let _ = ready.send(Err(format!("cannot open the access log: {e}")));
+                return;
+            }
+        }
         worker.sync_listeners(&first.sockets);
         let follower = worker.clone();
         tokio_uring::spawn(async move {
+            let mut logging = first.gateway.snapshot.settings.logging.clone();
             while updates.changed().await.is_ok() {
                 let update = updates.borrow_and_update().clone();
                 let generation = update.generation;
+                let next = update.gateway.snapshot.settings.logging.clone();
                 follower.apply(update);
+                follower.reconfigure_log(&logging, &next).await;
+                logging = next;
                 let _ = applied.send(generation);
             }
         });
@@ -302,6 +351,11 @@ pub fn run(setup: WorkerSetup, ready: mpsc::Sender<Result<usize, String>>) {
                 open = worker.active.get(),
                 "shutdown timeout: closing connections still in flight"
             );
+        }
+        let log = worker.access_log.borrow_mut().take();
+        if let Some(log) = log {
+            // Bounded: a stalled stdout pipe never completes a write.
+            let _ = tokio::time::timeout(Duration::from_secs(2), log.flush_now()).await;
         }
     });
 }
