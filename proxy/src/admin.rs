@@ -106,22 +106,6 @@ impl AdminState {
     }
 }
 
-/// Serves admin requests until the task is dropped, without `/metrics` or `/config`.
-/// Kept for start-up code that does not pass an [`AdminState`] yet.
-pub async fn serve(
-    listener: TcpListener,
-    phase: watch::Receiver<Phase>,
-    stats: Option<ConnectionStats>,
-) {
-    let state = AdminState {
-        phase,
-        stats,
-        config: None,
-        metrics: None,
-    };
-    serve_with(listener, state).await;
-}
-
 /// Serves admin requests until the task is dropped, and keeps the metrics' memory bounded
 /// between scrapes.
 pub async fn serve_with(listener: TcpListener, state: AdminState) {

@@ -8,6 +8,7 @@
 use std::io;
 use std::net::{Shutdown, SocketAddr};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Buf, BytesMut};
@@ -22,6 +23,7 @@ use crate::http::chunked::ChunkedDecoder;
 use crate::http::request::{self, Forward};
 use crate::http::response::{self, ToClient};
 use crate::http::{write_local_response, Framing, CONTINUE};
+use crate::metrics::MethodClass;
 use crate::pool::{still_open, UpstreamConn};
 use crate::worker::{ListenerHandle, Worker};
 
@@ -49,12 +51,19 @@ struct Client {
     meta: String,
 }
 
-/// What the log phase writes about one exchange, filled in by the phases as they go.
-/// Collected only when an access log is configured.
+/// What the log phase records about one exchange (metrics, and the access log when one
+/// is configured), filled in by the phases as they go.
 #[derive(Default)]
 struct Record {
+    /// The configuration the exchange ran on: the api and route indices are its.
+    /// (`Rc` around the `Arc`: see `Worker::gateway`.)
+    #[allow(clippy::redundant_allocation)]
+    gateway: Option<Rc<Arc<Gateway>>>,
     /// When the request's first byte arrived.
-    started: Option<(SystemTime, Instant)>,
+    head_at: Option<Instant>,
+    /// The same, on the wall clock, for the access log only.
+    wall: Option<SystemTime>,
+    method: Option<MethodClass>,
     status: u16,
     bytes_in: u64,
     bytes_out: u64,
@@ -125,21 +134,38 @@ async fn exchange(c: &mut Client, listener: &ListenerHandle, w: &Worker) -> Next
     c.rec = Record::default();
     let next = phases(c, listener, w).await;
     // === Phase: log ===
-    if let Some((time, started)) = c.rec.started {
-        let gateway = w.gateway();
-        let api = c.rec.api.and_then(|a| gateway.snapshot.apis.get(a));
-        let route = api.zip(c.rec.route).and_then(|(a, r)| a.routes.get(r));
-        let (method, path) = c.meta.split_at(c.rec.method_len.min(c.meta.len()));
+    let rec = std::mem::take(&mut c.rec);
+    let (Some(gateway), Some(head_at)) = (rec.gateway, rec.head_at) else {
+        return next;
+    };
+    let elapsed = head_at.elapsed();
+    let api = rec.api.and_then(|a| gateway.snapshot.apis.get(a));
+    let route = api.zip(rec.route).and_then(|(a, r)| a.routes.get(r));
+    if let (Some(method), true) = (rec.method, rec.status != 0) {
+        match rec
+            .api
+            .zip(rec.route)
+            .and_then(|(a, r)| gateway.metrics.route(a, r))
+        {
+            Some(m) => m.requests.record(method, rec.status, elapsed),
+            None => gateway
+                .metrics
+                .no_route()
+                .record(method, rec.status, elapsed),
+        }
+    }
+    if let Some(time) = rec.wall {
+        let (method, path) = c.meta.split_at(rec.method_len.min(c.meta.len()));
         w.log(&Entry {
             time,
             client: c.peer,
             method,
             path,
-            status: c.rec.status,
-            bytes_in: c.rec.bytes_in,
-            bytes_out: c.rec.bytes_out,
-            duration: started.elapsed(),
-            upstream: c.rec.upstream,
+            status: rec.status,
+            bytes_in: rec.bytes_in,
+            bytes_out: rec.bytes_out,
+            duration: elapsed,
+            upstream: rec.upstream,
             api: api.map(|a| a.name.as_str()),
             route: route.map(|r| r.name.as_str()),
             rejected_by: None,
@@ -157,16 +183,20 @@ async fn phases(c: &mut Client, listener: &ListenerHandle, w: &Worker) -> Next {
     let (gateway, plan) = loop {
         let gateway = w.gateway();
         if !c.buf.is_empty() {
-            if c.rec.started.is_none() && w.logs() {
-                c.rec.started = Some((SystemTime::now(), Instant::now()));
+            if c.rec.head_at.is_none() {
+                c.rec.head_at = Some(Instant::now());
+                if w.logs() {
+                    c.rec.wall = Some(SystemTime::now());
+                }
             }
+            c.rec.gateway = Some(gateway.clone());
             // A listener a reload removed has no index: its requests find no route and
             // the connection closes.
             let index = gateway.index_of(&listener.key).unwrap_or(usize::MAX);
             match plan_request(c, &gateway, index, w.random(), w.logs()) {
                 Ok(Some(plan)) => break (gateway, plan),
                 Ok(None) => {}
-                Err(r) => return refuse(c, &r.error, r.is_head, r.close).await,
+                Err(r) => return refuse(c, w, &r.error, r.is_head, r.close).await,
             }
         }
         let idle = c.buf.is_empty();
@@ -190,7 +220,7 @@ async fn phases(c: &mut Client, listener: &ListenerHandle, w: &Worker) -> Next {
             Ok(0) => return Next::Close,
             Ok(_) => {}
             Err(Fail::Timeout) => {
-                return refuse(c, &ProxyError::ClientTimeout, false, true).await;
+                return refuse(c, w, &ProxyError::ClientTimeout, false, true).await;
             }
             Err(Fail::Io(_)) => return Next::Close,
         }
@@ -199,7 +229,7 @@ async fn phases(c: &mut Client, listener: &ListenerHandle, w: &Worker) -> Next {
     let settings = &gateway.snapshot.settings;
     if let (Framing::Length(n), Some(max)) = (plan.framing, settings.limits.max_body_bytes) {
         if n > max {
-            return refuse(c, &ProxyError::BodyTooLarge, plan.is_head, true).await;
+            return refuse(c, w, &ProxyError::BodyTooLarge, plan.is_head, true).await;
         }
     }
 
@@ -210,14 +240,20 @@ async fn phases(c: &mut Client, listener: &ListenerHandle, w: &Worker) -> Next {
         Ok(next) => next,
         Err(Failure::BeforeResponse(e, body_consumed)) => {
             tracing::debug!(peer = %c.peer, error = %e, "exchange failed");
+            if let Some(m) = gateway.metrics.route(plan.api, plan.route) {
+                m.upstream.failed(&e);
+            }
             let close = !body_consumed
                 || !plan.keep_alive
                 || w.closes_connections()
                 || listener.is_closed();
-            refuse(c, &e, plan.is_head, close).await
+            refuse(c, w, &e, plan.is_head, close).await
         }
         Err(Failure::AfterResponse(e)) => {
             tracing::debug!(peer = %c.peer, error = %e, "response cut short");
+            if let Some(m) = gateway.metrics.route(plan.api, plan.route) {
+                m.upstream.failed(&e);
+            }
             Next::Close
         }
     }
@@ -255,6 +291,7 @@ fn plan_request(
     };
     let is_head = req.is_head();
     c.rec.bytes_in = req.head_len as u64;
+    c.rec.method = Some(MethodClass::of(req.method));
     if log {
         c.meta.clear();
         c.meta.push_str(req.method);
@@ -343,6 +380,9 @@ async fn forward(
                 .map_err(before)?,
         };
         let reused = up.reused;
+        if let Some(m) = gateway.metrics.route(plan.api, plan.route) {
+            m.upstream.connection(reused);
+        }
 
         // === Phase: request head and body upstream ===
         let head = std::mem::take(&mut c.out);
@@ -578,11 +618,12 @@ async fn connect(addr: SocketAddr, wait: Duration) -> Result<UpstreamConn, Proxy
 }
 
 /// Writes the gateway's own response and decides the connection's fate.
-async fn refuse(c: &mut Client, e: &ProxyError, is_head: bool, close: bool) -> Next {
+async fn refuse(c: &mut Client, w: &Worker, e: &ProxyError, is_head: bool, close: bool) -> Next {
     c.out.clear();
     write_local_response(&mut c.out, e.status(), &e.to_string(), close, is_head);
     c.rec.status = e.status();
     c.rec.bytes_out += c.out.len() as u64;
+    w.metrics.refused(e.status());
     let out = std::mem::take(&mut c.out);
     let (res, out) = write_all(&c.stream, out, Duration::from_secs(5)).await;
     c.out = out;

@@ -9,10 +9,20 @@ use ringwall_config::{ApiInstance, Route, Snapshot};
 
 use crate::http::request::Request;
 
-#[derive(Debug)]
 pub struct Gateway {
     pub snapshot: Arc<Snapshot>,
     pub listeners: Vec<Listener>,
+    /// Metric handles for every route, registered off the hot path.
+    pub metrics: crate::metrics::GatewayMetrics,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("snapshot", &self.snapshot)
+            .field("listeners", &self.listeners)
+            .finish_non_exhaustive()
+    }
 }
 
 /// One listening address and the ApiInstances behind it, longest base path first.
@@ -69,9 +79,11 @@ impl Gateway {
             l.apis
                 .sort_by_key(|&i| std::cmp::Reverse(snapshot.apis[i].base_path.len()));
         }
+        let metrics = crate::metrics::GatewayMetrics::new(&snapshot);
         Self {
             snapshot,
             listeners,
+            metrics,
         }
     }
 

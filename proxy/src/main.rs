@@ -155,6 +155,9 @@ fn run(
             anyhow::bail!("{flag} must be a non-negative number of seconds");
         }
     }
+    // Before the gateway: handles registered before the recorder record nothing. Only
+    // with an admin listener, which scrapes (and so drains) the histograms.
+    let metrics = admin.map(|_| ringwall::metrics::install()).transpose()?;
     let gateway = Arc::new(Gateway::new(Arc::new(snapshot)));
     server::run(
         gateway,
@@ -166,6 +169,7 @@ fn run(
             drain_period: Duration::from_secs_f64(timing.drain),
             shutdown_timeout: Duration::from_secs_f64(timing.shutdown),
             admin,
+            metrics,
             xdp: xdp.setting,
             xdp_ifaces: xdp.ifaces,
             xdp_mode: xdp.mode,
@@ -173,4 +177,3 @@ fn run(
     )?;
     Ok(())
 }
-

@@ -30,7 +30,13 @@ pub fn init(level: LogLevel) {
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    if tracing_subscriber::registry().with(filter).with(fmt).try_init().is_ok() && !overridden {
+    if tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .try_init()
+        .is_ok()
+        && !overridden
+    {
         let _ = HANDLE.set(handle);
     }
 }

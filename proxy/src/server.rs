@@ -37,6 +37,8 @@ pub struct Options {
     pub shutdown_timeout: Duration,
     /// Where the admin endpoints listen, if anywhere.
     pub admin: Option<SocketAddr>,
+    /// The Prometheus recorder, installed when there is an admin listener.
+    pub metrics: Option<crate::metrics::Exporter>,
     pub xdp: XdpSetting,
     /// Interfaces to attach to; empty: those the listeners' addresses live on.
     pub xdp_ifaces: Vec<String>,
@@ -113,8 +115,20 @@ pub fn run(gateway: Arc<Gateway>, opts: &Options) -> Result<(), ServerError> {
         (None, Some(a)) => Some(ConnectionStats::Userspace(a.counters())),
         (None, None) => None,
     };
+    let (config_tx, config_rx) = watch::channel(admin::Applied {
+        generation: 1,
+        snapshot: gateway.snapshot.clone(),
+    });
     if let Some(listener) = admin_listener {
-        control.spawn(admin::serve(listener, phase_rx, stats));
+        control.spawn(admin::serve_with(
+            listener,
+            admin::AdminState {
+                phase: phase_rx,
+                stats,
+                config: Some(config_rx),
+                metrics: opts.metrics.clone(),
+            },
+        ));
     }
     // Thread per core: with a worker for every allowed CPU, each gets its own. With fewer,
     // which CPUs are best is the scheduler's call (or the operator's, through taskset).
@@ -199,6 +213,7 @@ pub fn run(gateway: Arc<Gateway>, opts: &Options) -> Result<(), ServerError> {
         admission,
         generation: 1,
         loaded: opts.loaded,
+        config: config_tx,
     };
     let (early_exit, panicked) = control.block_on(async {
         // A change between the initial load and the watcher's start raised no event.
@@ -262,6 +277,8 @@ struct Live {
     generation: u64,
     /// The directory's content as last loaded, valid or not.
     loaded: Option<u64>,
+    /// What `/config` shows.
+    config: watch::Sender<admin::Applied>,
 }
 
 impl Live {
@@ -292,8 +309,14 @@ impl Live {
                 }
                 tracing::info!(generation, workers = taken, "configuration reloaded");
                 announce(&format!("reloaded generation={generation}"));
+                let _ = self.config.send(admin::Applied {
+                    generation,
+                    snapshot: self.gateway.snapshot.clone(),
+                });
+                crate::metrics::count_reload(true);
             }
             Err(errors) => {
+                crate::metrics::count_reload(false);
                 for e in &errors {
                     tracing::error!("reload: {e}");
                 }
@@ -335,8 +358,8 @@ impl Live {
             (None, Some(old)) => Some(Arc::new(old.reconfigured(rules))),
             (None, None) if rules.iter().any(|(_, r)| !r.is_empty()) => {
                 // The first rules after a start without any: choose a plane now.
-                let (kernel, admission) = connection_plane(opts, &locals, &rules)
-                    .map_err(|e| vec![e.to_string()])?;
+                let (kernel, admission) =
+                    connection_plane(opts, &locals, &rules).map_err(|e| vec![e.to_string()])?;
                 self.kernel = kernel;
                 admission
             }
@@ -454,7 +477,12 @@ struct Bound {
 }
 
 fn sockets_of(bound: &[Bound]) -> Sockets {
-    Arc::new(bound.iter().map(|b| (b.key.clone(), b.fds.clone())).collect())
+    Arc::new(
+        bound
+            .iter()
+            .map(|b| (b.key.clone(), b.fds.clone()))
+            .collect(),
+    )
 }
 
 /// One socket per worker on the listener's address. A port of 0 is resolved by the

@@ -46,6 +46,7 @@ pub struct Worker {
     all_closed: Notify,
     next_addr: Cell<usize>,
     rng: Cell<u64>,
+    pub(crate) metrics: crate::metrics::WorkerMetrics,
 }
 
 impl Worker {
@@ -65,6 +66,7 @@ impl Worker {
             all_closed: Notify::new(),
             next_addr: Cell::new(0),
             rng: Cell::new(seed()),
+            metrics: crate::metrics::WorkerMetrics::register(),
         }
     }
 
@@ -196,6 +198,7 @@ impl Worker {
 
     pub fn track_connection(self: &Rc<Self>) -> ConnectionGuard {
         self.active.set(self.active.get() + 1);
+        self.metrics.connection_opened();
         ConnectionGuard(self.clone())
     }
 
@@ -220,6 +223,7 @@ pub struct ConnectionGuard(Rc<Worker>);
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
+        self.0.metrics.connection_closed();
         let left = self.0.active.get() - 1;
         self.0.active.set(left);
         if left == 0 {

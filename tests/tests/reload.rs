@@ -78,15 +78,25 @@ fn listeners_are_added_and_removed_by_a_reload() {
         let line = gw.wait_line(|l| l.starts_with("listening "), Duration::from_secs(10));
         assert!(line.ends_with(" second"), "{line}");
         let added: std::net::SocketAddr = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-        assert_eq!(gw.wait_line(|l| l.starts_with("reloaded"), Duration::from_secs(10)), "reloaded generation=2");
+        assert_eq!(
+            gw.wait_line(|l| l.starts_with("reloaded"), Duration::from_secs(10)),
+            "reloaded generation=2"
+        );
         assert_eq!(Client::connect(added).get("/2").text(), "b /2");
-        assert_eq!(kept.get("/3").text(), "a /3", "the first listener is untouched");
+        assert_eq!(
+            kept.get("/3").text(),
+            "a /3",
+            "the first listener is untouched"
+        );
 
         // Removed: the first stops accepting, and its idle connection is closed, as in a
         // drain (one busy at that moment would finish its exchange first).
         assert_eq!(gw.reload_with("api.yaml", None), "reloaded generation=3");
         kept.assert_closed();
-        assert!(std::net::TcpStream::connect(old).is_err(), "the removed listener still accepts");
+        assert!(
+            std::net::TcpStream::connect(old).is_err(),
+            "the removed listener still accepts"
+        );
         assert_eq!(Client::connect(added).get("/5").text(), "b /5");
     })
 }
@@ -199,14 +209,24 @@ fn the_runtime_log_level_comes_from_the_configuration_and_follows_reloads() {
         let level = |l: &str| {
             documents(&[
                 &simple_api(&format!("http://{}", down.addr())),
-                &configuration("logs", &format!("logging:\n  runtimeLogs:\n    logLevel: {l}\n")),
+                &configuration(
+                    "logs",
+                    &format!("logging:\n  runtimeLogs:\n    logLevel: {l}\n"),
+                ),
             ])
         };
         let mut gw = Gateway::start(&[("api.yaml", &level("warn"))], &["--no-watch"]);
         assert_eq!(Client::connect(gw.addr("api")).get("/").status, 502);
-        assert!(!gw.stderr().contains(" INFO "), "info lines at warn:\n{}", gw.stderr());
+        assert!(
+            !gw.stderr().contains(" INFO "),
+            "info lines at warn:\n{}",
+            gw.stderr()
+        );
 
-        assert_eq!(gw.reload_with("api.yaml", Some(&level("debug"))), "reloaded generation=2");
+        assert_eq!(
+            gw.reload_with("api.yaml", Some(&level("debug"))),
+            "reloaded generation=2"
+        );
         assert_eq!(Client::connect(gw.addr("api")).get("/").status, 502);
         // The 502's cause is logged at debug level.
         gw.wait_stderr("exchange failed", Duration::from_secs(5));

@@ -1,0 +1,130 @@
+//! The admin endpoints an operator scrapes: Prometheus metrics and the configuration in
+//! force, both following reloads.
+
+use ringwall_tests::yaml::*;
+use ringwall_tests::*;
+
+/// The value of the sample `series` (name and labels exactly as rendered), if present.
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+#[test]
+fn metrics_and_config_follow_traffic_and_reloads() {
+    within(TEST_LIMIT, || {
+        let origin = Origin::ok("hello");
+        let down = closed_port();
+        let two_routes = |up: &str| {
+            api_instance(
+                "api",
+                ANY_PORT,
+                &[
+                    InlineService::new(
+                        "down",
+                        &format!("http://{}", down.addr()),
+                        vec![Route::all().rule(Rule::path("/down"))],
+                    ),
+                    InlineService::new("up", up, vec![Route::all()]),
+                ],
+            )
+        };
+        let mut gw = Gateway::start(
+            &[("api.yaml", &two_routes(&origin.url()))],
+            &["--admin", "127.0.0.1:0", "--no-watch"],
+        );
+        let admin = gw.admin_addr();
+        let mut client = Client::connect(gw.addr("api"));
+        for _ in 0..3 {
+            assert_eq!(client.get("/x").status, 200);
+        }
+        assert_eq!(Client::connect(gw.addr("api")).get("/down").status, 502);
+
+        let metrics = Client::connect(admin).get("/metrics");
+        assert_eq!(metrics.status, 200);
+        assert!(metrics
+            .header("content-type")
+            .is_some_and(|t| t.starts_with("text/plain; version=0.0.4")));
+        let text = metrics.text();
+        assert_eq!(
+            sample(
+                &text,
+                r#"ringwall_requests_total{api="api",route="up",method="GET",status_class="2xx"}"#
+            ),
+            Some(3.0),
+            "{text}"
+        );
+        assert_eq!(
+            sample(
+                &text,
+                r#"ringwall_requests_total{api="api",route="down",method="GET",status_class="5xx"}"#
+            ),
+            Some(1.0),
+            "{text}"
+        );
+        assert_eq!(
+            sample(&text, r#"ringwall_refused_total{status="502"}"#),
+            Some(1.0),
+            "{text}"
+        );
+        assert_eq!(
+            sample(
+                &text,
+                r#"ringwall_upstream_connect_errors_total{service="api/down"}"#
+            ),
+            Some(1.0),
+            "{text}"
+        );
+        assert_eq!(
+            sample(&text, "ringwall_config_generation"),
+            Some(1.0),
+            "{text}"
+        );
+        assert!(
+            text.contains("ringwall_request_duration_seconds_bucket"),
+            "{text}"
+        );
+
+        let config = Client::connect(admin).get("/config");
+        assert_eq!(config.status, 200);
+        assert!(
+            config.text().contains("\"generation\": 1"),
+            "{}",
+            config.text()
+        );
+
+        assert_eq!(
+            gw.reload_with("api.yaml", Some(&two_routes(&origin.url()))),
+            "reloaded generation=2"
+        );
+        let broken = two_routes(&origin.url()).replace("services:", "servics:");
+        assert!(gw
+            .reload_with("api.yaml", Some(&broken))
+            .starts_with("reload-failed"));
+        let text = Client::connect(admin).get("/metrics").text();
+        assert_eq!(
+            sample(&text, r#"ringwall_config_reloads_total{result="ok"}"#),
+            Some(1.0),
+            "{text}"
+        );
+        assert_eq!(
+            sample(&text, r#"ringwall_config_reloads_total{result="failed"}"#),
+            Some(1.0),
+            "{text}"
+        );
+        assert_eq!(
+            sample(&text, "ringwall_config_generation"),
+            Some(2.0),
+            "{text}"
+        );
+        assert!(Client::connect(admin)
+            .get("/config")
+            .text()
+            .contains("\"generation\": 2"));
+    })
+}
