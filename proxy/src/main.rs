@@ -49,9 +49,13 @@ enum Command {
         /// Worker threads, each with its own io_uring runtime (default: one per core).
         #[arg(long)]
         workers: Option<usize>,
-        /// Address for the admin endpoints (`/live`, `/ready`), e.g. 127.0.0.1:9901.
-        #[arg(long)]
-        admin: Option<std::net::SocketAddr>,
+        /// Address of the admin endpoints (/live, /ready, /metrics, /config,
+        /// /connection-rules); loopback unless you say otherwise.
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: std::net::SocketAddr,
+        /// No admin listener (and no metrics).
+        #[arg(long, conflicts_with = "admin")]
+        no_admin: bool,
         /// Enforce connection rules with XDP: auto (when it loads), required, or off.
         #[arg(long, value_enum, default_value_t = XdpSetting::Auto)]
         xdp: XdpSetting,
@@ -94,6 +98,7 @@ fn main() -> ExitCode {
             config,
             workers,
             admin,
+            no_admin,
             xdp,
             xdp_ifaces,
             xdp_mode,
@@ -110,6 +115,7 @@ fn main() -> ExitCode {
                 drain: drain_seconds,
                 shutdown: shutdown_timeout,
             };
+            let admin = (!no_admin).then_some(admin);
             match run(&config, workers, admin, xdp, !no_watch, timing) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

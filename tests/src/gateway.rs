@@ -195,6 +195,10 @@ impl Gateway {
         if !extra_args.contains(&"--workers") {
             args.extend(["--workers", "2"]);
         }
+        // The default admin port is fixed; parallel tests each take one of their own.
+        if !extra_args.contains(&"--admin") && !extra_args.contains(&"--no-admin") {
+            args.extend(["--admin", "127.0.0.1:0"]);
+        }
         args.extend_from_slice(extra_args);
         let ns = netns.map(crate::netns::NetLab::ns_file);
         let mut child = command_in(&args, ns)

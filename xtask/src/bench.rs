@@ -279,7 +279,8 @@ fn start_ringwall(bin: &Path, work: &Path, cpu: Option<u32>) -> Result<proc::Ser
     cmd.arg("run")
         .arg("--config")
         .arg(work.join("ringwall"))
-        .args(["--workers", "1"])
+        // Metrics on, as in production; on a port of its own so 9901 need not be free.
+        .args(["--workers", "1", "--admin", "127.0.0.1:0"])
         .stdout(Stdio::piped())
         .stderr(log_file(work, "ringwall")?);
     let mut server = proc::Server::spawn("ringwall", &mut cmd)?;
