@@ -426,13 +426,7 @@ async fn forward(
             }
             if let Err(e) = relayed {
                 abort(&up.stream);
-                let e = match e {
-                    RelayError::Read(f) => f.client(),
-                    RelayError::Write(f) => f.upstream(),
-                    RelayError::Eof => ProxyError::Client(io::ErrorKind::UnexpectedEof.into()),
-                    RelayError::Chunk(e) => ProxyError::RequestBody(e),
-                    RelayError::TooLarge => ProxyError::BodyTooLarge,
-                };
+                let e = e.into_proxy_error(Direction::Request);
                 return Err(Failure::BeforeResponse(e, false));
             }
         }
@@ -505,13 +499,7 @@ async fn forward(
         }
         if let Err(e) = relayed {
             abort(&up.stream);
-            let e = match e {
-                RelayError::Read(f) => f.upstream(),
-                RelayError::Write(f) => f.client(),
-                RelayError::Eof => ProxyError::UpstreamClosed,
-                RelayError::Chunk(e) => ProxyError::ResponseBody(e),
-                RelayError::TooLarge => ProxyError::BodyTooLarge,
-            };
+            let e = e.into_proxy_error(Direction::Response);
             return Err(Failure::AfterResponse(e));
         }
     }
@@ -680,6 +668,32 @@ enum RelayError {
     Eof,
     Chunk(crate::http::chunked::ChunkError),
     TooLarge,
+}
+
+/// Which body a relay moved: the client's request to the upstream, or the upstream's
+/// response to the client. It decides which side a failure is blamed on.
+#[derive(Clone, Copy)]
+enum Direction {
+    Request,
+    Response,
+}
+
+impl RelayError {
+    fn into_proxy_error(self, direction: Direction) -> ProxyError {
+        match (self, direction) {
+            (RelayError::Read(f), Direction::Request)
+            | (RelayError::Write(f), Direction::Response) => f.client(),
+            (RelayError::Read(f), Direction::Response)
+            | (RelayError::Write(f), Direction::Request) => f.upstream(),
+            (RelayError::Eof, Direction::Request) => {
+                ProxyError::Client(io::ErrorKind::UnexpectedEof.into())
+            }
+            (RelayError::Eof, Direction::Response) => ProxyError::UpstreamClosed,
+            (RelayError::Chunk(e), Direction::Request) => ProxyError::RequestBody(e),
+            (RelayError::Chunk(e), Direction::Response) => ProxyError::ResponseBody(e),
+            (RelayError::TooLarge, _) => ProxyError::BodyTooLarge,
+        }
+    }
 }
 
 /// Moves one body from `src` to `dst`, starting with what is already in `buf`. Bytes

@@ -222,6 +222,11 @@ fn a_reload_swaps_the_lists_in_place(plane: &str) {
     assert_eq!(after.1, Ok(502), "198.18.0.3 is admitted now");
     // The maps changed under the program that was attached at start.
     assert_eq!(xdp_prog_id(&lab), attached);
+
+    // And the program leaves with the gateway.
+    gw.terminate();
+    assert_eq!(gw.wait_exit(Duration::from_secs(10)).code(), Some(0));
+    assert_eq!(xdp_prog_id(&lab), None, "XDP still attached after exit");
 }
 
 #[test]

@@ -12,6 +12,7 @@ use aya::programs::{Xdp, XdpMode};
 use aya::Ebpf;
 use ringwall_common::{
     counter, names, prefix_len_v4, prefix_len_v6, PortConfig, PortV4, PortV6, TrieValue,
+    TRIE_PRESENT,
 };
 use ringwall_config::{ConnectionRules, IpNet, RateKey};
 
@@ -201,29 +202,29 @@ where
     T::try_from(map).map_err(|source| XdpError::Map { name, source })
 }
 
+/// A trie entry's key, in the trie of its address family.
+enum TrieKey {
+    V4(Key<PortV4>),
+    V6(Key<PortV6>),
+}
+
+fn trie_key((port, net): &Entry) -> TrieKey {
+    let len = u32::from(net.prefix_len());
+    match net.addr() {
+        IpAddr::V4(a) => TrieKey::V4(Key::new(prefix_len_v4(len), PortV4::new(*port, a.octets()))),
+        IpAddr::V6(a) => TrieKey::V6(Key::new(prefix_len_v6(len), PortV6::new(*port, a.octets()))),
+    }
+}
+
 fn insert(
     v4: &mut LpmTrie<MapData, PortV4, TrieValue>,
     v6: &mut LpmTrie<MapData, PortV6, TrieValue>,
-    (port, net): &Entry,
+    entry: &Entry,
     name: &'static str,
 ) -> Result<(), XdpError> {
-    let res = match (net.addr(), net.prefix_len()) {
-        (IpAddr::V4(a), len) => v4.insert(
-            &Key::new(
-                prefix_len_v4(u32::from(len)),
-                PortV4::new(*port, a.octets()),
-            ),
-            1,
-            0,
-        ),
-        (IpAddr::V6(a), len) => v6.insert(
-            &Key::new(
-                prefix_len_v6(u32::from(len)),
-                PortV6::new(*port, a.octets()),
-            ),
-            1,
-            0,
-        ),
+    let res = match trie_key(entry) {
+        TrieKey::V4(k) => v4.insert(&k, TRIE_PRESENT, 0),
+        TrieKey::V6(k) => v6.insert(&k, TRIE_PRESENT, 0),
     };
     res.map_err(|source| XdpError::Map { name, source })
 }
@@ -231,18 +232,12 @@ fn insert(
 fn remove(
     v4: &mut LpmTrie<MapData, PortV4, TrieValue>,
     v6: &mut LpmTrie<MapData, PortV6, TrieValue>,
-    (port, net): &Entry,
+    entry: &Entry,
     name: &'static str,
 ) -> Result<(), XdpError> {
-    let res = match (net.addr(), net.prefix_len()) {
-        (IpAddr::V4(a), len) => v4.remove(&Key::new(
-            prefix_len_v4(u32::from(len)),
-            PortV4::new(*port, a.octets()),
-        )),
-        (IpAddr::V6(a), len) => v6.remove(&Key::new(
-            prefix_len_v6(u32::from(len)),
-            PortV6::new(*port, a.octets()),
-        )),
+    let res = match trie_key(entry) {
+        TrieKey::V4(k) => v4.remove(&k),
+        TrieKey::V6(k) => v6.remove(&k),
     };
     res.map_err(|source| XdpError::Map { name, source })
 }
