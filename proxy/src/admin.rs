@@ -87,8 +87,9 @@ pub struct Applied {
 #[derive(Clone)]
 pub struct AdminState {
     pub phase: watch::Receiver<Phase>,
-    /// The connection rules' counters, where rules are enforced.
-    pub stats: Option<ConnectionStats>,
+    /// The connection rules' counters, where rules are enforced now (a reload may bring
+    /// the first rules, and with them a plane).
+    pub stats: watch::Receiver<Option<ConnectionStats>>,
     /// The configuration in force: `/config`, and the generation in `/metrics`.
     pub config: Option<watch::Receiver<Applied>>,
     /// `/metrics`; `None` when no recorder is installed.
@@ -101,7 +102,7 @@ impl AdminState {
         Scrape {
             generation: self.config.as_ref().map(|c| c.borrow().generation),
             // A failed read (a map lookup in the kernel) leaves the last values.
-            connection_rules: self.stats.as_ref().and_then(|s| s.read().ok()),
+            connection_rules: self.stats.borrow().as_ref().and_then(|s| s.read().ok()),
         }
     }
 }
@@ -219,7 +220,7 @@ fn render(reply: Reply, state: &AdminState) -> (u16, &'static str, Cow<'static, 
     match reply {
         Reply::Text(status, body) => (status, "text/plain", body.into()),
         Reply::ConnectionRules => {
-            let reading = state.stats.as_ref().map(ConnectionStats::read);
+            let reading = state.stats.borrow().as_ref().map(ConnectionStats::read);
             (
                 200,
                 "application/json",
@@ -300,7 +301,7 @@ spec:
         let metrics = metrics::with_local_recorder(&recorder, || Exporter::new(recorder.handle()));
         AdminState {
             phase: watch::channel(Phase::Ready).1,
-            stats,
+            stats: watch::channel(stats).1,
             config: Some(config),
             metrics: Some(metrics),
         }
@@ -372,7 +373,7 @@ spec:
         let (_, _, none) = render(
             Reply::ConnectionRules,
             &AdminState {
-                stats: None,
+                stats: watch::channel(None).1,
                 ..state
             },
         );
@@ -398,7 +399,7 @@ spec:
     fn without_sources_metrics_and_config_are_not_found() {
         let state = AdminState {
             phase: watch::channel(Phase::Ready).1,
-            stats: None,
+            stats: watch::channel(None).1,
             config: None,
             metrics: None,
         };

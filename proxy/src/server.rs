@@ -110,11 +110,7 @@ pub fn run(gateway: Arc<Gateway>, opts: &Options) -> Result<(), ServerError> {
     let locals: Vec<SocketAddr> = bound.iter().map(|b| b.local).collect();
     // Held until the end of `run`: dropping it detaches the program.
     let (kernel, admission) = connection_plane(opts, &locals, &port_rules)?;
-    let stats = match (&kernel, &admission) {
-        (Some(k), _) => Some(ConnectionStats::Kernel(k.counter_reader())),
-        (None, Some(a)) => Some(ConnectionStats::Userspace(a.counters())),
-        (None, None) => None,
-    };
+    let (stats_tx, stats) = watch::channel(connection_stats(kernel.as_ref(), admission.as_deref()));
     let (config_tx, config_rx) = watch::channel(admin::Applied {
         generation: 1,
         snapshot: gateway.snapshot.clone(),
@@ -214,6 +210,7 @@ pub fn run(gateway: Arc<Gateway>, opts: &Options) -> Result<(), ServerError> {
         generation: 1,
         loaded: opts.loaded,
         config: config_tx,
+        stats: stats_tx,
     };
     let (early_exit, panicked) = control.block_on(async {
         // A change between the initial load and the watcher's start raised no event.
@@ -279,6 +276,8 @@ struct Live {
     loaded: Option<u64>,
     /// What `/config` shows.
     config: watch::Sender<admin::Applied>,
+    /// Where `/connection-rules` and `/metrics` read the rules' counters.
+    stats: watch::Sender<Option<ConnectionStats>>,
 }
 
 impl Live {
@@ -366,6 +365,10 @@ impl Live {
             (None, None) => None,
         };
         self.admission.clone_from(&admission);
+        let _ = self.stats.send(connection_stats(
+            self.kernel.as_ref(),
+            self.admission.as_deref(),
+        ));
         crate::runtime_log::set_level(gateway.snapshot.settings.logging.runtime.level);
         self.gateway = gateway.clone();
         let sockets = sockets_of(&bound);
@@ -376,6 +379,18 @@ impl Live {
             admission,
             sockets,
         })
+    }
+}
+
+/// The counters of whichever plane enforces connection rules.
+fn connection_stats(
+    kernel: Option<&KernelPlane>,
+    admission: Option<&Admission>,
+) -> Option<ConnectionStats> {
+    match (kernel, admission) {
+        (Some(k), _) => Some(ConnectionStats::Kernel(k.counter_reader())),
+        (None, Some(a)) => Some(ConnectionStats::Userspace(a.counters())),
+        (None, None) => None,
     }
 }
 

@@ -4,6 +4,20 @@
 use ringwall_tests::yaml::*;
 use ringwall_tests::*;
 
+/// Scrapes until `series` reaches `want`: an exchange is counted in its log phase, just
+/// after its response went out, so a client can scrape before its request is counted.
+fn scrape_until(admin: std::net::SocketAddr, series: &str, want: f64) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let text = Client::connect(admin).get("/metrics").text();
+        if sample(&text, series) == Some(want) || std::time::Instant::now() > deadline {
+            return text;
+        }
+        // Poll interval only: what is awaited is the counter itself.
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 /// The value of the sample `series` (name and labels exactly as rendered), if present.
 fn sample(metrics: &str, series: &str) -> Option<f64> {
     metrics.lines().find_map(|l| {
@@ -45,6 +59,9 @@ fn metrics_and_config_follow_traffic_and_reloads() {
         }
         assert_eq!(Client::connect(gw.addr("api")).get("/down").status, 502);
 
+        let down_series =
+            r#"ringwall_requests_total{api="api",route="down",method="GET",status_class="5xx"}"#;
+        scrape_until(admin, down_series, 1.0);
         let metrics = Client::connect(admin).get("/metrics");
         assert_eq!(metrics.status, 200);
         assert!(metrics
@@ -126,5 +143,31 @@ fn metrics_and_config_follow_traffic_and_reloads() {
             .get("/config")
             .text()
             .contains("\"generation\": 2"));
+    })
+}
+
+#[test]
+fn connection_rule_counters_follow_rules_that_arrive_by_reload() {
+    within(TEST_LIMIT, || {
+        let origin = Origin::ok("hello");
+        let api = simple_api(&origin.url());
+        let mut gw = Gateway::start(&[("api.yaml", &api)], &["--no-watch", "--xdp", "off"]);
+        assert_eq!(gw.connection_rules(), "none");
+        let admin = gw.admin_addr();
+        assert_eq!(
+            Client::connect(admin).get("/connection-rules").text().trim_end(),
+            "{\"enforced_in\":\"none\"}"
+        );
+
+        let block = "apiVersion: gateway.mulesoft.com/v1alpha1\nkind: PolicyBinding\nmetadata:\n  name: block\nspec:\n  \
+                     targetRef:\n    name: api\n  policyRef:\n    name: ip-blocklist-flex\n  config:\n    ips: [192.0.2.0/24]\n";
+        assert_eq!(
+            gw.reload_with("block.yaml", Some(block)),
+            "reloaded generation=2"
+        );
+        assert_eq!(Client::connect(gw.addr("api")).get("/").status, 200);
+        let json = Client::connect(admin).get("/connection-rules").text();
+        assert!(json.starts_with("{\"enforced_in\":\"accept\""), "{json}");
+        assert!(json.contains("\"passed\":1"), "{json}");
     })
 }
