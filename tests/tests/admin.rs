@@ -155,7 +155,10 @@ fn connection_rule_counters_follow_rules_that_arrive_by_reload() {
         assert_eq!(gw.connection_rules(), "none");
         let admin = gw.admin_addr();
         assert_eq!(
-            Client::connect(admin).get("/connection-rules").text().trim_end(),
+            Client::connect(admin)
+                .get("/connection-rules")
+                .text()
+                .trim_end(),
             "{\"enforced_in\":\"none\"}"
         );
 
