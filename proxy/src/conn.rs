@@ -132,6 +132,7 @@ pub(crate) async fn serve(
 
 async fn exchange(c: &mut Client, listener: &ListenerHandle, w: &Worker) -> Next {
     c.rec = Record::default();
+    c.meta.clear();
     let next = phases(c, listener, w).await;
     // === Phase: log ===
     let rec = std::mem::take(&mut c.rec);
@@ -196,7 +197,12 @@ async fn phases(c: &mut Client, listener: &ListenerHandle, w: &Worker) -> Next {
             match plan_request(c, &gateway, index, w.random(), w.logs()) {
                 Ok(Some(plan)) => break (gateway, plan),
                 Ok(None) => {}
-                Err(r) => return refuse(c, w, &r.error, r.is_head, r.close).await,
+                Err(r) => {
+                    // The gateway's own answers close too while draining or once the
+                    // listener is gone, as forwarded responses do.
+                    let close = r.close || w.closes_connections() || listener.is_closed();
+                    return refuse(c, w, &r.error, r.is_head, close).await;
+                }
             }
         }
         let idle = c.buf.is_empty();
@@ -374,7 +380,10 @@ async fn forward(
     let mut replayable = !has_body && plan.idempotent;
     let (mut up, resp) = loop {
         let mut up = match w.pool.take(addr, timeouts.upstream_idle) {
-            Some(up) if replayable || still_open(&up.stream) => up,
+            // Even a replayable request needs the peek: a replay covers a closed
+            // connection, not one holding bytes nobody asked for, which would be taken
+            // for this request's response.
+            Some(up) if still_open(&up.stream) => up,
             Some(_) | None => connect(addr, timeouts.upstream_connect)
                 .await
                 .map_err(before)?,
@@ -590,12 +599,28 @@ async fn read_response_head(
     }
 }
 
+/// Opens a new upstream connection. The connect runs on the runtime's epoll reactor
+/// rather than on the ring: a connect op on the ring owns its socket until the kernel
+/// gives up (minutes of SYN retries), so a timed-out connect there would leave the
+/// socket connecting; here dropping the future closes it. Only new connections pay
+/// this; pooled ones are reused as they are.
 async fn connect(addr: SocketAddr, wait: Duration) -> Result<UpstreamConn, ProxyError> {
-    let stream = match timeout(wait, TcpStream::connect(addr)).await {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(ProxyError::Connect)?;
+    let connected = match timeout(wait, socket.connect(addr)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return Err(ProxyError::Connect(e)),
         Err(_) => return Err(ProxyError::ConnectTimeout),
     };
+    let std = connected.into_std().map_err(ProxyError::Connect)?;
+    // The ring waits for readiness itself; the socket goes back to blocking mode, as
+    // the ring's own connects and accepts leave theirs.
+    std.set_nonblocking(false).map_err(ProxyError::Connect)?;
+    let stream = TcpStream::from_std(std);
     let _ = stream.set_nodelay(true);
     Ok(UpstreamConn {
         stream,
@@ -697,7 +722,8 @@ impl RelayError {
 }
 
 /// Moves one body from `src` to `dst`, starting with what is already in `buf`. Bytes
-/// that follow the body (a pipelined request) stay in `buf`.
+/// that follow the body (a pipelined request) stay in `buf`. Returns the bytes written
+/// to `dst`, framing included; `opts.limit` applies to the body's data.
 async fn relay(
     src: &TcpStream,
     dst: &TcpStream,
@@ -706,6 +732,7 @@ async fn relay(
     opts: RelayOpts,
 ) -> Result<u64, RelayError> {
     let mut sent: u64 = 0;
+    let mut written: u64 = 0;
     let mut decoder = ChunkedDecoder::new();
     let mut remaining = match framing {
         Framing::Empty => return Ok(0),
@@ -751,15 +778,16 @@ async fn relay(
                 chunk
             };
             if !chunk.is_empty() {
+                written += chunk.len() as u64;
                 let (res, _) = write_all(dst, chunk, opts.write_timeout).await;
                 res.map_err(RelayError::Write)?;
             }
             if done {
-                return Ok(sent);
+                return Ok(written);
             }
         }
         match read_more(src, buf, opts.read_timeout).await {
-            Ok(0) if framing == Framing::UntilClose => return Ok(sent),
+            Ok(0) if framing == Framing::UntilClose => return Ok(written),
             Ok(0) => return Err(RelayError::Eof),
             Ok(_) => {}
             Err(f) => return Err(RelayError::Read(f)),

@@ -62,6 +62,22 @@ impl Pool {
         });
     }
 
+    /// Closes every idle connection that has outlived `max_idle`, so that an upstream
+    /// that is no longer called does not keep them open forever.
+    pub fn evict_expired(&self, max_idle: Duration) {
+        let now = Instant::now();
+        let mut idle = self.idle.borrow_mut();
+        for list in idle.values_mut() {
+            // Oldest first: stop at the first one still young enough.
+            let expired = list
+                .iter()
+                .take_while(|e| now.duration_since(e.since) > max_idle)
+                .count();
+            list.drain(..expired);
+        }
+        idle.retain(|_, list| !list.is_empty());
+    }
+
     pub fn idle_count(&self) -> usize {
         self.idle.borrow().values().map(Vec::len).sum()
     }

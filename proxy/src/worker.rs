@@ -322,6 +322,16 @@ pub fn run(setup: WorkerSetup, ready: mpsc::Sender<Result<usize, String>>) {
             }
         }
         worker.sync_listeners(&first.sockets);
+        let sweeper = worker.clone();
+        tokio_uring::spawn(async move {
+            // Idle upstream connections are otherwise only found stale when next taken.
+            loop {
+                let idle = sweeper.gateway().snapshot.settings.timeouts.upstream_idle;
+                let every = (idle / 2).clamp(Duration::from_millis(100), Duration::from_secs(5));
+                tokio::time::sleep(every).await;
+                sweeper.pool.evict_expired(idle);
+            }
+        });
         let follower = worker.clone();
         tokio_uring::spawn(async move {
             let mut logging = first.gateway.snapshot.settings.logging.clone();

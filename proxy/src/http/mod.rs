@@ -47,8 +47,14 @@ pub fn header_has_token(value: &[u8], token: &[u8]) -> bool {
 }
 
 /// Hop-by-hop fields (RFC 9110 §7.6.1) and the fields a `Connection` header names.
-/// `Transfer-Encoding` is not among them: bodies are forwarded in their own framing.
+/// The framing fields are never among them, whatever `Connection` says: bodies are
+/// forwarded in their own framing, so dropping `Content-Length` or `Transfer-Encoding`
+/// would let the next hop read the body as another message (request smuggling).
 pub fn is_hop_by_hop(name: &str, headers: &[httparse::Header<'_>]) -> bool {
+    if name.eq_ignore_ascii_case("content-length") || name.eq_ignore_ascii_case("transfer-encoding")
+    {
+        return false;
+    }
     const HOP: [&str; 7] = [
         "connection",
         "keep-alive",
@@ -138,6 +144,13 @@ mod tests {
         assert!(is_hop_by_hop("Keep-Alive", &headers));
         assert!(!is_hop_by_hop("Transfer-Encoding", &headers));
         assert!(!is_hop_by_hop("Accept", &headers));
+        // Naming a framing field in Connection must not strip it.
+        let framing = [httparse::Header {
+            name: "Connection",
+            value: b"content-length, Transfer-Encoding",
+        }];
+        assert!(!is_hop_by_hop("Content-Length", &framing));
+        assert!(!is_hop_by_hop("transfer-encoding", &framing));
     }
 
     #[test]
