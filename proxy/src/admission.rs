@@ -53,8 +53,10 @@ pub struct Admission {
     /// Shared by the workers so that a limit of N/s is N/s whatever the worker count.
     /// A lock, taken only here: at accept, for listeners with a rate limit, in the
     /// fallback path, never per request.
+    /// Shared with the `Admission` a reload replaces: workers switch one by one, and a
+    /// source must not find a fresh burst in between.
     #[allow(clippy::disallowed_types)]
-    buckets: std::sync::Mutex<HashMap<BucketKey, TokenBucket>>,
+    buckets: Arc<std::sync::Mutex<HashMap<BucketKey, TokenBucket>>>,
     epoch: Instant,
     counters: Arc<AcceptCounters>,
 }
@@ -63,8 +65,7 @@ impl Admission {
     pub fn new(listeners: Vec<(u16, ConnectionRules)>) -> Self {
         Self {
             listeners,
-            #[allow(clippy::disallowed_types)]
-            buckets: std::sync::Mutex::new(HashMap::new()),
+            buckets: Arc::default(),
             epoch: Instant::now(),
             counters: Arc::default(),
         }
@@ -73,11 +74,9 @@ impl Admission {
     /// The same check with new rules, keeping the counters and the buckets (a reload
     /// must not hand every source a fresh burst).
     pub fn reconfigured(&self, listeners: Vec<(u16, ConnectionRules)>) -> Self {
-        let buckets = std::mem::take(&mut *self.lock_buckets());
         Self {
             listeners,
-            #[allow(clippy::disallowed_types)]
-            buckets: std::sync::Mutex::new(buckets),
+            buckets: self.buckets.clone(),
             epoch: self.epoch,
             counters: self.counters.clone(),
         }
@@ -226,6 +225,29 @@ mod tests {
         // A reload keeps the buckets: no fresh burst.
         let b = a.reconfigured(vec![(1, rate(RateKey::Source))]);
         assert_eq!(b.check(0, ip("192.0.2.1")), Verdict::RateLimited);
+    }
+
+    /// Workers keep checking with the old `Admission` until they take the update, but
+    /// `reconfigured` moves the buckets out of it (`std::mem::take`): in that window every
+    /// source starts from a full bucket again, and what it spends there is thrown away.
+    #[test]
+    fn the_old_rules_keep_their_buckets_until_the_workers_switch() {
+        let rate = ConnectionRules::default().with_rate(ConnectionRate {
+            per_second: 1,
+            burst: 2,
+            key: RateKey::Source,
+        });
+        let old = Admission::new(vec![(1, rate.clone())]);
+        assert_eq!(old.check(0, ip("192.0.2.1")), Verdict::Admit);
+        assert_eq!(old.check(0, ip("192.0.2.1")), Verdict::Admit);
+        assert_eq!(old.check(0, ip("192.0.2.1")), Verdict::RateLimited);
+        let _new = old.reconfigured(vec![(1, rate)]);
+        // A worker that has not applied the update yet still asks `old`.
+        assert_eq!(
+            old.check(0, ip("192.0.2.1")),
+            Verdict::RateLimited,
+            "a reload handed the source a fresh burst on the rules still in force"
+        );
     }
 
     #[test]

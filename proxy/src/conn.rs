@@ -399,8 +399,11 @@ async fn forward(
         c.out = head;
         match res {
             Ok(()) => {}
-            Err(e) if reused && replayable => {
+            // A closed pooled connection fails fast with an IO error; a timeout says
+            // nothing about staleness (and the head went with the abandoned write).
+            Err(e @ Fail::Io(_)) if reused && replayable => {
                 tracing::trace!(error = ?e, "stale pooled connection, retrying");
+                abort(&up.stream);
                 replayable = false;
                 continue;
             }
@@ -412,10 +415,11 @@ async fn forward(
         if has_body {
             if plan.expect_continue {
                 let (res, _) = write_all(&c.stream, CONTINUE, timeouts.stream_idle).await;
-                if res.is_err() {
+                if let Err(f) = res {
                     abort(&up.stream);
-                    return Err(Failure::AfterResponse(ProxyError::ClientTimeout));
+                    return Err(Failure::AfterResponse(f.client()));
                 }
+                c.rec.bytes_out += CONTINUE.len() as u64;
             }
             let relayed = relay(
                 &c.stream,
@@ -428,11 +432,9 @@ async fn forward(
                     read_timeout: timeouts.stream_idle,
                     write_timeout: timeouts.upstream_response,
                 },
+                &mut c.rec.bytes_in,
             )
             .await;
-            if let Ok(n) = relayed {
-                c.rec.bytes_in += n;
-            }
             if let Err(e) = relayed {
                 abort(&up.stream);
                 let e = e.into_proxy_error(Direction::Request);
@@ -501,11 +503,9 @@ async fn forward(
                 read_timeout: timeouts.stream_idle,
                 write_timeout: timeouts.stream_idle,
             },
+            &mut c.rec.bytes_out,
         )
         .await;
-        if let Ok(n) = relayed {
-            c.rec.bytes_out += n;
-        }
         if let Err(e) = relayed {
             abort(&up.stream);
             let e = e.into_proxy_error(Direction::Response);
@@ -542,6 +542,9 @@ async fn read_response_head(
     wait: Duration,
 ) -> Result<ResponseHead, ProxyError> {
     let mut received = false;
+    // One deadline for the whole head: interim responses or a trickled head do not
+    // extend it.
+    let deadline = Instant::now() + wait;
     loop {
         if !up.buf.is_empty() {
             let mut headers = [httparse::EMPTY_HEADER; response::MAX_HEADERS];
@@ -586,7 +589,8 @@ async fn read_response_head(
                 None => {}
             }
         }
-        match read_more(&up.stream, &mut up.buf, wait).await {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match read_more(&up.stream, &mut up.buf, left).await {
             Ok(0) if !received => return Err(ProxyError::UpstreamClosed),
             Ok(0) => return Err(ProxyError::BadResponse(response::BadResponse::Malformed)),
             Ok(_) => received = true,
@@ -722,20 +726,21 @@ impl RelayError {
 }
 
 /// Moves one body from `src` to `dst`, starting with what is already in `buf`. Bytes
-/// that follow the body (a pipelined request) stay in `buf`. Returns the bytes written
-/// to `dst`, framing included; `opts.limit` applies to the body's data.
+/// that follow the body (a pipelined request) stay in `buf`. Adds the bytes written to
+/// `dst`, framing included, to `written` as it goes, so a body cut short still counts
+/// what crossed; `opts.limit` applies to the body's data.
 async fn relay(
     src: &TcpStream,
     dst: &TcpStream,
     buf: &mut BytesMut,
     framing: Framing,
     opts: RelayOpts,
-) -> Result<u64, RelayError> {
+    written: &mut u64,
+) -> Result<(), RelayError> {
     let mut sent: u64 = 0;
-    let mut written: u64 = 0;
     let mut decoder = ChunkedDecoder::new();
     let mut remaining = match framing {
-        Framing::Empty => return Ok(0),
+        Framing::Empty => return Ok(()),
         Framing::Length(n) => n,
         Framing::Chunked | Framing::UntilClose => u64::MAX,
     };
@@ -778,16 +783,17 @@ async fn relay(
                 chunk
             };
             if !chunk.is_empty() {
-                written += chunk.len() as u64;
+                let len = chunk.len() as u64;
                 let (res, _) = write_all(dst, chunk, opts.write_timeout).await;
                 res.map_err(RelayError::Write)?;
+                *written += len;
             }
             if done {
-                return Ok(written);
+                return Ok(());
             }
         }
         match read_more(src, buf, opts.read_timeout).await {
-            Ok(0) if framing == Framing::UntilClose => return Ok(written),
+            Ok(0) if framing == Framing::UntilClose => return Ok(()),
             Ok(0) => return Err(RelayError::Eof),
             Ok(_) => {}
             Err(f) => return Err(RelayError::Read(f)),

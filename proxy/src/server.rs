@@ -306,6 +306,14 @@ impl Live {
                         Ok(None) | Err(_) => break,
                     }
                 }
+                if taken < opts.workers {
+                    tracing::warn!(
+                        generation,
+                        confirmed = taken,
+                        workers = opts.workers,
+                        "not every worker confirmed the new configuration within 5 s; the rest take it when they can"
+                    );
+                }
                 tracing::info!(generation, workers = taken, "configuration reloaded");
                 announce(&format!("reloaded generation={generation}"));
                 let _ = self.config.send(admin::Applied {

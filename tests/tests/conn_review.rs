@@ -419,3 +419,132 @@ fn during_the_drain_period_a_404_closes_its_connection_too() {
         let _ = gw.wait_exit(Duration::from_secs(10));
     })
 }
+
+// === Timeouts ===
+
+/// `upstreamResponseSeconds` is applied to each read of the response head, and interim
+/// responses are dropped and the loop goes on reading: an upstream that sends a 103 every
+/// so often never times out, however long the final response takes.
+#[test]
+fn interim_responses_do_not_extend_the_upstream_response_timeout() {
+    within(TEST_LIMIT, || {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                thread::spawn(move || {
+                    if read_request_head(&mut conn).is_none() {
+                        return;
+                    }
+                    let until = std::time::Instant::now() + Duration::from_secs(8);
+                    while std::time::Instant::now() < until {
+                        if conn.write_all(b"HTTP/1.1 103 Early Hints\r\n\r\n").is_err() {
+                            return;
+                        }
+                        thread::sleep(Duration::from_millis(300));
+                    }
+                    let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nlate");
+                });
+            }
+        });
+        let config = documents(&[
+            &simple_api(&format!("http://{addr}")),
+            &configuration("timeouts", "timeouts:\n  upstreamResponseSeconds: 1\n"),
+        ]);
+        let gw = Gateway::start(&[("api.yaml", &config)], &[]);
+        let started = std::time::Instant::now();
+        let resp = Client::connect(gw.addr("api")).get("/");
+        let elapsed = started.elapsed();
+        assert!(
+            resp.status == 504 && elapsed < Duration::from_secs(3),
+            "got {} after {elapsed:?} with a 1 s response timeout",
+            resp.status
+        );
+    })
+}
+
+/// Runs `exchange` on a fresh connection to a logging gateway in front of `upstream`,
+/// reads everything the gateway sends until it closes, and returns that and the
+/// exchange's access log line.
+fn logged_exchange(upstream: &str, exchange: impl FnOnce(&mut TcpStream)) -> (Vec<u8>, String) {
+    let logs = tempfile::tempdir().expect("log dir");
+    let config = documents(&[
+        &api_to("http://127.0.0.1:0/api", upstream, "/"),
+        &configuration("logs", &logging_to(logs.path())),
+    ]);
+    let mut gw = Gateway::start(&[("api.yaml", &config)], &[]);
+    let client = Client::connect(gw.addr("api"));
+    let mut stream = client.stream().try_clone().expect("clone");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    exchange(&mut stream);
+    let mut received = Vec::new();
+    let _ = stream.read_to_end(&mut received);
+    gw.terminate();
+    assert_eq!(gw.wait_exit(Duration::from_secs(10)).code(), Some(0));
+    let text = std::fs::read_to_string(logs.path().join("access.log")).expect("access log");
+    (received, text.lines().next().expect("a line").to_string())
+}
+
+fn number_field(line: &str, name: &str) -> u64 {
+    let at = line.find(&format!("\"{name}\":")).expect(name) + name.len() + 3;
+    line[at..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .and_then(|n| n.parse().ok())
+        .expect("a number")
+}
+
+/// `bytes_out` is "bytes written to the client for this exchange"; the `100 Continue` the
+/// gateway writes is not counted.
+#[test]
+fn access_log_counts_the_100_continue_it_sent() {
+    within(TEST_LIMIT, || {
+        let origin = Origin::ok("fine");
+        let (received, line) = logged_exchange(&origin.url(), |stream| {
+            stream
+                .write_all(
+                    b"POST /api/up HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\
+                      Expect: 100-continue\r\nContent-Length: 5\r\n\r\n",
+                )
+                .expect("send head");
+            let interim = read_raw_head(stream);
+            assert!(interim.starts_with("HTTP/1.1 100"), "{interim:?}");
+            stream.write_all(b"hello").expect("send body");
+        });
+        let total = received.len() as u64 + "HTTP/1.1 100 Continue\r\n\r\n".len() as u64;
+        assert_eq!(number_field(&line, "bytes_out"), total, "{line}");
+    })
+}
+
+/// A response cut short by the upstream still wrote its head and part of its body to
+/// the client; `bytes_out` only counts the head (the relay's count is dropped with its
+/// error).
+#[test]
+fn access_log_counts_a_response_cut_short() {
+    within(TEST_LIMIT, || {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        thread::spawn(move || {
+            if let Ok((mut conn, _)) = listener.accept() {
+                let _ = read_request_head(&mut conn);
+                let mut out = b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n".to_vec();
+                out.extend(std::iter::repeat_n(b'x', 40_000));
+                let _ = conn.write_all(&out);
+            }
+        });
+        let (received, line) = logged_exchange(&format!("http://{addr}"), |stream| {
+            stream
+                .write_all(b"GET /api/big HTTP/1.1\r\nHost: a\r\n\r\n")
+                .expect("send");
+        });
+        assert!(received.len() > 40_000, "{}", received.len());
+        assert_eq!(
+            number_field(&line, "bytes_out"),
+            received.len() as u64,
+            "{line}"
+        );
+    })
+}
