@@ -160,22 +160,6 @@ impl ConnectionRate {
     }
 }
 
-impl RateKey {
-    /// The address whose bucket `ip` draws from: `ip` itself for [`RateKey::Source`], the
-    /// network address of its /24 (IPv4) or /64 (IPv6) for [`RateKey::Prefix`]. IPv4-mapped
-    /// IPv6 addresses count as IPv4.
-    pub fn bucket(self, ip: IpAddr) -> IpAddr {
-        let ip = ip.to_canonical();
-        match self {
-            RateKey::Source => ip,
-            RateKey::Prefix => {
-                let len = if ip.is_ipv4() { 24 } else { 64 };
-                IpNet::new(ip, len).map_or(ip, |net| net.network())
-            }
-        }
-    }
-}
-
 /// Whether a DataWeave `ipExpression` names the connection's peer address, the one thing a
 /// connection-level policy can read: `#[attributes.remoteAddress]` (spaces inside the brackets
 /// allowed). Flex's DataWeave reference lists `attributes.remoteAddress` for this, and no
@@ -519,17 +503,6 @@ mod tests {
         assert_eq!(
             (rate.per_second, rate.burst, rate.key),
             (10, 40, RateKey::Prefix)
-        );
-
-        assert_eq!(RateKey::Source.bucket(ip("192.0.2.77")), ip("192.0.2.77"));
-        assert_eq!(RateKey::Prefix.bucket(ip("192.0.2.77")), ip("192.0.2.0"));
-        assert_eq!(
-            RateKey::Prefix.bucket(ip("::ffff:192.0.2.77")),
-            ip("192.0.2.0")
-        );
-        assert_eq!(
-            RateKey::Prefix.bucket(ip("2001:db8:1:2:3:4:5:6")),
-            ip("2001:db8:1:2::")
         );
     }
 

@@ -45,19 +45,6 @@ impl ApiInstance {
             None
         }
     }
-
-    /// The first route matching the request (`path` after [`Self::strip_base`]).
-    pub fn route<'h>(
-        &self,
-        method: &str,
-        path: &str,
-        host: Option<&str>,
-        header: impl Fn(&str) -> Option<&'h str>,
-    ) -> Option<&Route> {
-        self.routes
-            .iter()
-            .find(|route| route.matches(method, path, host, &header))
-    }
 }
 
 /// A way from an ApiInstance to an upstream.

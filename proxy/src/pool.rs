@@ -77,10 +77,6 @@ impl Pool {
         }
         idle.retain(|_, list| !list.is_empty());
     }
-
-    pub fn idle_count(&self) -> usize {
-        self.idle.borrow().values().map(Vec::len).sum()
-    }
 }
 
 /// Whether an idle upstream connection is still open and silent. Costs one syscall;
