@@ -200,7 +200,7 @@ async fn phases(c: &mut Client, listener: &ListenerHandle, w: &Worker) -> Next {
                 Err(r) => {
                     // The gateway's own answers close too while draining or once the
                     // listener is gone, as forwarded responses do.
-                    let close = r.close || w.closes_connections() || listener.is_closed();
+                    let close = r.close || winding_down(w, listener);
                     return refuse(c, w, &r.error, r.is_head, close).await;
                 }
             }
@@ -249,10 +249,7 @@ async fn phases(c: &mut Client, listener: &ListenerHandle, w: &Worker) -> Next {
             if let Some(m) = gateway.metrics.route(plan.api, plan.route) {
                 m.upstream.failed(&e);
             }
-            let close = !body_consumed
-                || !plan.keep_alive
-                || w.closes_connections()
-                || listener.is_closed();
+            let close = !body_consumed || !plan.keep_alive || winding_down(w, listener);
             refuse(c, w, &e, plan.is_head, close).await
         }
         Err(Failure::AfterResponse(e)) => {
@@ -263,6 +260,12 @@ async fn phases(c: &mut Client, listener: &ListenerHandle, w: &Worker) -> Next {
             Next::Close
         }
     }
+}
+
+/// The gateway wants this connection to end after its current response: the drain
+/// period has begun, or a reload removed the listener it came in on.
+fn winding_down(w: &Worker, listener: &ListenerHandle) -> bool {
+    w.closes_connections() || listener.is_closed()
 }
 
 /// A request the gateway answers itself.
@@ -445,7 +448,7 @@ async fn forward(
         // === Phase: response head ===
         // `c.out` still holds the request head, for a replay; the client head
         // replaces it once a response head arrives.
-        let draining = w.closes_connections() || listener.is_closed();
+        let draining = winding_down(w, listener);
         match read_response_head(
             &mut up,
             plan,
