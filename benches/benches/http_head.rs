@@ -54,6 +54,8 @@ fn parse_and_rewrite(c: &mut Criterion) {
                             upstream_authority: "127.0.0.1:9000",
                             peer: std::net::IpAddr::from([127, 0, 0, 1]),
                             scheme: "http",
+                            extra: b"",
+                            strip: &request::keep_all,
                         },
                         &mut out,
                     );

@@ -4,8 +4,9 @@
 //! `ip-blocklist-flex`, `ip-allowlist-flex` and Ringwall's `connection-rate-limit` are read here
 //! into a [`ConnectionPolicy`]; [`crate::snapshot`] folds an ApiInstance's into its
 //! [`ConnectionRules`] and checks that whatever shares a listener (or, since the kernel keys by
-//! destination port, a port) agrees on them. Only what the peer address decides is accepted: an
-//! `ipExpression` on a header, or `rules` on paths, need the request, which the kernel never sees.
+//! destination port, a port) agrees on them. An IP list whose `ipExpression` reads the request
+//! (a header), or whose `rules` select some requests, is enforced per request by the proxy
+//! instead: see [`per_request_ip_policy`].
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -193,28 +194,27 @@ pub(crate) fn parse_connection_policy(
     scope: &mut Scope<'_>,
 ) -> Option<ConnectionPolicy> {
     match name {
-        BLOCKLIST => ip_list(name, config, path, scope).map(ConnectionPolicy::Deny),
-        ALLOWLIST => ip_list(name, config, path, scope).map(ConnectionPolicy::Allow),
+        BLOCKLIST => ip_list(config, path, scope).map(ConnectionPolicy::Deny),
+        ALLOWLIST => ip_list(config, path, scope).map(ConnectionPolicy::Allow),
         _ => rate(config, path, scope).map(ConnectionPolicy::Rate),
     }
 }
 
-/// `ips` and `ipExpression` of `ip-blocklist-flex` / `ip-allowlist-flex`.
-fn ip_list(name: &str, config: &Node, path: &str, scope: &mut Scope<'_>) -> Option<Vec<IpNet>> {
+/// Whether an IP list policy needs the request: its `ipExpression` reads something other than
+/// the peer address, or `rules` limit it to some requests. Such a policy is the proxy's.
+pub(crate) fn per_request_ip_policy(name: &str, config: &Node, has_rules: bool) -> bool {
+    if name != BLOCKLIST && name != ALLOWLIST {
+        return false;
+    }
+    let expression = config.get("ipExpression").filter(|n| !n.is_null());
+    has_rules
+        || expression.is_some_and(|e| !e.as_str().is_some_and(peer_expression_is_remote_address))
+}
+
+/// `ips` and `ipExpression` of `ip-blocklist-flex` / `ip-allowlist-flex` on the peer address
+/// (any other `ipExpression` made it a per-request policy).
+fn ip_list(config: &Node, path: &str, scope: &mut Scope<'_>) -> Option<Vec<IpNet>> {
     let fields = scope.map(config, path, &["ips", "ipExpression"])?;
-    let expression_ok = fields.get("ipExpression").is_none_or(|node| {
-        let field = fields.path_of("ipExpression");
-        let Some(expr) = scope.str(node, &field) else {
-            return false;
-        };
-        match expression_error(name, expr) {
-            None => true,
-            Some(message) => {
-                scope.error(node.line, &field, message);
-                false
-            }
-        }
-    });
 
     let ips = scope.require(&fields, "ips").and_then(|node| {
         let ips_path = fields.path_of("ips");
@@ -235,41 +235,12 @@ fn ip_list(name: &str, config: &Node, path: &str, scope: &mut Scope<'_>) -> Opti
         }
         ok.then_some(nets)
     });
-    if !expression_ok {
-        return None;
-    }
     ips
-}
-
-/// Why `expr` cannot be enforced on a connection, `None` when it can.
-fn expression_error(name: &str, expr: &str) -> Option<String> {
-    if peer_expression_is_remote_address(expr) {
-        return None;
-    }
-    let body = dataweave_body(expr).unwrap_or(expr);
-    let message = if body.contains("attributes.headers") {
-        format!(
-            "{name} with an ipExpression on a header is enforced per request, which is not \
-             supported yet; leave `ipExpression` out (or write `#[attributes.remoteAddress]`) to \
-             match the connection's peer address"
-        )
-    } else if body == "attributes.source.ip" {
-        format!(
-            "`{expr}` is not an attribute Flex defines; the connection's peer address is \
-             `#[attributes.remoteAddress]`"
-        )
-    } else {
-        format!(
-            "unsupported ipExpression `{expr}`; expected `#[attributes.remoteAddress]` (the \
-             connection's peer address, also the default when `ipExpression` is left out)"
-        )
-    };
-    Some(message)
 }
 
 /// One `ips` entry, reporting at its line what was expected. Host bits beyond the prefix are
 /// cleared, with a warning.
-fn ip_entry(node: &Node, path: &str, scope: &mut Scope<'_>) -> Option<IpNet> {
+pub fn ip_entry(node: &Node, path: &str, scope: &mut Scope<'_>) -> Option<IpNet> {
     let Some(text) = node.as_str() else {
         // `- 192.160` reads as a number: likely a partial address, see `parse_ip_entry`.
         let what = "an IP address or CIDR as a string, such as `10.0.0.1` or `10.0.0.0/8`";
@@ -399,6 +370,7 @@ fn rate(config: &Node, path: &str, scope: &mut Scope<'_>) -> Option<ConnectionRa
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::node::Value;
 
     fn net(s: &str) -> IpNet {
         s.parse().expect("net")
@@ -524,21 +496,21 @@ mod tests {
             "#[attributes.source.ip]"
         ));
 
-        let header = expression_error(BLOCKLIST, "#[attributes.headers['x-forwarded-for']]");
-        let split = expression_error(
-            ALLOWLIST,
-            "#[(attributes.headers['x-forwarded-for'] splitBy ',')[0]]",
-        );
-        assert!(header.is_some_and(|m| m.starts_with(
-            "ip-blocklist-flex with an ipExpression on a header is enforced per request, which \
-             is not supported yet"
-        )));
-        assert!(split.is_some_and(|m| m.starts_with("ip-allowlist-flex with an ipExpression")));
-        assert!(expression_error(BLOCKLIST, "#[attributes.source.ip]")
-            .is_some_and(|m| m.contains("not an attribute Flex defines")));
-        assert!(
-            expression_error(BLOCKLIST, "#[attributes.queryParams['ip']]")
-                .is_some_and(|m| m.starts_with("unsupported ipExpression"))
-        );
+        let config = |expr: &str| {
+            let entries = vec![(
+                "ipExpression".to_owned(),
+                Node::new(1, Value::Str(expr.into())),
+            )];
+            Node::new(1, Value::Map(entries))
+        };
+        let empty = Node::new(1, Value::Map(Vec::new()));
+        let header = config("#[attributes.headers['x-forwarded-for']]");
+        let peer = config("#[attributes.remoteAddress]");
+        assert!(per_request_ip_policy(BLOCKLIST, &header, false));
+        assert!(per_request_ip_policy(ALLOWLIST, &header, false));
+        assert!(!per_request_ip_policy(BLOCKLIST, &peer, false));
+        assert!(!per_request_ip_policy(BLOCKLIST, &empty, false));
+        assert!(per_request_ip_policy(BLOCKLIST, &empty, true));
+        assert!(!per_request_ip_policy(RATE_LIMIT, &header, true));
     }
 }

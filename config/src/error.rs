@@ -68,13 +68,16 @@ impl std::error::Error for LoadErrors {}
 
 /// Errors and warnings gathered over a whole load.
 #[derive(Debug, Default)]
-pub(crate) struct Diagnostics {
+pub struct Diagnostics {
     pub errors: Vec<ConfigError>,
     pub warnings: Vec<ConfigError>,
 }
 
 /// Where the loader is reading: a file and, once known, a resource.
-pub(crate) struct Scope<'a> {
+///
+/// Public so that the proxy reads each policy's `config` with the same checked accessors and
+/// the same `file:line: Kind/name: field: message` errors, see [`Scope::for_policy`].
+pub struct Scope<'a> {
     pub diag: &'a mut Diagnostics,
     pub file: &'a str,
     pub resource: Option<String>,
@@ -86,6 +89,15 @@ impl<'a> Scope<'a> {
             diag,
             file,
             resource: None,
+        }
+    }
+
+    /// Reading the `config` of `policy`: errors carry its file and its resource.
+    pub fn for_policy(diag: &'a mut Diagnostics, policy: &'a crate::Policy) -> Self {
+        Scope {
+            diag,
+            file: &policy.file,
+            resource: Some(policy.resource.clone()),
         }
     }
 
@@ -112,7 +124,7 @@ impl<'a> Scope<'a> {
 }
 
 /// `parent.key`, or `key` at the top of a resource.
-pub(crate) fn child(parent: &str, key: &str) -> String {
+pub fn child(parent: &str, key: &str) -> String {
     if parent.is_empty() {
         key.to_owned()
     } else {
@@ -121,12 +133,12 @@ pub(crate) fn child(parent: &str, key: &str) -> String {
 }
 
 /// `parent[i]`.
-pub(crate) fn item(parent: &str, i: usize) -> String {
+pub fn item(parent: &str, i: usize) -> String {
     format!("{parent}[{i}]")
 }
 
 /// The candidate closest to `word` by edit distance, when it is close enough to be a likely typo.
-pub(crate) fn did_you_mean<'c>(
+pub fn did_you_mean<'c>(
     word: &str,
     candidates: impl IntoIterator<Item = &'c str>,
 ) -> Option<&'c str> {

@@ -28,14 +28,16 @@ mod tests;
 use std::fs;
 use std::path::Path;
 
-pub use connection::{peer_expression_is_remote_address, ConnectionRate, ConnectionRules, RateKey};
-pub use error::{ConfigError, LoadErrors};
+pub use connection::{
+    ip_entry, peer_expression_is_remote_address, ConnectionRate, ConnectionRules, RateKey,
+};
+pub use error::{child, did_you_mean, item, ConfigError, Diagnostics, LoadErrors, Scope};
 /// Re-exported so users of [`ConnectionRules`] need no dependency of their own.
 pub use ipnet::IpNet;
 pub use logging::{AccessLogs, LogLevel, LogOutput, LogOutputKind, Logging, RuntimeLogs};
 pub use model::{upstream_path, ApiInstance, Policy, Route, Upstream};
-pub use node::{Node, Value};
-pub use policy::{policy_status, PolicyStatus, POLICIES};
+pub use node::{Fields, Node, Value};
+pub use policy::{is_known_policy, POLICIES};
 pub use rules::Rule;
 pub use settings::{Limits, Settings, Timeouts};
 pub use snapshot::{Snapshot, Summary};
@@ -43,7 +45,6 @@ pub use storage::{Redis, RedisTls, Secret, Sentinel, SharedStorage};
 pub use view::{is_secret_key, is_secret_pair, REDACTED};
 
 use address::system_resolve;
-use error::{Diagnostics, Scope};
 use resources::{Environment, Resources};
 
 /// Loads every `*.yaml` / `*.yml` file of `dir` (not its subdirectories, nor hidden files such

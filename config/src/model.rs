@@ -110,7 +110,15 @@ pub struct Policy {
     #[serde(serialize_with = "crate::view::redacted")]
     pub config: Node,
     pub file: String,
+    /// The line of `policyRef.name`.
     pub line: usize,
+    /// `PolicyBinding/name`, or `ApiInstance/name` for an inline policy: where errors about
+    /// its `config` are reported.
+    #[serde(skip)]
+    pub resource: String,
+    /// The dotted path of `config` in that resource (`spec.config`, `spec.policies[0].config`).
+    #[serde(skip)]
+    pub config_path: String,
 }
 
 impl Policy {

@@ -110,7 +110,7 @@ impl Node {
 }
 
 /// A mapping whose keys have been checked against the accepted ones.
-pub(crate) struct Fields<'n> {
+pub struct Fields<'n> {
     pub path: String,
     pub line: usize,
     entries: &'n [(String, Node)],

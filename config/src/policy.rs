@@ -1,64 +1,54 @@
-//! The policy registry, and reading one policy (bound or inline) into a [`PolicySpec`].
+//! Known policy names, and reading one policy (bound or inline) into a [`PolicySpec`].
 //!
-//! A gateway must never silently ignore a security policy, so every Flex policy name is listed
-//! in [`POLICIES`] with its status: a recognised policy that this version does not enforce
-//! fails validation instead of being skipped. Implementing a policy means flipping its entry to
-//! [`PolicyStatus::Implemented`] (and, when its `config` needs checking at load, adding a case to
-//! [`check_config`]).
+//! The loader interprets the policies that shape the model itself: `route` and
+//! `route-weighted` become routes, and IP lists and `connection-rate-limit` on the peer address
+//! become [`crate::ConnectionRules`]. Every other known policy is handed to the proxy as a
+//! [`crate::Policy`] with its `config` block; the proxy's policy registry checks that `config`
+//! and refuses, at load, a policy it does not enforce, so a security policy is never silently
+//! skipped. A name not in [`POLICIES`] is an unknown policy, reported here with a hint.
 
 use crate::address::destination_path;
-use crate::connection::{is_connection_policy, parse_connection_policy, ConnectionPolicy};
+use crate::connection::{
+    is_connection_policy, parse_connection_policy, per_request_ip_policy, ConnectionPolicy,
+};
 use crate::error::{child, did_you_mean, Scope};
 use crate::node::{Fields, Node, Value};
 use crate::rules::{parse_rules, Rule};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PolicyStatus {
-    /// Loaded and enforced.
-    Implemented,
-    /// A known Flex (or Ringwall) policy that this version cannot enforce yet: a load error.
-    NotEnforced,
-}
-
-use PolicyStatus::{Implemented, NotEnforced};
-
-/// Every policy name Ringwall knows, by `policyRef.name`.
-pub const POLICIES: &[(&str, PolicyStatus)] = &[
-    ("route", Implemented),
-    ("route-weighted", Implemented),
-    ("rate-limiting-flex", NotEnforced),
-    ("spike-control-flex", NotEnforced),
-    ("ip-allowlist-flex", Implemented),
-    ("ip-blocklist-flex", Implemented),
-    ("http-basic-authentication-flex", NotEnforced),
-    ("jwt-validation-flex", NotEnforced),
-    ("cors-flex", NotEnforced),
-    ("header-injection-flex", NotEnforced),
-    ("header-removal-flex", NotEnforced),
-    ("message-logging-flex", NotEnforced),
-    ("response-timeout-flex", NotEnforced),
-    ("idle-timeout-flex", NotEnforced),
-    ("stream-idle-timeout-flex", NotEnforced),
-    ("circuit-breaker-flex", NotEnforced),
-    ("http-caching-flex", NotEnforced),
-    ("tls", NotEnforced),
-    ("tls-outbound", NotEnforced),
-    ("json-threat-protection-flex", NotEnforced),
-    ("spec-validation-flex", NotEnforced),
-    ("oauth2-token-introspection-flex", NotEnforced),
-    ("ldap-authentication-flex", NotEnforced),
-    ("native-ext-authz-flex", NotEnforced),
+/// Every policy name Ringwall knows, by `policyRef.name`: Flex's, then Ringwall's own.
+pub const POLICIES: &[&str] = &[
+    "route",
+    "route-weighted",
+    "rate-limiting-flex",
+    "spike-control-flex",
+    "ip-allowlist-flex",
+    "ip-blocklist-flex",
+    "http-basic-authentication-flex",
+    "jwt-validation-flex",
+    "cors-flex",
+    "header-injection-flex",
+    "header-removal-flex",
+    "message-logging-flex",
+    "response-timeout-flex",
+    "idle-timeout-flex",
+    "stream-idle-timeout-flex",
+    "circuit-breaker-flex",
+    "http-caching-flex",
+    "tls",
+    "tls-outbound",
+    "json-threat-protection-flex",
+    "spec-validation-flex",
+    "oauth2-token-introspection-flex",
+    "ldap-authentication-flex",
+    "native-ext-authz-flex",
     // Ringwall's own.
-    ("connection-rate-limit", Implemented),
-    ("client-id-enforcement", NotEnforced),
+    "connection-rate-limit",
+    "client-id-enforcement",
 ];
 
-/// The status of a policy name, `None` when it is not a policy Ringwall knows.
-pub fn policy_status(name: &str) -> Option<PolicyStatus> {
-    POLICIES
-        .iter()
-        .find(|(known, _)| *known == name)
-        .map(|&(_, status)| status)
+/// Whether `name` is a policy Ringwall knows (enforced or not).
+pub fn is_known_policy(name: &str) -> bool {
+    POLICIES.contains(&name)
 }
 
 /// Runs first whatever its `order`: a preflight must be answered before anything rejects it.
@@ -77,6 +67,8 @@ pub(crate) struct PolicySpec {
     /// The line and field path of `policyRef.name`.
     pub line: usize,
     pub name_field: String,
+    /// The dotted path of `config`.
+    pub config_path: String,
     pub kind: PolicyKind,
 }
 
@@ -117,32 +109,15 @@ pub(crate) fn parse_policy(
         .get("rules")
         .map(|n| parse_rules(n, &fields.path_of("rules"), scope));
     let name_path = child(&fields.path_of("policyRef"), "name");
-    match policy_status(&name) {
-        Some(Implemented) => {}
-        Some(NotEnforced) => {
-            let message = format!(
-                "policy `{name}` is recognised but not enforced by this version of Ringwall yet"
-            );
-            scope.error(name_line, &name_path, message);
-            return None;
-        }
-        None => {
-            scope.error(name_line, &name_path, unknown_policy(&name));
-            return None;
-        }
+    if !is_known_policy(&name) {
+        scope.error(name_line, &name_path, unknown_policy(&name));
+        return None;
     }
-    // The kernel sees addresses and ports, never a path: a connection-level policy cannot apply
-    // to some requests only. `rules: []` means all of them.
-    if let Some(node) = fields.get("rules") {
-        if is_connection_policy(&name) && node.as_seq().is_some_and(|r| !r.is_empty()) {
-            let message = format!(
-                "{name} applies to whole connections; its `rules` need per-request enforcement, \
-                 which is not supported yet"
-            );
-            scope.error(node.line, &fields.path_of("rules"), message);
-            return None;
-        }
-    }
+    // `rules: []` means every request.
+    let rules_node = fields
+        .get("rules")
+        .filter(|node| node.as_seq().is_some_and(|r| !r.is_empty()));
+    let has_rules = rules_node.is_some();
 
     let config_path = fields.path_of("config");
     let mut config = fields
@@ -156,7 +131,15 @@ pub(crate) fn parse_policy(
     if !crate::env::substitute(&mut config, &config_path, var, scope) {
         return None;
     }
-    let kind = check_config(&name, &config, &config_path, scope)?;
+    if let Some(node) = rules_node {
+        if is_connection_policy(&name) && !per_request_ip_policy(&name, &config, true) {
+            let message =
+                format!("{name} applies to whole connections and cannot be limited by `rules`");
+            scope.error(node.line, &fields.path_of("rules"), message);
+            return None;
+        }
+    }
+    let kind = check_config(&name, &config, &config_path, has_rules, scope)?;
     Some(PolicySpec {
         name,
         order: order?,
@@ -164,6 +147,7 @@ pub(crate) fn parse_policy(
         config,
         line: name_line,
         name_field: name_path,
+        config_path,
         kind,
     })
 }
@@ -181,12 +165,12 @@ fn policy_ref(fields: &Fields<'_>, scope: &mut Scope<'_>) -> Option<(String, usi
 }
 
 fn unknown_policy(name: &str) -> String {
-    let known = POLICIES.iter().map(|&(n, _)| n);
+    let known = POLICIES.iter().copied();
     // Mule 4 names (`rate-limiting`, `cors`) became `*-flex` in Flex.
     let flex = format!("{name}-flex");
     let hint = POLICIES
         .iter()
-        .map(|&(n, _)| n)
+        .copied()
         .find(|&n| n == flex)
         .or_else(|| did_you_mean(name, known));
     match hint {
@@ -195,16 +179,21 @@ fn unknown_policy(name: &str) -> String {
     }
 }
 
-/// Checks the `config` of the implemented policies that need it; `None` when invalid.
+/// Checks the `config` of the policies the loader interprets; `None` when invalid. The others
+/// are the proxy's to check.
 fn check_config(
     name: &str,
     config: &Node,
     path: &str,
+    has_rules: bool,
     scope: &mut Scope<'_>,
 ) -> Option<PolicyKind> {
     match name {
         "route" => route_config(config, path, false, scope).map(PolicyKind::Route),
         "route-weighted" => route_config(config, path, true, scope).map(PolicyKind::Route),
+        // An IP list on a header, or for some requests only, needs the request: the kernel sees
+        // addresses and ports, never a path.
+        _ if per_request_ip_policy(name, config, has_rules) => Some(PolicyKind::PerRequest),
         _ if is_connection_policy(name) => {
             parse_connection_policy(name, config, path, scope).map(PolicyKind::Connection)
         }
@@ -285,42 +274,12 @@ mod tests {
 
     #[test]
     fn the_registry_has_each_name_once() {
-        for (i, (name, _)) in POLICIES.iter().enumerate() {
-            assert!(
-                POLICIES[i + 1..].iter().all(|(other, _)| other != name),
-                "{name} listed twice"
-            );
+        for (i, name) in POLICIES.iter().enumerate() {
+            assert!(!POLICIES[i + 1..].contains(name), "{name} listed twice");
         }
-        assert_eq!(policy_status("route"), Some(Implemented));
-        assert_eq!(policy_status("rate-limiting-flex"), Some(NotEnforced));
-        assert_eq!(policy_status("client-id-enforcement"), Some(NotEnforced));
-        for name in [
-            "ip-allowlist-flex",
-            "ip-blocklist-flex",
-            "connection-rate-limit",
-        ] {
-            assert_eq!(policy_status(name), Some(Implemented), "{name}");
-            assert!(is_connection_policy(name));
-        }
-        assert_eq!(policy_status("nope"), None);
-    }
-
-    #[test]
-    fn the_readme_status_table_matches_the_registry() {
-        let readme = include_str!("../README.md");
-        let table = readme
-            .split_once("## Policy status")
-            .map_or("", |(_, rest)| rest);
-        for &(name, status) in POLICIES {
-            let row = table
-                .lines()
-                .find(|line| line.starts_with("| ") && line.contains(&format!("`{name}`")));
-            let Some(row) = row else {
-                panic!("{name} is missing from the README's status table");
-            };
-            let implemented = row.contains("| implemented");
-            assert_eq!(implemented, status == Implemented, "{name}: {row}");
-        }
+        assert!(is_known_policy("route"));
+        assert!(is_known_policy("client-id-enforcement"));
+        assert!(!is_known_policy("nope"));
     }
 
     #[test]

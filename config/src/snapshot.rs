@@ -396,6 +396,8 @@ fn policy(binding: String, meta: &Meta, spec: PolicySpec) -> Policy {
         config: spec.config,
         file: meta.file.clone(),
         line: spec.line,
+        resource: meta.label(),
+        config_path: spec.config_path,
     }
 }
 

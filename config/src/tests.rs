@@ -230,61 +230,41 @@ fn flex_example_loads() {
 }
 
 #[test]
-fn flex_example_rate_limiting_is_not_enforced_yet() {
-    let errors = errors(&[
+fn flex_example_rate_limiting_is_handed_to_the_proxy() {
+    let snapshot = ok(&[
         ("a.yaml", FLEX_API),
         ("b.yaml", FLEX_RATE_LIMIT),
         ("c.yaml", FLEX_CONFIGURATION),
     ]);
-    assert_eq!(errors.len(), 1, "{errors:#?}");
-    assert_eq!(
-        errors[0].to_string(),
-        format!(
-            "b.yaml:{}: PolicyBinding/ingress-http-limit: spec.policyRef.name: policy \
-             `rate-limiting-flex` is recognised but not enforced by this version of Ringwall yet",
-            line_of(FLEX_RATE_LIMIT, "rate-limiting-flex")
-        )
-    );
+    let policy = &snapshot.apis[0].policies[0];
+    assert_eq!(policy.name, "rate-limiting-flex");
+    assert_eq!(policy.resource, "PolicyBinding/ingress-http-limit");
+    assert_eq!(policy.config_path, "spec.config");
+    assert_eq!(policy.file, "b.yaml");
+    assert_eq!(policy.line, line_of(FLEX_RATE_LIMIT, "rate-limiting-flex"));
 }
 
 #[test]
-fn every_recognised_policy_but_the_implemented_ones_is_refused() {
-    let implemented = [
+fn every_known_policy_the_loader_does_not_interpret_reaches_the_proxy() {
+    let interpreted = [
         "route",
         "route-weighted",
         "ip-allowlist-flex",
         "ip-blocklist-flex",
         "connection-rate-limit",
     ];
-    for &(name, status) in POLICIES {
+    for &name in POLICIES.iter().filter(|n| !interpreted.contains(n)) {
         let binding = format!(
             "{HEADER}kind: PolicyBinding\nmetadata:\n  name: b\nspec:\n  targetRef:\n    name: a\n  \
              policyRef:\n    name: {name}\n"
         );
-        let result = load(&[
+        let snapshot = ok(&[
             ("a.yaml", &api("a", "http://127.0.0.1:0")),
             ("b.yaml", &binding),
         ]);
-        match status {
-            // Without `config` they fail, but for a missing field.
-            PolicyStatus::Implemented => {
-                assert!(implemented.contains(&name), "{name}");
-                let errors = result.map_or_else(|e| e.0, |_| Vec::new());
-                assert!(
-                    errors
-                        .iter()
-                        .all(|e| e.message.contains("missing required field")),
-                    "{name}: {errors:?}"
-                );
-            }
-            PolicyStatus::NotEnforced => {
-                let errors = result.expect_err(name).0;
-                assert!(
-                    errors[0].message.contains("not enforced"),
-                    "{name}: {errors:?}"
-                );
-            }
-        }
+        let policies = &snapshot.apis[0].policies;
+        assert_eq!(policies.len(), 1, "{name}");
+        assert_eq!(policies[0].name, name);
     }
 }
 
@@ -657,67 +637,44 @@ fn ip_list_errors_are_located() {
 }
 
 #[test]
-fn what_needs_the_request_is_refused() {
+fn ip_lists_that_need_the_request_are_per_request_policies() {
     let header = binding(
         "b",
         "a",
         "ip-blocklist-flex",
         "  config:\n    ips: [10.0.0.1]\n    ipExpression: \"#[attributes.headers['x-forwarded-for']]\"\n",
     );
-    let e = policy_error(&header);
-    assert_eq!(e.line, line_of(&header, "ipExpression"));
-    assert_eq!(e.field.as_deref(), Some("spec.config.ipExpression"));
-    assert!(
-        e.message.starts_with(
-            "ip-blocklist-flex with an ipExpression on a header is enforced per request, which \
-             is not supported yet"
-        ),
-        "{e}"
-    );
-
-    let split = header.replace(
-        "#[attributes.headers['x-forwarded-for']]",
-        "#[(attributes.headers['x-forwarded-for'] splitBy ',')[0]]",
-    );
-    assert!(policy_error(&split)
-        .message
-        .contains("on a header is enforced per request"));
-
-    let source_ip = header.replace(
-        "attributes.headers['x-forwarded-for']",
-        "attributes.source.ip",
-    );
-    assert_eq!(
-        policy_error(&source_ip).message,
-        "`#[attributes.source.ip]` is not an attribute Flex defines; the connection's peer \
-         address is `#[attributes.remoteAddress]`"
-    );
-
     let rules = binding(
         "b",
         "a",
         "ip-allowlist-flex",
         "  rules:\n    - path: /admin/.*\n  config:\n    ips: [10.0.0.1]\n",
     );
-    let e = policy_error(&rules);
-    assert_eq!(
-        (e.line, e.field.as_deref()),
-        (line_of(&rules, "rules:"), Some("spec.rules"))
-    );
-    assert_eq!(
-        e.message,
-        "ip-allowlist-flex applies to whole connections; its `rules` need per-request \
-         enforcement, which is not supported yet"
-    );
+    for policy in [header, rules] {
+        let snapshot = ok(&[
+            ("a.yaml", &api("a", "http://127.0.0.1:0")),
+            ("b.yaml", &policy),
+        ]);
+        let a = &snapshot.apis[0];
+        assert!(a.connection_rules.is_empty(), "{policy}");
+        assert_eq!(a.policies.len(), 1, "{policy}");
+    }
+
     let rate_rules = binding(
         "r",
         "a",
         "connection-rate-limit",
         "  rules:\n    - methods: GET\n  config:\n    connectionsPerSecond: 5\n",
     );
-    assert!(policy_error(&rate_rules)
-        .message
-        .starts_with("connection-rate-limit applies to whole connections"));
+    let e = policy_error(&rate_rules);
+    assert_eq!(
+        (e.line, e.field.as_deref(), e.message.as_str()),
+        (
+            line_of(&rate_rules, "rules:"),
+            Some("spec.rules"),
+            "connection-rate-limit applies to whole connections and cannot be limited by `rules`"
+        )
+    );
 }
 
 #[test]
@@ -1472,6 +1429,8 @@ fn policy_config_is_redacted_when_serialised() {
         ),
         file: "p.yaml".into(),
         line: 1,
+        resource: "PolicyBinding/basic".into(),
+        config_path: "spec.config".into(),
     };
     let json = serde_json::to_value(&policy).expect("serialises");
     assert_eq!(

@@ -1,7 +1,7 @@
 //! One client connection, top to bottom. Every exchange runs the same phases in this
-//! order: read the request head → route → upstream (pool or connect, write the head,
-//! stream the body) → read the response head → write it → stream the response body →
-//! keep-alive or close. Bodies move in the buffers they were read into; the only bytes
+//! order: read the request head → route → policies (request phase) → upstream (pool or
+//! connect, write the head, stream the body) → read the response head → policies
+//! (response phase) → write it → stream the response body → log → keep-alive or close. Bodies move in the buffers they were read into; the only bytes
 //! copied are the rewritten heads (and small bodies coalesced with their head into a
 //! single write).
 
@@ -24,6 +24,7 @@ use crate::http::request::{self, Forward};
 use crate::http::response::{self, ToClient};
 use crate::http::{write_local_response, Framing, CONTINUE};
 use crate::metrics::MethodClass;
+use crate::policy::{Chain, HeaderLines, Hold, Overrides, RequestCx, ResponseCx, Stop, Verdict};
 use crate::pool::{still_open, UpstreamConn};
 use crate::worker::{ListenerHandle, Worker};
 
@@ -49,6 +50,10 @@ struct Client {
     /// The request's method then its target, for the log phase (reused, so logging
     /// allocates nothing once warm).
     meta: String,
+    /// Header lines the policies add to the upstream request and to the client's
+    /// response, reused across exchanges.
+    up_headers: HeaderLines,
+    client_headers: HeaderLines,
 }
 
 /// What the log phase records about one exchange (metrics, and the access log when one
@@ -72,6 +77,8 @@ struct Record {
     route: Option<usize>,
     /// Where the method ends and the target begins in `Client::meta`.
     method_len: usize,
+    /// The policy (an index in the api's chain) that refused the request.
+    rejected_by: Option<usize>,
 }
 
 /// What happens to the client connection after an exchange.
@@ -87,6 +94,9 @@ enum Next {
 struct Plan {
     api: usize,
     route: usize,
+    /// The policies that applied to the request (a mask of chain indices).
+    applied: u64,
+    overrides: Overrides,
     framing: Framing,
     keep_alive: bool,
     http10: bool,
@@ -111,6 +121,8 @@ pub(crate) async fn serve(
         out: BytesMut::with_capacity(BUF_SIZE),
         rec: Record::default(),
         meta: String::new(),
+        up_headers: HeaderLines::default(),
+        client_headers: HeaderLines::default(),
     };
     loop {
         match exchange(&mut client, &listener, &worker).await {
@@ -169,7 +181,10 @@ async fn exchange(c: &mut Client, listener: &ListenerHandle, w: &Worker) -> Next
             upstream: rec.upstream,
             api: api.map(|a| a.name.as_str()),
             route: route.map(|r| r.name.as_str()),
-            rejected_by: None,
+            rejected_by: rec
+                .api
+                .zip(rec.rejected_by)
+                .and_then(|(a, i)| gateway.policies.chains.get(a)?.name(i)),
         });
     }
     next
@@ -181,8 +196,10 @@ async fn phases(c: &mut Client, listener: &ListenerHandle, w: &Worker) -> Next {
     // The configuration is taken anew as bytes arrive, so a keep-alive connection
     // idle across a reload serves its next request with the new one; the exchange
     // then keeps that snapshot to its end.
+    let mut resume = Resume::default();
     let (gateway, plan) = loop {
-        let gateway = w.gateway();
+        // A request held by a policy resumes on the configuration it started with.
+        let gateway = resume.gateway.take().unwrap_or_else(|| w.gateway());
         if !c.buf.is_empty() {
             if c.rec.head_at.is_none() {
                 c.rec.head_at = Some(Instant::now());
@@ -194,13 +211,33 @@ async fn phases(c: &mut Client, listener: &ListenerHandle, w: &Worker) -> Next {
             // A listener a reload removed has no index: its requests find no route and
             // the connection closes.
             let index = gateway.index_of(&listener.key).unwrap_or(usize::MAX);
-            match plan_request(c, &gateway, index, w.random(), w.logs()) {
-                Ok(Some(plan)) => break (gateway, plan),
-                Ok(None) => {}
+            if resume.from == 0 {
+                resume.pick = w.random();
+            }
+            match plan_request(c, &gateway, index, &resume, w.logs()) {
+                Ok(Planned::Go(plan)) => break (gateway, plan),
+                Ok(Planned::More) => {}
+                Ok(Planned::Wait { from, after, hold }) => {
+                    resume.attempt = if from == resume.from {
+                        resume.attempt + 1
+                    } else {
+                        1
+                    };
+                    resume.from = from;
+                    resume.hold = hold;
+                    resume.gateway = Some(gateway);
+                    tokio::select! {
+                        () = tokio::time::sleep(after) => continue,
+                        () = w.draining() => return Next::Close,
+                    }
+                }
                 Err(r) => {
                     // The gateway's own answers close too while draining or once the
                     // listener is gone, as forwarded responses do.
                     let close = r.close || winding_down(w, listener);
+                    if r.answer {
+                        return answer(c, r.error.status(), r.is_head, close).await;
+                    }
                     return refuse(c, w, &r.error, r.is_head, close).await;
                 }
             }
@@ -274,27 +311,55 @@ struct Refusal {
     is_head: bool,
     /// The connection cannot go on: part of the request is unread or unreadable.
     close: bool,
+    /// Not a refusal but the answer itself (a CORS preflight): no body.
+    answer: bool,
 }
 
-/// Parses the head in the read buffer, routes it and writes the upstream head into the
-/// output buffer. `Ok(None)`: the head is not complete yet.
+/// Where a request held by a policy ([`Verdict::Retry`]) takes up again.
+#[derive(Default)]
+struct Resume {
+    /// The chain index to run from; 0 for a fresh request.
+    from: usize,
+    attempt: u32,
+    /// The route choice, kept so a resumed request goes where it was going.
+    pick: u64,
+    hold: Option<Hold>,
+    #[allow(clippy::redundant_allocation)]
+    gateway: Option<Rc<Arc<Gateway>>>,
+}
+
+enum Planned {
+    /// The head is not complete yet.
+    More,
+    Go(Plan),
+    /// A policy holds the request: ask it again from chain index `from` after `after`.
+    Wait {
+        from: usize,
+        after: Duration,
+        hold: Option<Hold>,
+    },
+}
+
+/// Parses the head in the read buffer, routes it, runs the request phase of the policies
+/// and writes the upstream head into the output buffer.
 fn plan_request(
     c: &mut Client,
     gateway: &Gateway,
     listener: usize,
-    pick: u64,
+    resume: &Resume,
     log: bool,
-) -> Result<Option<Plan>, Refusal> {
+) -> Result<Planned, Refusal> {
     let settings = &gateway.snapshot.settings;
     let mut headers = [httparse::EMPTY_HEADER; request::MAX_HEADERS];
     let req = match request::parse(&c.buf, &mut headers, settings.limits.max_header_bytes) {
         Ok(Some(req)) => req,
-        Ok(None) => return Ok(None),
+        Ok(None) => return Ok(Planned::More),
         Err(e) => {
             return Err(Refusal {
                 error: e.into(),
                 is_head: false,
                 close: true,
+                answer: false,
             })
         }
     };
@@ -307,21 +372,65 @@ fn plan_request(
         c.meta.push_str(req.target);
         c.rec.method_len = req.method.len();
     }
-    let Some(routed) = gateway.route(listener, &req, pick) else {
-        // Without a body nothing of the request is left unread: the connection can go on.
-        let close = req.framing != Framing::Empty || !req.keep_alive;
+    // Without a body nothing of the request is left unread: the connection can go on.
+    let unread_body = req.framing != Framing::Empty || !req.keep_alive;
+    let Some(routed) = gateway.route(listener, &req, resume.pick) else {
         let head_len = req.head_len;
         c.buf.advance(head_len);
         return Err(Refusal {
             error: ProxyError::NoRoute,
             is_head,
-            close,
+            close: unread_body,
+            answer: false,
         });
     };
     let (api, route) = (routed.api_index, routed.route_index);
     c.rec.api = Some(api);
     c.rec.route = Some(route);
+
+    // === Phase: policies, request ===
+    let chain = gateway.policies.chains.get(api);
+    let mut applied = 0;
+    let mut overrides = Overrides::default();
+    if resume.from == 0 {
+        c.up_headers.clear();
+        c.client_headers.clear();
+    }
+    if let Some(chain) = chain.filter(|ch| !ch.is_empty()) {
+        let path = routed.api.strip_base(req.path).unwrap_or(req.path);
+        applied = chain.applicable(routed.api, req.method, path, req.host, |n| req.header(n));
+        let mut cx = RequestCx {
+            req: &req,
+            peer: c.peer,
+            attempt: resume.attempt,
+            upstream_headers: &mut c.up_headers,
+            client_headers: &mut c.client_headers,
+            overrides: &mut overrides,
+        };
+        let (index, status, reason, answer) = match chain.request(applied, resume.from, &mut cx) {
+            Stop::Passed => (0, 0, "", false),
+            Stop::At(from, Verdict::Retry { after, hold }) => {
+                return Ok(Planned::Wait { from, after, hold });
+            }
+            Stop::At(i, Verdict::Reject(status, reason)) => (i, status, reason, false),
+            Stop::At(i, Verdict::Answer(status)) => (i, status, "", true),
+            Stop::At(_, Verdict::Continue) => (0, 0, "", false),
+        };
+        if status != 0 {
+            c.rec.rejected_by = (!answer).then_some(index);
+            let head_len = req.head_len;
+            c.buf.advance(head_len);
+            return Err(Refusal {
+                error: ProxyError::Refused(status, reason),
+                is_head,
+                close: unread_body,
+                answer,
+            });
+        }
+    }
+
     c.out.clear();
+    let strip = |name: &str| chain.is_some_and(|ch| ch.strips_request_header(applied, name));
     request::write_upstream_head(
         &req,
         &Forward {
@@ -330,12 +439,20 @@ fn plan_request(
             upstream_authority: &routed.route.upstream.authority,
             peer: c.peer.ip(),
             scheme: "http",
+            extra: c.up_headers.as_bytes(),
+            strip: if applied == 0 {
+                &request::keep_all
+            } else {
+                &strip
+            },
         },
         &mut c.out,
     );
     let plan = Plan {
         api,
         route,
+        applied,
+        overrides,
         framing: req.framing,
         keep_alive: req.keep_alive,
         http10: req.version == 0,
@@ -348,7 +465,7 @@ fn plan_request(
     };
     let head_len = req.head_len;
     c.buf.advance(head_len);
-    Ok(Some(plan))
+    Ok(Planned::Go(plan))
 }
 
 enum Failure {
@@ -369,6 +486,12 @@ async fn forward(
 ) -> Result<Next, Failure> {
     let settings = &gateway.snapshot.settings;
     let timeouts = &settings.timeouts;
+    // The Configuration's timeouts, unless a policy set its own for this request.
+    let response_timeout = plan
+        .overrides
+        .response_timeout
+        .unwrap_or(timeouts.upstream_response);
+    let stream_idle = plan.overrides.stream_idle.unwrap_or(timeouts.stream_idle);
     let upstream = &route.upstream;
     let has_body = plan.framing != Framing::Empty;
     let Some(addr) = w.pick_addr(&upstream.addrs) else {
@@ -398,7 +521,7 @@ async fn forward(
 
         // === Phase: request head and body upstream ===
         let head = std::mem::take(&mut c.out);
-        let (res, head) = write_all(&up.stream, head, timeouts.upstream_response).await;
+        let (res, head) = write_all(&up.stream, head, response_timeout).await;
         c.out = head;
         match res {
             Ok(()) => {}
@@ -417,7 +540,7 @@ async fn forward(
         }
         if has_body {
             if plan.expect_continue {
-                let (res, _) = write_all(&c.stream, CONTINUE, timeouts.stream_idle).await;
+                let (res, _) = write_all(&c.stream, CONTINUE, stream_idle).await;
                 if let Err(f) = res {
                     abort(&up.stream);
                     return Err(Failure::AfterResponse(f.client()));
@@ -432,8 +555,8 @@ async fn forward(
                 RelayOpts {
                     dechunk: false,
                     limit: settings.limits.max_body_bytes,
-                    read_timeout: timeouts.stream_idle,
-                    write_timeout: timeouts.upstream_response,
+                    read_timeout: stream_idle,
+                    write_timeout: response_timeout,
                 },
                 &mut c.rec.bytes_in,
             )
@@ -449,12 +572,19 @@ async fn forward(
         // `c.out` still holds the request head, for a replay; the client head
         // replaces it once a response head arrives.
         let draining = winding_down(w, listener);
+        let policies = ResponsePolicies {
+            chain: gateway.policies.chains.get(plan.api),
+            applied: plan.applied,
+            peer: c.peer,
+            lines: &mut c.client_headers,
+        };
         match read_response_head(
             &mut up,
             plan,
             draining,
             &mut c.out,
-            timeouts.upstream_response,
+            response_timeout,
+            policies,
         )
         .await
         {
@@ -485,7 +615,7 @@ async fn forward(
     }
     let head = std::mem::take(&mut c.out);
     let written = head.len() as u64;
-    let (res, head) = write_all(&c.stream, head, timeouts.stream_idle).await;
+    let (res, head) = write_all(&c.stream, head, stream_idle).await;
     c.out = head;
     c.out.clear();
     if let Err(e) = res {
@@ -503,8 +633,8 @@ async fn forward(
             RelayOpts {
                 dechunk,
                 limit: None,
-                read_timeout: timeouts.stream_idle,
-                write_timeout: timeouts.stream_idle,
+                read_timeout: stream_idle,
+                write_timeout: stream_idle,
             },
             &mut c.rec.bytes_out,
         )
@@ -535,14 +665,25 @@ struct ResponseHead {
     dechunk: bool,
 }
 
-/// Reads the upstream's response head, writes the client's version of it into `out`
-/// and leaves `up.buf` at the start of the body.
+/// The response phase's view of the policies that let the request through.
+struct ResponsePolicies<'a> {
+    chain: Option<&'a Chain>,
+    applied: u64,
+    peer: SocketAddr,
+    /// Header lines for the client: the request phase's, then the response phase's.
+    lines: &'a mut HeaderLines,
+}
+
+/// Reads the upstream's response head, runs the response phase of the policies, writes
+/// the client's version of the head into `out` and leaves `up.buf` at the start of the
+/// body.
 async fn read_response_head(
     up: &mut UpstreamConn,
     plan: &Plan,
     draining: bool,
     out: &mut BytesMut,
     wait: Duration,
+    policies: ResponsePolicies<'_>,
 ) -> Result<ResponseHead, ProxyError> {
     let mut received = false;
     // One deadline for the whole head: interim responses or a trickled head do not
@@ -568,6 +709,20 @@ async fn read_response_head(
                     let dechunk = plan.http10 && r.framing == Framing::Chunked;
                     let close =
                         !plan.keep_alive || draining || r.framing == Framing::UntilClose || dechunk;
+                    // === Phase: policies, response ===
+                    let (chain, applied) = (policies.chain, policies.applied);
+                    if let Some(chain) = chain.filter(|_| applied != 0) {
+                        let mut cx = ResponseCx {
+                            status: r.status,
+                            headers: r.headers,
+                            peer: policies.peer,
+                            client_headers: policies.lines,
+                        };
+                        chain.response(applied, usize::MAX, &mut cx);
+                    }
+                    let strip = |name: &str| {
+                        chain.is_some_and(|ch| ch.strips_response_header(applied, name))
+                    };
                     out.clear();
                     response::write_client_head(
                         &r,
@@ -575,6 +730,8 @@ async fn read_response_head(
                             close,
                             http10: plan.http10,
                             dechunk,
+                            extra: policies.lines.as_bytes(),
+                            strip: &strip,
                         },
                         out,
                     );
@@ -640,10 +797,36 @@ async fn connect(addr: SocketAddr, wait: Duration) -> Result<UpstreamConn, Proxy
 /// Writes the gateway's own response and decides the connection's fate.
 async fn refuse(c: &mut Client, w: &Worker, e: &ProxyError, is_head: bool, close: bool) -> Next {
     c.out.clear();
-    write_local_response(&mut c.out, e.status(), &e.to_string(), close, is_head);
+    let extra = c.client_headers.as_bytes();
+    write_local_response(
+        &mut c.out,
+        e.status(),
+        &e.to_string(),
+        extra,
+        close,
+        is_head,
+    );
     c.rec.status = e.status();
     c.rec.bytes_out += c.out.len() as u64;
     w.metrics.refused(e.status());
+    let out = std::mem::take(&mut c.out);
+    let (res, out) = write_all(&c.stream, out, Duration::from_secs(5)).await;
+    c.out = out;
+    c.out.clear();
+    match (res, close) {
+        (Err(_), _) => Next::Close,
+        (Ok(()), true) => Next::Linger,
+        (Ok(()), false) => Next::KeepAlive,
+    }
+}
+
+/// Writes a policy's answer (a CORS preflight): its status and headers, no body.
+async fn answer(c: &mut Client, status: u16, is_head: bool, close: bool) -> Next {
+    c.out.clear();
+    let extra = c.client_headers.as_bytes();
+    write_local_response(&mut c.out, status, "", extra, close, is_head);
+    c.rec.status = status;
+    c.rec.bytes_out += c.out.len() as u64;
     let out = std::mem::take(&mut c.out);
     let (res, out) = write_all(&c.stream, out, Duration::from_secs(5)).await;
     c.out = out;

@@ -43,6 +43,9 @@ pub enum ProxyError {
     BadResponse(#[from] BadResponse),
     #[error("upstream response body: {0}")]
     ResponseBody(ChunkError),
+    /// A policy refused the request: its status and reason.
+    #[error("{1}")]
+    Refused(u16, &'static str),
 }
 
 impl ProxyError {
@@ -52,7 +55,8 @@ impl ProxyError {
             | ProxyError::RequestBody(_)
             | ProxyError::BodyTooLarge
             | ProxyError::Client(_)
-            | ProxyError::ClientTimeout => Side::Downstream,
+            | ProxyError::ClientTimeout
+            | ProxyError::Refused(..) => Side::Downstream,
             ProxyError::NoRoute => Side::Internal,
             ProxyError::Connect(_)
             | ProxyError::ConnectTimeout
@@ -79,6 +83,7 @@ impl ProxyError {
             | ProxyError::BadResponse(_)
             | ProxyError::ResponseBody(_) => 502,
             ProxyError::ConnectTimeout | ProxyError::UpstreamTimeout => 504,
+            ProxyError::Refused(status, _) => *status,
         }
     }
 

@@ -5,13 +5,16 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use ringwall_config::{ApiInstance, Route, Snapshot};
+use ringwall_config::{ApiInstance, LoadErrors, Route, Snapshot};
 
 use crate::http::request::Request;
+use crate::policy::{self, Policies};
 
 pub struct Gateway {
     pub snapshot: Arc<Snapshot>,
     pub listeners: Vec<Listener>,
+    /// The per-request policies of each ApiInstance, indexed like `snapshot.apis`.
+    pub policies: Policies,
     /// Metric handles for every route, registered off the hot path.
     pub metrics: crate::metrics::GatewayMetrics,
 }
@@ -54,7 +57,22 @@ pub struct Routed<'g, 'r> {
 }
 
 impl Gateway {
-    pub fn new(snapshot: Arc<Snapshot>) -> Self {
+    /// Loads the configuration directory and builds its gateway: the two halves of a load,
+    /// so that `validate`, start-up and reloads judge a configuration alike. The loader's
+    /// errors come first; the policies are checked once the resources are valid.
+    pub fn load(dir: &std::path::Path, previous: Option<&Gateway>) -> Result<Self, LoadErrors> {
+        let snapshot = ringwall_config::load_dir(dir)?;
+        Self::build(Arc::new(snapshot), previous)
+    }
+
+    /// The gateway of `snapshot`, keeping the policy instances of `previous` whose config is
+    /// unchanged. Fails when a policy's `config` is invalid or the policy is not enforced.
+    pub fn build(snapshot: Arc<Snapshot>, previous: Option<&Gateway>) -> Result<Self, LoadErrors> {
+        let policies = policy::compile(&snapshot, previous.map(|g| &g.policies))?;
+        Ok(Self::with_policies(snapshot, policies))
+    }
+
+    fn with_policies(snapshot: Arc<Snapshot>, policies: Policies) -> Self {
         let mut listeners: Vec<Listener> = Vec::new();
         for (i, api) in snapshot.apis.iter().enumerate() {
             // Port 0 asks for a port of the system's choosing: each such ApiInstance
@@ -83,6 +101,7 @@ impl Gateway {
         Self {
             snapshot,
             listeners,
+            policies,
             metrics,
         }
     }
@@ -211,7 +230,7 @@ spec:
     fn gateway() -> Gateway {
         let snapshot =
             ringwall_config::load_files(&[("g.yaml".into(), CONFIG.into())]).expect("valid config");
-        Gateway::new(Arc::new(snapshot))
+        Gateway::build(Arc::new(snapshot), None).expect("valid policies")
     }
 
     fn route_of(g: &Gateway, raw: &[u8], pick: u64) -> Option<String> {

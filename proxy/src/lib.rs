@@ -2,7 +2,8 @@
 //!
 //! `server` starts the workers; each `worker` owns a runtime, its listeners and its
 //! upstream `pool`; `conn` runs every exchange through its phases; `http` is the
-//! protocol code; `gateway` is the routing view of a configuration snapshot.
+//! protocol code; `gateway` is the routing view of a configuration snapshot, with its
+//! compiled per-request `policy` chains.
 
 pub mod access_log;
 pub mod admin;
@@ -12,6 +13,7 @@ pub mod error;
 pub mod gateway;
 pub mod http;
 pub mod metrics;
+pub mod policy;
 pub mod pool;
 pub mod runtime_log;
 pub mod server;

@@ -81,12 +81,12 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Validate { dir } => match ringwall_config::load_dir(&dir) {
-            Ok(snapshot) => {
-                for w in &snapshot.warnings {
+        Command::Validate { dir } => match Gateway::load(&dir, None) {
+            Ok(gateway) => {
+                for w in &gateway.snapshot.warnings {
                     eprintln!("warning: {w}");
                 }
-                println!("ok: {}", snapshot.summary);
+                println!("ok: {}", gateway.snapshot.summary);
                 ExitCode::SUCCESS
             }
             Err(errors) => {
@@ -138,7 +138,7 @@ fn run(
     // Taken first, so that a change made while the gateway starts is noticed.
     let loaded = ringwall::watch::fingerprint(config);
     let snapshot = match ringwall_config::load_dir(config) {
-        Ok(s) => s,
+        Ok(s) => Arc::new(s),
         Err(errors) => {
             eprintln!("{errors}");
             anyhow::bail!("invalid configuration in {}", config.display());
@@ -164,7 +164,13 @@ fn run(
     // Before the gateway: handles registered before the recorder record nothing. Only
     // with an admin listener, which scrapes (and so drains) the histograms.
     let metrics = admin.map(|_| ringwall::metrics::install()).transpose()?;
-    let gateway = Arc::new(Gateway::new(Arc::new(snapshot)));
+    let gateway = match Gateway::build(snapshot, None) {
+        Ok(g) => Arc::new(g),
+        Err(errors) => {
+            eprintln!("{errors}");
+            anyhow::bail!("invalid configuration in {}", config.display());
+        }
+    };
     server::run(
         gateway,
         &server::Options {

@@ -36,6 +36,7 @@ pub const REFUSED: &str = "ringwall_refused_total";
 pub const CONFIG_RELOADS: &str = "ringwall_config_reloads_total";
 pub const CONFIG_GENERATION: &str = "ringwall_config_generation";
 pub const CONNECTION_RULES: &str = "ringwall_connection_rules_total";
+pub const POLICY_DECISIONS: &str = "ringwall_policy_decisions_total";
 
 /// Request duration buckets, in seconds: a cached answer is under a millisecond, a slow
 /// upstream is seconds, and the default response timeout is 15 s.
@@ -450,6 +451,10 @@ fn describe() {
     );
     describe_gauge!(ACTIVE_CONNECTIONS, "Open client connections");
     describe_counter!(REFUSED, "Responses the gateway wrote itself, by status");
+    describe_counter!(
+        POLICY_DECISIONS,
+        "Per-request policy decisions: pass, reject, or answer (a CORS preflight)"
+    );
     describe_counter!(CONFIG_RELOADS, "Configuration reloads, by result");
     describe_gauge!(
         CONFIG_GENERATION,

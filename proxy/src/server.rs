@@ -340,9 +340,9 @@ impl Live {
     }
 
     fn try_reload(&mut self, opts: &Options) -> Result<Update, Vec<String>> {
-        let snapshot = ringwall_config::load_dir(&opts.config_dir)
+        let gateway = Gateway::load(&opts.config_dir, Some(&self.gateway))
             .map_err(|errors| errors.0.iter().map(ToString::to_string).collect::<Vec<_>>())?;
-        let gateway = Arc::new(Gateway::new(Arc::new(snapshot)));
+        let gateway = Arc::new(gateway);
         // Listeners that stay keep their sockets; new ones are bound now (a port that
         // cannot be bound fails the reload); removed ones stop accepting once the workers
         // take the update, and their connections close after their current exchange.

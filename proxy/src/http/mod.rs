@@ -96,27 +96,35 @@ pub fn reason(status: u16) -> &'static str {
     }
 }
 
-/// Appends a complete response the gateway produces itself: a short plain-text body.
+/// Appends a complete response the gateway produces itself: a short plain-text body, or
+/// none when `message` is empty. `extra` holds header lines (`Name: value\r\n` each) the
+/// policies add.
 pub fn write_local_response(
     out: &mut BytesMut,
     status: u16,
     message: &str,
+    extra: &[u8],
     close: bool,
     head_only: bool,
 ) {
     use std::fmt::Write;
-    let body_len = message.len() + 1;
+    let body_len = if message.is_empty() {
+        0
+    } else {
+        message.len() + 1
+    };
     // BytesMut's fmt::Write never fails.
-    let _ = write!(
-        out,
-        "HTTP/1.1 {status} {}\r\nContent-Type: text/plain\r\nContent-Length: {body_len}\r\n",
-        reason(status)
-    );
+    let _ = write!(out, "HTTP/1.1 {status} {}\r\n", reason(status));
+    if body_len > 0 {
+        out.put_slice(b"Content-Type: text/plain\r\n");
+    }
+    let _ = write!(out, "Content-Length: {body_len}\r\n");
+    out.put_slice(extra);
     if close {
         out.put_slice(b"Connection: close\r\n");
     }
     out.put_slice(b"\r\n");
-    if !head_only {
+    if !head_only && body_len > 0 {
         out.put_slice(message.as_bytes());
         out.put_u8(b'\n');
     }
@@ -156,13 +164,23 @@ mod tests {
     #[test]
     fn local_responses_are_complete() {
         let mut out = BytesMut::new();
-        write_local_response(&mut out, 404, "no route", false, false);
+        write_local_response(&mut out, 404, "no route", b"", false, false);
         assert_eq!(
             &out[..],
             b"HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: 9\r\n\r\nno route\n"
         );
         out.clear();
-        write_local_response(&mut out, 400, "bad", true, true);
-        assert!(out.ends_with(b"Connection: close\r\n\r\n"));
+        write_local_response(&mut out, 400, "bad", true_extra(), true, true);
+        assert!(out.ends_with(b"X-A: 1\r\nConnection: close\r\n\r\n"));
+        out.clear();
+        write_local_response(&mut out, 204, "", b"", false, false);
+        assert_eq!(
+            &out[..],
+            b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n"
+        );
+    }
+
+    fn true_extra() -> &'static [u8] {
+        b"X-A: 1\r\n"
     }
 }

@@ -185,6 +185,15 @@ pub struct Forward<'a> {
     pub peer: IpAddr,
     /// `http` or `https`: how the client reached us.
     pub scheme: &'a str,
+    /// Header lines the policies add (`Name: value\r\n` each).
+    pub extra: &'a [u8],
+    /// Client headers the policies drop (or replace with one of `extra`).
+    pub strip: &'a dyn Fn(&str) -> bool,
+}
+
+/// For a [`Forward`] without policies.
+pub fn keep_all(_: &str) -> bool {
+    false
 }
 
 /// Appends the head to send upstream: origin-form target under the upstream's prefix,
@@ -208,11 +217,13 @@ pub fn write_upstream_head(req: &Request<'_, '_>, fwd: &Forward<'_>, out: &mut B
             || name.eq_ignore_ascii_case("x-forwarded-proto")
             || name.eq_ignore_ascii_case("x-forwarded-host")
             || is_hop_by_hop(name, req.headers)
+            || (fwd.strip)(name)
         {
             continue;
         }
         put_header(out, name.as_bytes(), h.value);
     }
+    out.put_slice(fwd.extra);
     // Earlier hops' lists are kept, in order, in the one field we send.
     out.put_slice(b"X-Forwarded-For: ");
     for h in req
@@ -356,6 +367,8 @@ mod tests {
                 upstream_authority: "10.0.0.1:9000",
                 peer: "127.0.0.9".parse().unwrap(),
                 scheme: "http",
+                extra: b"",
+                strip: &keep_all,
             },
             &mut out,
         );

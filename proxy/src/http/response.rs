@@ -101,19 +101,23 @@ pub fn parse<'h, 'b>(
 }
 
 /// How the response travels to the client.
-#[derive(Debug, Clone, Copy)]
-pub struct ToClient {
+#[derive(Clone, Copy)]
+pub struct ToClient<'a> {
     /// The client connection closes after this response.
     pub close: bool,
     /// The client speaks HTTP/1.0.
     pub http10: bool,
     /// The chunked body is decoded for a client that cannot read chunked.
     pub dechunk: bool,
+    /// Header lines the policies add (`Name: value\r\n` each).
+    pub extra: &'a [u8],
+    /// Upstream headers the policies drop (or replace with one of `extra`).
+    pub strip: &'a dyn Fn(&str) -> bool,
 }
 
 /// Appends the head sent to the client: hop-by-hop fields dropped, connection
 /// management of our own.
-pub fn write_client_head(resp: &Response<'_, '_>, to: ToClient, out: &mut BytesMut) {
+pub fn write_client_head(resp: &Response<'_, '_>, to: ToClient<'_>, out: &mut BytesMut) {
     use std::fmt::Write;
     // BytesMut's fmt::Write never fails.
     let _ = write!(out, "HTTP/1.1 {} {}\r\n", resp.status, resp.reason);
@@ -128,11 +132,15 @@ pub fn write_client_head(resp: &Response<'_, '_>, to: ToClient, out: &mut BytesM
         if is_hop_by_hop(h.name, resp.headers) || cl_with_te || (te && to.dechunk) {
             continue;
         }
+        if (to.strip)(h.name) {
+            continue;
+        }
         out.put_slice(h.name.as_bytes());
         out.put_slice(b": ");
         out.put_slice(h.value);
         out.put_slice(b"\r\n");
     }
+    out.put_slice(to.extra);
     if to.close {
         out.put_slice(b"Connection: close\r\n");
     } else if to.http10 {
@@ -248,6 +256,8 @@ mod tests {
                 close: false,
                 http10: false,
                 dechunk: false,
+                extra: b"",
+                strip: &|_| false,
             },
             &mut out,
         );
@@ -262,6 +272,8 @@ mod tests {
                 close: true,
                 http10: true,
                 dechunk: true,
+                extra: b"",
+                strip: &|_| false,
             },
             &mut out,
         );

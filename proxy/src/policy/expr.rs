@@ -1,0 +1,526 @@
+//! The DataWeave expressions Flex policies accept where a value comes from the request or the
+//! response (`keySelector`, `ipExpression`, `jwtOrigin`, header values, log messages).
+//!
+//! Flex evaluates full DataWeave; Ringwall compiles the forms policies use in practice at load
+//! and refuses the rest with a message that lists what is supported:
+//!
+//! - `attributes.headers['name']` (or `attributes.headers.name`): the first header of that
+//!   name, case-insensitively;
+//! - `attributes.queryParams['name']`: the first query parameter of that name, as sent
+//!   (not percent-decoded);
+//! - `attributes.method`, `attributes.requestPath` (the whole path, without the query),
+//!   `attributes.queryString`;
+//! - `attributes.remoteAddress`: the connection's peer IP address (without the port, so that
+//!   it can key a limit);
+//! - `attributes.statusCode`, in the response phase;
+//! - `(<one of the above> splitBy "<separator>")[i]`, `i` negative from the end, to take one
+//!   hop of `X-Forwarded-For`;
+//! - string literals, and `++` joining any of these.
+//!
+//! A value without `#[...]` is a literal. Evaluation borrows from the request and allocates
+//! nothing.
+
+use std::fmt;
+use std::net::IpAddr;
+
+/// What an expression reads from. Requests and responses implement it; each attribute is
+/// absent by default.
+pub trait Attributes {
+    /// The first header called `name` (given in lower case), compared case-insensitively.
+    fn header(&self, name: &str) -> Option<&str>;
+    fn method(&self) -> Option<&str> {
+        None
+    }
+    /// The request path, without the query.
+    fn request_path(&self) -> Option<&str> {
+        None
+    }
+    /// The raw query string, without the `?`.
+    fn query(&self) -> Option<&str> {
+        None
+    }
+    fn remote_ip(&self) -> Option<IpAddr> {
+        None
+    }
+    fn status_code(&self) -> Option<u16> {
+        None
+    }
+}
+
+/// A compiled expression: one or more terms joined by `++`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expr {
+    terms: Vec<Term>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Term {
+    Literal(String),
+    Attr(Attr),
+    /// `(attr splitBy "sep")[index]`.
+    Split {
+        attr: Attr,
+        sep: String,
+        index: isize,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Attr {
+    /// Lower-cased name.
+    Header(String),
+    QueryParam(String),
+    Method,
+    RequestPath,
+    QueryString,
+    RemoteAddress,
+    StatusCode,
+}
+
+/// The value of one term.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Value<'a> {
+    Str(&'a str),
+    Ip(IpAddr),
+    Status(u16),
+}
+
+impl fmt::Display for Value<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Value::Str(s) => f.write_str(s),
+            Value::Ip(ip) => write!(f, "{ip}"),
+            Value::Status(s) => write!(f, "{s}"),
+        }
+    }
+}
+
+impl Value<'_> {
+    /// The value as an IP address: an address, or text that parses as one (surrounding spaces
+    /// and an IPv6 address's brackets allowed).
+    pub fn ip(&self) -> Option<IpAddr> {
+        match *self {
+            Value::Ip(ip) => Some(ip),
+            Value::Str(s) => {
+                let s = s.trim();
+                let s = s
+                    .strip_prefix('[')
+                    .and_then(|r| r.strip_suffix(']'))
+                    .unwrap_or(s);
+                s.parse().ok()
+            }
+            Value::Status(_) => None,
+        }
+    }
+}
+
+const SUPPORTED: &str = "supported: attributes.headers['name'], attributes.queryParams['name'], \
+     attributes.method, attributes.requestPath, attributes.queryString, \
+     attributes.remoteAddress, attributes.statusCode, (... splitBy \",\")[i], string literals \
+     and ++";
+
+impl Expr {
+    /// Compiles `text`: `#[...]` is an expression, anything else a literal.
+    pub fn parse(text: &str) -> Result<Expr, String> {
+        let trimmed = text.trim();
+        let Some(body) = trimmed
+            .strip_prefix("#[")
+            .and_then(|rest| rest.strip_suffix(']'))
+        else {
+            return Ok(Expr {
+                terms: vec![Term::Literal(text.to_owned())],
+            });
+        };
+        let mut p = Parser { src: body, pos: 0 };
+        let mut terms = vec![p.term().map_err(|e| unsupported(text, &e))?];
+        loop {
+            p.skip_spaces();
+            if p.eat("++") {
+                terms.push(p.term().map_err(|e| unsupported(text, &e))?);
+            } else if p.at_end() {
+                break;
+            } else {
+                let rest = &p.src[p.pos..];
+                return Err(unsupported(text, &format!("unexpected `{rest}`")));
+            }
+        }
+        Ok(Expr { terms })
+    }
+
+    /// A constant, or a single attribute: what a key or an address can be.
+    pub fn is_single(&self) -> bool {
+        self.terms.len() == 1
+    }
+
+    /// Whether the expression reads an attribute only responses have.
+    pub fn reads_response(&self) -> bool {
+        self.terms.iter().any(|t| {
+            matches!(
+                t,
+                Term::Attr(Attr::StatusCode)
+                    | Term::Split {
+                        attr: Attr::StatusCode,
+                        ..
+                    }
+            )
+        })
+    }
+
+    /// The value of a single-term expression; `None` when the attribute is absent (or the
+    /// expression joins several terms: use [`Expr::write`]).
+    pub fn eval<'a>(&'a self, attrs: &'a impl Attributes) -> Option<Value<'a>> {
+        match self.terms.as_slice() {
+            [term] => term.eval(attrs),
+            _ => None,
+        }
+    }
+
+    /// Writes every term in turn; an absent attribute writes nothing. Returns whether every
+    /// attribute was present.
+    pub fn write(&self, attrs: &impl Attributes, out: &mut impl fmt::Write) -> bool {
+        let mut all = true;
+        for term in &self.terms {
+            match term.eval(attrs) {
+                Some(v) => {
+                    let _ = write!(out, "{v}");
+                }
+                None => all = false,
+            }
+        }
+        all
+    }
+}
+
+fn unsupported(text: &str, why: &str) -> String {
+    format!("unsupported expression `{text}`: {why}; {SUPPORTED}")
+}
+
+impl Term {
+    fn eval<'a>(&'a self, attrs: &'a impl Attributes) -> Option<Value<'a>> {
+        match self {
+            Term::Literal(s) => Some(Value::Str(s)),
+            Term::Attr(a) => a.eval(attrs),
+            Term::Split { attr, sep, index } => {
+                let Value::Str(whole) = attr.eval(attrs)? else {
+                    return None;
+                };
+                let count = whole.split(sep.as_str()).count();
+                let i = if *index < 0 {
+                    count.checked_sub(index.unsigned_abs())?
+                } else {
+                    index.unsigned_abs()
+                };
+                whole
+                    .split(sep.as_str())
+                    .nth(i)
+                    .map(|s| Value::Str(s.trim()))
+            }
+        }
+    }
+}
+
+impl Attr {
+    fn eval<'a>(&'a self, attrs: &'a impl Attributes) -> Option<Value<'a>> {
+        Some(match self {
+            Attr::Header(name) => Value::Str(attrs.header(name)?),
+            Attr::QueryParam(name) => Value::Str(query_param(attrs.query()?, name)?),
+            Attr::Method => Value::Str(attrs.method()?),
+            Attr::RequestPath => Value::Str(attrs.request_path()?),
+            Attr::QueryString => Value::Str(attrs.query()?),
+            Attr::RemoteAddress => Value::Ip(attrs.remote_ip()?),
+            Attr::StatusCode => Value::Status(attrs.status_code()?),
+        })
+    }
+}
+
+/// The raw value of the first `name` parameter of `query`; `a` in `a&b=1` is empty.
+fn query_param<'q>(query: &'q str, name: &str) -> Option<&'q str> {
+    query.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (key == name).then_some(value)
+    })
+}
+
+/// A small recursive-descent reader of the supported forms.
+struct Parser<'s> {
+    src: &'s str,
+    pos: usize,
+}
+
+impl Parser<'_> {
+    fn rest(&self) -> &str {
+        &self.src[self.pos..]
+    }
+
+    fn at_end(&mut self) -> bool {
+        self.skip_spaces();
+        self.pos == self.src.len()
+    }
+
+    fn skip_spaces(&mut self) {
+        let rest = self.rest();
+        self.pos += rest.len() - rest.trim_start().len();
+    }
+
+    fn eat(&mut self, token: &str) -> bool {
+        self.skip_spaces();
+        if self.rest().starts_with(token) {
+            self.pos += token.len();
+            true
+        } else {
+            false
+        }
+    }
+
+    fn term(&mut self) -> Result<Term, String> {
+        self.skip_spaces();
+        if self.rest().starts_with(['\'', '"']) {
+            return self.string().map(Term::Literal);
+        }
+        if self.eat("(") {
+            let attr = self.attr()?;
+            if !self.eat("splitBy") {
+                return Err("expected `splitBy` after `(` and an attribute".into());
+            }
+            let sep = self.string()?;
+            if sep.is_empty() {
+                return Err("splitBy needs a non-empty separator".into());
+            }
+            if !self.eat(")") || !self.eat("[") {
+                return Err("expected `)[index]` after splitBy".into());
+            }
+            let index = self.integer()?;
+            if !self.eat("]") {
+                return Err("expected `]` after the index".into());
+            }
+            return Ok(Term::Split { attr, sep, index });
+        }
+        self.attr().map(Term::Attr)
+    }
+
+    fn attr(&mut self) -> Result<Attr, String> {
+        if !self.eat("attributes.") {
+            return Err(format!(
+                "`{}` is not a supported attribute",
+                self.rest().trim()
+            ));
+        }
+        let name = self.identifier();
+        match name {
+            "headers" => Ok(Attr::Header(self.key()?.to_ascii_lowercase())),
+            "queryParams" => Ok(Attr::QueryParam(self.key()?)),
+            "method" => Ok(Attr::Method),
+            "requestPath" => Ok(Attr::RequestPath),
+            "queryString" => Ok(Attr::QueryString),
+            "remoteAddress" => Ok(Attr::RemoteAddress),
+            "statusCode" => Ok(Attr::StatusCode),
+            other => Err(format!("`attributes.{other}` is not a supported attribute")),
+        }
+    }
+
+    /// `['name']`, `["name"]` or `.name`.
+    fn key(&mut self) -> Result<String, String> {
+        if self.rest().starts_with('.') {
+            self.pos += 1;
+            let name = self.identifier();
+            if name.is_empty() {
+                return Err("expected a name after `.`".into());
+            }
+            return Ok(name.to_owned());
+        }
+        if !self.eat("[") {
+            return Err("expected `['name']` after the attribute".into());
+        }
+        let key = self.string()?;
+        if !self.eat("]") {
+            return Err("expected `]` after the name".into());
+        }
+        Ok(key)
+    }
+
+    fn identifier(&mut self) -> &str {
+        let rest = &self.src[self.pos..];
+        let len = rest
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+            .unwrap_or(rest.len());
+        self.pos += len;
+        &rest[..len]
+    }
+
+    fn string(&mut self) -> Result<String, String> {
+        self.skip_spaces();
+        let rest = self.rest();
+        let Some(quote) = rest.chars().next().filter(|c| *c == '\'' || *c == '"') else {
+            return Err("expected a quoted string".into());
+        };
+        let Some(end) = rest[1..].find(quote) else {
+            return Err("unterminated string".into());
+        };
+        let s = rest[1..1 + end].to_owned();
+        self.pos += end + 2;
+        Ok(s)
+    }
+
+    fn integer(&mut self) -> Result<isize, String> {
+        self.skip_spaces();
+        let rest = self.rest();
+        let len = rest
+            .char_indices()
+            .find(|&(i, c)| !(c.is_ascii_digit() || (i == 0 && c == '-')))
+            .map_or(rest.len(), |(i, _)| i);
+        let n = rest[..len]
+            .parse()
+            .map_err(|_| "expected an integer index".to_owned())?;
+        self.pos += len;
+        Ok(n)
+    }
+}
+
+/// Feeds what an expression writes into a hasher, so a key is hashed without being built.
+pub struct HashWriter<'h, H: std::hash::Hasher>(pub &'h mut H);
+
+impl<H: std::hash::Hasher> fmt::Write for HashWriter<'_, H> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.0.write(s.as_bytes());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fake;
+
+    impl Attributes for Fake {
+        fn header(&self, name: &str) -> Option<&str> {
+            match name {
+                "x-client-id" => Some("abc"),
+                "x-forwarded-for" => Some("203.0.113.9, 10.0.0.1 , 10.0.0.2"),
+                _ => None,
+            }
+        }
+        fn method(&self) -> Option<&str> {
+            Some("GET")
+        }
+        fn request_path(&self) -> Option<&str> {
+            Some("/api/orders")
+        }
+        fn query(&self) -> Option<&str> {
+            Some("a=1&key=k%20v&flag")
+        }
+        fn remote_ip(&self) -> Option<IpAddr> {
+            Some([192, 0, 2, 1].into())
+        }
+    }
+
+    fn eval(text: &str) -> Option<String> {
+        let e = Expr::parse(text).expect(text);
+        e.eval(&Fake).map(|v| v.to_string())
+    }
+
+    #[test]
+    fn the_common_forms_evaluate() {
+        assert_eq!(
+            eval("#[attributes.headers['X-Client-Id']]").as_deref(),
+            Some("abc")
+        );
+        assert_eq!(
+            eval("#[attributes.headers[\"x-client-id\"]]").as_deref(),
+            Some("abc")
+        );
+        assert_eq!(
+            eval("#[ attributes.headers.x-client-id ]").as_deref(),
+            Some("abc")
+        );
+        assert_eq!(eval("#[attributes.method]").as_deref(), Some("GET"));
+        assert_eq!(
+            eval("#[attributes.requestPath]").as_deref(),
+            Some("/api/orders")
+        );
+        assert_eq!(
+            eval("#[attributes.queryParams['key']]").as_deref(),
+            Some("k%20v")
+        );
+        assert_eq!(
+            eval("#[attributes.queryParams['flag']]").as_deref(),
+            Some("")
+        );
+        assert_eq!(eval("#[attributes.queryParams['none']]"), None);
+        assert_eq!(
+            eval("#[attributes.remoteAddress]").as_deref(),
+            Some("192.0.2.1")
+        );
+        assert_eq!(eval("#[attributes.headers['missing']]"), None);
+        assert_eq!(eval("plain text").as_deref(), Some("plain text"));
+        assert_eq!(eval("#[attributes.statusCode]"), None);
+    }
+
+    #[test]
+    fn split_takes_one_hop() {
+        let first = "#[(attributes.headers['x-forwarded-for'] splitBy ',')[0]]";
+        let last = "#[(attributes.headers['x-forwarded-for'] splitBy \",\")[-1]]";
+        assert_eq!(eval(first).as_deref(), Some("203.0.113.9"));
+        assert_eq!(eval(last).as_deref(), Some("10.0.0.2"));
+        assert_eq!(eval(&last.replace("-1", "5")), None);
+        assert_eq!(eval(&last.replace("-1", "-4")), None);
+        let e = Expr::parse(first).unwrap();
+        assert_eq!(
+            e.eval(&Fake).and_then(|v| v.ip()),
+            Some([203, 0, 113, 9].into())
+        );
+    }
+
+    #[test]
+    fn terms_join() {
+        let e = Expr::parse("#['key-' ++ attributes.method ++ \":\" ++ attributes.remoteAddress]")
+            .unwrap();
+        assert!(!e.is_single());
+        let mut out = String::new();
+        assert!(e.write(&Fake, &mut out));
+        assert_eq!(out, "key-GET:192.0.2.1");
+        let partial = Expr::parse("#[attributes.method ++ attributes.headers['nope']]").unwrap();
+        out.clear();
+        assert!(!partial.write(&Fake, &mut out));
+        assert_eq!(out, "GET");
+    }
+
+    #[test]
+    fn other_dataweave_is_refused_with_the_supported_list() {
+        for bad in [
+            "#[payload.id]",
+            "#[attributes.source.ip]",
+            "#[attributes.headers]",
+            "#[attributes.headers['x']",
+            "#[attributes.method default 'x']",
+            "#[(attributes.headers['x'] splitBy '')[0]]",
+            "#[(attributes.headers['x'] splitBy ',')]",
+            "#['unterminated]",
+        ] {
+            let e = Expr::parse(bad).expect_err(bad);
+            assert!(
+                e.starts_with(&format!("unsupported expression `{bad}`")),
+                "{e}"
+            );
+            assert!(e.contains("supported: attributes.headers['name']"), "{e}");
+        }
+    }
+
+    #[test]
+    fn ips_parse_from_text() {
+        assert_eq!(Value::Str(" 10.0.0.1 ").ip(), Some([10, 0, 0, 1].into()));
+        assert_eq!(Value::Str("[::1]").ip(), Some("::1".parse().unwrap()));
+        assert_eq!(Value::Str("nope").ip(), None);
+        assert_eq!(Value::Status(200).ip(), None);
+    }
+
+    #[test]
+    fn response_attributes_are_known() {
+        assert!(Expr::parse("#[attributes.statusCode]")
+            .unwrap()
+            .reads_response());
+        assert!(!Expr::parse("#[attributes.method]")
+            .unwrap()
+            .reads_response());
+    }
+}
