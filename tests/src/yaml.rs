@@ -201,3 +201,36 @@ pub fn configuration(name: &str, spec: &str) -> String {
 pub fn documents(docs: &[&str]) -> String {
     docs.join("---\n")
 }
+
+/// A `PolicyBinding` of `policy` to ApiInstance `api`, in `order`, with `config` (YAML at
+/// column 0, indented here) and `rules` (all requests when empty).
+pub fn policy_binding(
+    name: &str,
+    api: &str,
+    policy: &str,
+    order: Option<i64>,
+    config: &str,
+    rules: &[Rule],
+) -> String {
+    let mut out = String::new();
+    head(&mut out, "PolicyBinding", name);
+    let _ = writeln!(out, "  targetRef:\n    name: {api}");
+    let _ = writeln!(out, "  policyRef:\n    name: {policy}");
+    if let Some(order) = order {
+        let _ = writeln!(out, "  order: {order}");
+    }
+    let _ = writeln!(out, "  config:");
+    for line in config.lines() {
+        let _ = writeln!(out, "    {line}");
+    }
+    if config.trim().is_empty() {
+        out.truncate(out.len() - "  config:\n".len());
+    }
+    if !rules.is_empty() {
+        let _ = writeln!(out, "  rules:");
+        for rule in rules {
+            rule.write(&mut out, "    ");
+        }
+    }
+    out
+}
