@@ -232,6 +232,8 @@ async fn phases(c: &mut Client, listener: &ListenerHandle, w: &Worker) -> Next {
                     }
                 }
                 Err(r) => {
+                    // The policy's decision is final: release what it held.
+                    drop(resume);
                     // The gateway's own answers close too while draining or once the
                     // listener is gone, as forwarded responses do.
                     let close = r.close || winding_down(w, listener);
@@ -269,6 +271,8 @@ async fn phases(c: &mut Client, listener: &ListenerHandle, w: &Worker) -> Next {
         }
     };
 
+    // Every policy let the request through: release what they held while it waited.
+    drop(resume);
     let settings = &gateway.snapshot.settings;
     if let (Framing::Length(n), Some(max)) = (plan.framing, settings.limits.max_body_bytes) {
         if n > max {
@@ -386,7 +390,7 @@ fn plan_request(
     };
     let (api, route) = (routed.api_index, routed.route_index);
     c.rec.api = Some(api);
-    c.rec.route = Some(route);
+    c.rec.route = routed.route.is_some().then_some(route);
 
     // === Phase: policies, request ===
     let chain = gateway.policies.chains.get(api);
@@ -397,8 +401,9 @@ fn plan_request(
         c.client_headers.clear();
     }
     if let Some(chain) = chain.filter(|ch| !ch.is_empty()) {
-        let path = routed.api.strip_base(req.path).unwrap_or(req.path);
-        applied = chain.applicable(routed.api, req.method, path, req.host, |n| req.header(n));
+        applied = chain.applicable(routed.api, req.method, routed.path, req.host, |n| {
+            req.header(n)
+        });
         let mut cx = RequestCx {
             req: &req,
             peer: c.peer,
@@ -429,14 +434,24 @@ fn plan_request(
         }
     }
 
+    let Some(target) = routed.route else {
+        let head_len = req.head_len;
+        c.buf.advance(head_len);
+        return Err(Refusal {
+            error: ProxyError::NoRoute,
+            is_head,
+            close: unread_body,
+            answer: false,
+        });
+    };
     c.out.clear();
     let strip = |name: &str| chain.is_some_and(|ch| ch.strips_request_header(applied, name));
     request::write_upstream_head(
         &req,
         &Forward {
-            path_prefix: &routed.route.path_prefix,
+            path_prefix: &target.path_prefix,
             rest: routed.rest,
-            upstream_authority: &routed.route.upstream.authority,
+            upstream_authority: &target.upstream.authority,
             peer: c.peer.ip(),
             scheme: "http",
             extra: c.up_headers.as_bytes(),

@@ -44,14 +44,18 @@ pub struct ListenerKey {
     pub port0_api: Option<String>,
 }
 
-/// Where a request goes.
+/// Where a request goes: its ApiInstance, and the route that matched if one did. The
+/// ApiInstance's policies run either way, so that a CORS preflight is answered and an
+/// unauthenticated client cannot probe which paths have routes.
 pub struct Routed<'g, 'r> {
     pub api: &'g ApiInstance,
-    pub route: &'g Route,
+    pub route: Option<&'g Route>,
     /// Indexes of `api` in the snapshot and of `route` in `api.routes`, for finding
     /// them again once the request head's borrow has ended.
     pub api_index: usize,
     pub route_index: usize,
+    /// The request path (without the query) after the base path; `/` when empty.
+    pub path: &'r str,
     /// The request target (path and query) after the base path.
     pub rest: &'r str,
 }
@@ -114,7 +118,8 @@ impl Gateway {
     /// The ApiInstance with the longest base path the request falls under, then its
     /// first route whose rules match. When that route is weighted (`route-weighted`),
     /// the choice is among every weighted route that matches, in proportion to the
-    /// weights, using `pick` (a random number) to choose.
+    /// weights, using `pick` (a random number) to choose. `None` when no ApiInstance
+    /// takes the request.
     pub fn route<'g, 'r>(
         &'g self,
         listener: usize,
@@ -127,8 +132,18 @@ impl Gateway {
             api.strip_base(req.path).map(|rest| (i, api, rest))
         })?;
         let path = if path.is_empty() { "/" } else { path };
+        let rest = api.strip_base(req.target)?;
         let matches = |r: &Route| r.matches(req.method, path, req.host, |name| req.header(name));
-        let first = api.routes.iter().position(matches)?;
+        let Some(first) = api.routes.iter().position(matches) else {
+            return Some(Routed {
+                api,
+                route: None,
+                api_index,
+                route_index: 0,
+                path,
+                rest,
+            });
+        };
         let route_index = if api.routes[first].weight.is_some() {
             let weighted = api
                 .routes
@@ -139,13 +154,12 @@ impl Gateway {
         } else {
             first
         };
-        let route = &api.routes[route_index];
-        let rest = api.strip_base(req.target)?;
         Some(Routed {
             api,
-            route,
+            route: api.routes.get(route_index),
             api_index,
             route_index,
+            path,
             rest,
         })
     }
@@ -236,8 +250,10 @@ spec:
     fn route_of(g: &Gateway, raw: &[u8], pick: u64) -> Option<String> {
         let mut headers = [httparse::EMPTY_HEADER; request::MAX_HEADERS];
         let req = request::parse(raw, &mut headers, 8192).ok()??;
-        g.route(0, &req, pick)
-            .map(|r| format!("{} {}", r.route.upstream.name, r.rest))
+        let routed = g.route(0, &req, pick)?;
+        routed
+            .route
+            .map(|r| format!("{} {}", r.upstream.name, routed.rest))
     }
 
     #[test]

@@ -16,9 +16,8 @@ fn files(origin: &Origin, bindings: &[String]) -> String {
 }
 
 fn get(gw: &Gateway, path: &str, headers: &str) -> Response {
-    Client::connect(gw.addr("api")).request(
-        format!("GET {path} HTTP/1.1\r\nHost: gateway.test\r\n{headers}\r\n").as_bytes(),
-    )
+    Client::connect(gw.addr("api"))
+        .request(format!("GET {path} HTTP/1.1\r\nHost: gateway.test\r\n{headers}\r\n").as_bytes())
 }
 
 #[test]
@@ -78,8 +77,16 @@ fn ip_allowlist_on_forwarded_for_refuses_per_request_with_403() {
         );
         let gw = Gateway::start(&[("api.yaml", &files(&origin, &[allow]))], &[]);
 
-        let listed = get(&gw, "/partners/x", "X-Forwarded-For: 10.0.0.1, 203.0.113.5\r\n");
-        let forged = get(&gw, "/partners/x", "X-Forwarded-For: 203.0.113.5, 10.0.0.1\r\n");
+        let listed = get(
+            &gw,
+            "/partners/x",
+            "X-Forwarded-For: 10.0.0.1, 203.0.113.5\r\n",
+        );
+        let forged = get(
+            &gw,
+            "/partners/x",
+            "X-Forwarded-For: 203.0.113.5, 10.0.0.1\r\n",
+        );
         let missing = get(&gw, "/partners/x", "");
         let elsewhere = get(&gw, "/public", "");
 
@@ -95,11 +102,10 @@ fn ip_allowlist_on_forwarded_for_refuses_per_request_with_403() {
 #[test]
 fn a_response_timeout_policy_cuts_a_slow_upstream_short() {
     within(TEST_LIMIT, || {
-        let origin =
-            Origin::start(|req| match req.path.as_str() {
-                "/slow" => Reply::ok("late").delay(Duration::from_secs(3)),
-                _ => Reply::ok("fast"),
-            });
+        let origin = Origin::start(|req| match req.path.as_str() {
+            "/slow" => Reply::ok("late").delay(Duration::from_secs(3)),
+            _ => Reply::ok("fast"),
+        });
         let timeout = policy_binding(
             "quick",
             "api",
@@ -142,7 +148,10 @@ fn message_logging_writes_request_and_response_lines() {
             .lines()
             .find(|l| l.contains("answered 200"))
             .unwrap_or_default();
-        assert!(line.contains("WARN") && line.contains("item=\"out\""), "{line}");
+        assert!(
+            line.contains("WARN") && line.contains("item=\"out\""),
+            "{line}"
+        );
     })
 }
 
@@ -164,10 +173,7 @@ fn a_refusal_names_its_policy_in_the_access_log_and_is_counted() {
             "ips: [198.51.100.0/24]\nipExpression: \"#[attributes.headers['x-real-ip']]\"\n",
             &[],
         );
-        let config = documents(&[
-            &files(&origin, &[block]),
-            &configuration("logs", &logging),
-        ]);
+        let config = documents(&[&files(&origin, &[block]), &configuration("logs", &logging)]);
         let mut gw = Gateway::start(&[("api.yaml", &config)], &["--admin", "127.0.0.1:0"]);
 
         assert_eq!(get(&gw, "/a", "X-Real-IP: 198.51.100.9\r\n").status, 403);
@@ -180,8 +186,14 @@ fn a_refusal_names_its_policy_in_the_access_log_and_is_counted() {
             )
         };
         let metrics = Client::connect(gw.admin_addr()).get("/metrics").text();
-        assert!(metrics.contains(&format!("{} 1", series("reject"))), "{metrics}");
-        assert!(metrics.contains(&format!("{} 1", series("pass"))), "{metrics}");
+        assert!(
+            metrics.contains(&format!("{} 1", series("reject"))),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains(&format!("{} 1", series("pass"))),
+            "{metrics}"
+        );
 
         gw.terminate();
         assert_eq!(gw.wait_exit(Duration::from_secs(10)).code(), Some(0));
@@ -232,12 +244,45 @@ fn a_bad_policy_config_fails_validation_with_its_line_and_a_reload_keeps_the_old
             )
         );
 
-        let mut gw = Gateway::start(
-            &[("api.yaml", &files(&origin, &[good]))],
-            &["--no-watch"],
-        );
+        let mut gw = Gateway::start(&[("api.yaml", &files(&origin, &[good]))], &["--no-watch"]);
         let line = gw.reload_with("api.yaml", Some(&files(&origin, &[bad])));
         assert!(line.starts_with("reload-failed "), "{line}");
         assert_eq!(get(&gw, "/still", "").status, 200);
+    })
+}
+
+#[test]
+fn policies_run_before_an_unrouted_path_gets_its_404() {
+    within(TEST_LIMIT, || {
+        let origin = Origin::ok("in");
+        let api = api_instance(
+            "api",
+            ANY_PORT,
+            &[InlineService::new(
+                "up",
+                &origin.url(),
+                vec![Route::all().rule(Rule::path("/orders/.*"))],
+            )],
+        );
+        let block = policy_binding(
+            "no-bots",
+            "api",
+            "ip-blocklist-flex",
+            None,
+            "ips: [198.51.100.0/24]\nipExpression: \"#[attributes.headers['x-real-ip']]\"\n",
+            &[],
+        );
+        let gw = Gateway::start(&[("api.yaml", &documents(&[&api, &block]))], &[]);
+
+        // A refused client learns nothing about which paths have routes.
+        assert_eq!(
+            get(&gw, "/secret", "X-Real-IP: 198.51.100.1\r\n").status,
+            403
+        );
+        assert_eq!(get(&gw, "/secret", "X-Real-IP: 192.0.2.1\r\n").status, 404);
+        assert_eq!(
+            get(&gw, "/orders/1", "X-Real-IP: 192.0.2.1\r\n").status,
+            200
+        );
     })
 }
