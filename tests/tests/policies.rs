@@ -223,14 +223,14 @@ fn a_bad_policy_config_fails_validation_with_its_line_and_a_reload_keeps_the_old
             &[],
         );
         let bad = good.replace("timeout: 5", "timeout: -1");
-        let dir = config_dir(&[("api.yaml", &files(&origin, &[bad.clone()]))]);
+        let dir = config_dir(&[("api.yaml", &files(&origin, std::slice::from_ref(&bad)))]);
         let out = run_cli(
             &["validate", dir.path().to_str().expect("utf-8")],
             Duration::from_secs(10),
         );
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{stderr}");
-        let text = files(&origin, &[bad.clone()]);
+        let text = files(&origin, std::slice::from_ref(&bad));
         let line = text
             .lines()
             .position(|l| l.contains("timeout: -1"))
