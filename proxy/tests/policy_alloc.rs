@@ -1,0 +1,130 @@
+//! The request and response phases of a warm policy chain allocate nothing: a counting
+//! global allocator (this test binary's own) watches a chain of the policies whose common
+//! path must stay allocation-free. JWT validation is left out: decoding a token allocates by
+//! nature.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use ringwall::http::request;
+use ringwall::policy::{compile, HeaderLines, Overrides, RequestCx, ResponseCx, Stop};
+
+struct Counting;
+
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every call is forwarded unchanged to the system allocator; the counter is the only
+// addition and it does not allocate.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as ours.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as ours.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as ours.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// The policies under watch, bound to one ApiInstance.
+const CONFIG: &str = "apiVersion: gateway.mulesoft.com/v1alpha1
+kind: ApiInstance
+metadata: {name: a}
+spec:
+  address: http://127.0.0.1:0
+  services:
+    up: {address: 'http://127.0.0.1:9'}
+  policies:
+    - policyRef: {name: header-injection-flex}
+      config:
+        inboundHeaders:
+          - {key: x-gateway, value: ringwall}
+          - {key: x-caller, value: \"#[attributes.headers['x-user'] ++ '@' ++ attributes.remoteAddress]\"}
+        outboundHeaders:
+          - {key: x-status, value: \"#[attributes.statusCode]\"}
+    - policyRef: {name: header-removal-flex}
+      config: {inboundHeaders: [x-secret], outboundHeaders: [server]}
+    - policyRef: {name: ip-allowlist-flex}
+      config:
+        ips: [203.0.113.0/24, 10.0.0.0/8]
+        ipExpression: \"#[(attributes.headers['x-forwarded-for'] splitBy ',')[-1]]\"
+    - policyRef: {name: response-timeout-flex}
+      config: {timeout: 5}
+      rules: [{path: /orders/.*, methods: GET}]
+";
+
+const REQUEST: &[u8] = b"GET /orders/7?x=1 HTTP/1.1\r\nHost: a\r\nX-User: ada\r\n\
+    X-Secret: s\r\nX-Forwarded-For: 192.0.2.1, 203.0.113.9\r\n\r\n";
+
+#[test]
+fn a_warm_chain_allocates_nothing_per_request() {
+    let snapshot =
+        ringwall_config::load_files(&[("a.yaml".into(), CONFIG.into())]).expect("valid config");
+    let snapshot = Arc::new(snapshot);
+    let policies = compile(&snapshot, None).expect("valid policies");
+    let api = &snapshot.apis[0];
+    let chain = &policies.chains[0];
+    let (mut up, mut client) = (HeaderLines::default(), HeaderLines::default());
+    let response_headers = [httparse::Header {
+        name: "Server",
+        value: b"origin",
+    }];
+
+    let mut exchange = || {
+        let mut headers = [httparse::EMPTY_HEADER; request::MAX_HEADERS];
+        let req = request::parse(REQUEST, &mut headers, 65536)
+            .expect("valid")
+            .expect("complete");
+        up.clear();
+        client.clear();
+        let mut overrides = Overrides::default();
+        let applied = chain.applicable(api, req.method, req.path, req.host, |n| req.header(n));
+        let mut cx = RequestCx {
+            req: &req,
+            peer: "192.0.2.1:4000".parse().expect("addr"),
+            attempt: 0,
+            upstream_headers: &mut up,
+            client_headers: &mut client,
+            overrides: &mut overrides,
+        };
+        assert!(matches!(chain.request(applied, 0, &mut cx), Stop::Passed));
+        let mut cx = ResponseCx {
+            status: 200,
+            headers: &response_headers,
+            peer: "192.0.2.1:4000".parse().expect("addr"),
+            client_headers: &mut client,
+        };
+        chain.response(applied, usize::MAX, &mut cx);
+        assert!(chain.strips_request_header(applied, "x-secret"));
+        (applied, overrides)
+    };
+
+    // Warm-up: the header buffers grow to their working size once.
+    let (applied, overrides) = exchange();
+    assert_eq!(applied.count_ones(), 4);
+    assert!(overrides.response_timeout.is_some());
+    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    for _ in 0..1000 {
+        exchange();
+    }
+    let allocated = ALLOCATIONS.load(Ordering::Relaxed) - before;
+    assert_eq!(
+        allocated, 0,
+        "{allocated} allocations in 1000 warm exchanges"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(up.as_bytes()),
+        "x-gateway: ringwall\r\nx-caller: ada@192.0.2.1\r\n"
+    );
+    assert_eq!(client.as_bytes(), b"x-status: 200\r\n");
+}
