@@ -135,15 +135,18 @@ fn message_logging_writes_request_and_response_lines() {
             "api",
             "message-logging-flex",
             None,
-            "loggingConfiguration:\n  - itemName: in\n    itemData:\n      message: \"#['seen ' ++ attributes.method ++ ' ' ++ attributes.requestPath ++ ' by ' ++ attributes.headers['x-user']]\"\n  - itemName: out\n    itemData:\n      message: \"#['answered ' ++ attributes.statusCode]\"\n      level: WARN\n      firstSection: false\n      secondSection: true\n",
+            "loggingConfiguration:\n  - itemName: in\n    itemData:\n      message: \"#['seen ' ++ attributes.method ++ ' ' ++ attributes.requestPath ++ ' by ' ++ attributes.headers['x-user']]\"\n      conditional: \"#[attributes.headers['x-user'] != 'bob']\"\n  - itemName: out\n    itemData:\n      message: \"#['answered ' ++ attributes.statusCode]\"\n      level: WARN\n      firstSection: false\n      secondSection: true\n",
             &[],
         );
         let gw = Gateway::start(&[("api.yaml", &files(&origin, &[logging]))], &[]);
 
+        assert_eq!(get(&gw, "/orders/6", "X-User: bob\r\n").status, 200);
         assert_eq!(get(&gw, "/orders/7", "X-User: ada\r\n").status, 200);
 
+        // Bob's line, had it been logged, would come before Ada's.
+        let stderr = gw.wait_stderr("seen GET /orders/7 by ada", Duration::from_secs(5));
+        assert!(!stderr.contains("by bob"), "{stderr}");
         let stderr = gw.wait_stderr("answered 200", Duration::from_secs(5));
-        assert!(stderr.contains("seen GET /orders/7 by ada"), "{stderr}");
         let line = stderr
             .lines()
             .find(|l| l.contains("answered 200"))

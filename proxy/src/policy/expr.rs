@@ -376,6 +376,100 @@ impl Parser<'_> {
     }
 }
 
+/// A boolean expression (`conditional` of `message-logging-flex`): `true`, `false`, or two
+/// expressions compared with `==` or `!=` (`#[attributes.method == 'POST']`). Values compare
+/// as text, so `attributes.statusCode == '500'` and `== 500` alike hold for a 500.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Condition {
+    Always(bool),
+    Compare {
+        left: Expr,
+        right: Expr,
+        equal: bool,
+    },
+}
+
+impl Condition {
+    pub fn parse(text: &str) -> Result<Condition, String> {
+        let trimmed = text.trim();
+        let body = trimmed
+            .strip_prefix("#[")
+            .and_then(|rest| rest.strip_suffix(']'))
+            .unwrap_or(trimmed)
+            .trim();
+        match body {
+            "true" => return Ok(Condition::Always(true)),
+            "false" => return Ok(Condition::Always(false)),
+            _ => {}
+        }
+        let Some((at, op)) = comparison(body) else {
+            return Err(format!(
+                "unsupported condition `{text}`: expected `true`, `false`, or two expressions \
+                 compared with == or !=; {SUPPORTED}"
+            ));
+        };
+        let side = |s: &str| {
+            let s = s.trim();
+            // A bare number compares as its text.
+            if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+                return Ok(Expr {
+                    terms: vec![Term::Literal(s.to_owned())],
+                });
+            }
+            Expr::parse(&format!("#[{s}]"))
+                .map_err(|e| e.replace(&format!("`#[{s}]`"), &format!("`{text}`")))
+        };
+        Ok(Condition::Compare {
+            left: side(&body[..at])?,
+            right: side(&body[at + op.len()..])?,
+            equal: op == "==",
+        })
+    }
+
+    pub fn reads_response(&self) -> bool {
+        match self {
+            Condition::Always(_) => false,
+            Condition::Compare { left, right, .. } => {
+                left.reads_response() || right.reads_response()
+            }
+        }
+    }
+
+    /// Whether the condition holds; an absent attribute makes a comparison false.
+    pub fn holds(&self, attrs: &impl Attributes) -> bool {
+        match self {
+            Condition::Always(b) => *b,
+            Condition::Compare { left, right, equal } => {
+                let (Some(l), Some(r)) = (left.eval(attrs), right.eval(attrs)) else {
+                    return false;
+                };
+                let same = match (l, r) {
+                    (Value::Str(a), Value::Str(b)) => a == b,
+                    (a, b) => a.to_string() == b.to_string(),
+                };
+                same == *equal
+            }
+        }
+    }
+}
+
+/// Where the top-level `==` or `!=` is (outside quotes), and which.
+fn comparison(body: &str) -> Option<(usize, &'static str)> {
+    let mut quote = None;
+    let bytes = body.as_bytes();
+    for (i, &b) in bytes.iter().enumerate() {
+        match quote {
+            Some(q) if b == q => quote = None,
+            Some(_) => {}
+            None if b == b'\'' || b == b'"' => quote = Some(b),
+            None if body[i..].starts_with("==") => return Some((i, "==")),
+            None if body[i..].starts_with("!=") => return Some((i, "!=")),
+            None => {}
+        }
+    }
+    None
+}
+
 /// Feeds what an expression writes into a hasher, so a key is hashed without being built.
 pub struct HashWriter<'h, H: std::hash::Hasher>(pub &'h mut H);
 
@@ -504,6 +598,29 @@ mod tests {
             );
             assert!(e.contains("supported: attributes.headers['name']"), "{e}");
         }
+    }
+
+    #[test]
+    fn conditions_compare_as_text() {
+        let holds = |text: &str| Condition::parse(text).expect(text).holds(&Fake);
+        assert!(holds("#[attributes.method == 'GET']"));
+        assert!(!holds("#[attributes.method != \"GET\"]"));
+        assert!(holds("#[attributes.headers['x-client-id'] == 'abc']"));
+        assert!(!holds("#[attributes.headers['nope'] == 'abc']"));
+        assert!(holds("#[attributes.remoteAddress == '192.0.2.1']"));
+        assert!(holds("#[attributes.queryParams['a'] == 1]"));
+        assert!(holds("true") && !holds("#[false]"));
+        assert!(holds("#[attributes.headers['x-forwarded-for'] != 'a==b']"));
+        let bad = Condition::parse("#[attributes.method]").unwrap_err();
+        assert!(
+            bad.starts_with("unsupported condition `#[attributes.method]`"),
+            "{bad}"
+        );
+        let bad = Condition::parse("#[payload == 'x']").unwrap_err();
+        assert!(
+            bad.contains("`payload` is not a supported attribute"),
+            "{bad}"
+        );
     }
 
     #[test]

@@ -2,14 +2,15 @@
 //! goes upstream) and per response (`secondSection`, when the response head arrives), each
 //! `message` an expression over the request or the response. Lines go through the runtime
 //! log at their `level`, so the `Configuration`'s `logLevel` filters them, under the target
-//! `ringwall::message_logging` with the item's name and `category`.
+//! `ringwall::message_logging` with the item's name and `category`. A `conditional` (`true`,
+//! `false`, or `==` / `!=` between two expressions) decides whether an exchange is logged.
 
 use std::fmt;
 use std::sync::Arc;
 
 use ringwall_config::{item, Node, Scope};
 
-use super::expr::{Attributes, Expr};
+use super::expr::{Attributes, Condition, Expr};
 use super::{config_fields, expression, Policy, RequestCx, ResponseCx, Verdict};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -25,6 +26,8 @@ struct Item {
     name: String,
     category: String,
     message: Expr,
+    /// Whether to log this exchange at all.
+    conditional: Option<Condition>,
     level: Level,
     first: bool,
     second: bool,
@@ -70,6 +73,7 @@ fn logging_item(node: &Node, path: &str, scope: &mut Scope<'_>) -> Option<Item> 
             "firstSection",
             "secondSection",
             "category",
+            "conditional",
         ],
     )?;
     let message = scope
@@ -104,13 +108,31 @@ fn logging_item(node: &Node, path: &str, scope: &mut Scope<'_>) -> Option<Item> 
     };
     let first = flag("firstSection", true);
     let second = flag("secondSection", false);
+    let conditional = match data.get("conditional") {
+        None => Some(None),
+        Some(n) => {
+            let path = data.path_of("conditional");
+            scope
+                .str(n, &path)
+                .and_then(|text| match Condition::parse(text) {
+                    Ok(c) => Some(Some(c)),
+                    Err(message) => {
+                        scope.error(n.line, &path, message);
+                        None
+                    }
+                })
+        }
+    };
     let category = match data.get("category") {
         Some(n) => scope.str(n, &data.path_of("category")).map(str::to_owned),
         None => Some(String::new()),
     };
     let message = message?;
     let first = first?;
-    if first && message.reads_response() {
+    let conditional = conditional?;
+    if first
+        && (message.reads_response() || conditional.as_ref().is_some_and(Condition::reads_response))
+    {
         let message = "a firstSection message is logged before there is a response: it cannot \
                        read attributes.statusCode (set `firstSection: false`)";
         scope.error(data_node.line, &data.path_of("message"), message);
@@ -120,6 +142,7 @@ fn logging_item(node: &Node, path: &str, scope: &mut Scope<'_>) -> Option<Item> 
         name: name?,
         category: category?,
         message,
+        conditional,
         level: level?,
         first,
         second: second?,
@@ -137,6 +160,9 @@ impl<A: Attributes> fmt::Display for Show<'_, A> {
 }
 
 fn emit(item: &Item, section: &'static str, attrs: &impl Attributes) {
+    if item.conditional.as_ref().is_some_and(|c| !c.holds(attrs)) {
+        return;
+    }
     let message = Show(&item.message, attrs);
     let (name, category) = (item.name.as_str(), item.category.as_str());
     macro_rules! log {
