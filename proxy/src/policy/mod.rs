@@ -77,6 +77,13 @@ pub trait Policy: Send + Sync + 'static {
     fn strips_response_header(&self, _name: &str) -> bool {
         false
     }
+
+    /// Whether a reload that leaves this binding's `config` unchanged may keep this instance.
+    /// A policy that read something its config only names (a file) says no, so that the
+    /// reload reads it again.
+    fn reusable(&self) -> bool {
+        true
+    }
 }
 
 /// What a policy decided about a request.
@@ -351,7 +358,10 @@ pub fn compile(snapshot: &Snapshot, previous: Option<&Policies>) -> Result<Polic
         for spec in &api.policies {
             let kept = old.and_then(|c| {
                 c.entries.iter().find(|e| {
-                    e.binding == spec.binding && e.name == spec.name && e.config == spec.config
+                    e.binding == spec.binding
+                        && e.name == spec.name
+                        && e.config == spec.config
+                        && e.policy.reusable()
                 })
             });
             let policy = match kept {
