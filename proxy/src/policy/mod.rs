@@ -18,6 +18,7 @@
 //! instance, and so its counters. The phases allocate nothing on the common path: expressions
 //! and regexes are compiled at load, and headers a policy adds go into per-connection buffers.
 
+mod basic_auth;
 pub mod expr;
 mod headers;
 mod ip;
@@ -47,6 +48,7 @@ pub const REGISTRY: &[(&str, BuildFn)] = &[
     ("header-removal-flex", headers::build_removal),
     ("ip-allowlist-flex", ip::build_allowlist),
     ("ip-blocklist-flex", ip::build_blocklist),
+    ("http-basic-authentication-flex", basic_auth::build),
     ("message-logging-flex", logging::build),
     ("response-timeout-flex", timeouts::build_response),
     ("idle-timeout-flex", timeouts::build_idle),
