@@ -19,6 +19,7 @@
 //! and regexes are compiled at load, and headers a policy adds go into per-connection buffers.
 
 mod basic_auth;
+mod client_id;
 pub mod expr;
 mod headers;
 mod ip;
@@ -49,6 +50,7 @@ pub const REGISTRY: &[(&str, BuildFn)] = &[
     ("ip-allowlist-flex", ip::build_allowlist),
     ("ip-blocklist-flex", ip::build_blocklist),
     ("http-basic-authentication-flex", basic_auth::build),
+    ("client-id-enforcement", client_id::build),
     ("message-logging-flex", logging::build),
     ("response-timeout-flex", timeouts::build_response),
     ("idle-timeout-flex", timeouts::build_idle),
