@@ -20,6 +20,7 @@
 
 mod basic_auth;
 mod client_id;
+mod cors;
 pub mod expr;
 mod headers;
 mod ip;
@@ -51,6 +52,7 @@ pub const REGISTRY: &[(&str, BuildFn)] = &[
     ("ip-blocklist-flex", ip::build_blocklist),
     ("http-basic-authentication-flex", basic_auth::build),
     ("client-id-enforcement", client_id::build),
+    ("cors-flex", cors::build),
     ("message-logging-flex", logging::build),
     ("response-timeout-flex", timeouts::build_response),
     ("idle-timeout-flex", timeouts::build_idle),
