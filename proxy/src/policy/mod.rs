@@ -15,8 +15,9 @@
 //! Policies are built once per snapshot, off the hot path, and shared by every worker; state
 //! that outlives a request (counters, fetched keys) lives in the policy and must be atomic or
 //! otherwise lock-free. A reload that leaves a binding's `config` unchanged keeps its
-//! instance, and so its counters. The phases allocate nothing on the common path: expressions
-//! and regexes are compiled at load, and headers a policy adds go into per-connection buffers.
+//! instance, and so its counters, unless the policy read a file ([`Policy::reusable`]). The
+//! phases allocate nothing on the common path: expressions and regexes are compiled at load,
+//! and headers a policy adds go into per-connection buffers.
 
 mod basic_auth;
 mod client_id;
@@ -344,7 +345,8 @@ impl Chain {
 // === Building ===
 
 /// Builds every ApiInstance's chain. A binding whose `config` is unchanged since `previous`
-/// keeps its instance, so counters and fetched keys survive the reload.
+/// keeps its instance (when [`Policy::reusable`]), so counters and fetched keys survive the
+/// reload.
 pub fn compile(snapshot: &Snapshot, previous: Option<&Policies>) -> Result<Policies, LoadErrors> {
     let mut diag = Diagnostics::default();
     let mut chains = Vec::with_capacity(snapshot.apis.len());
