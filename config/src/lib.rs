@@ -43,6 +43,7 @@ pub use settings::{Limits, Settings, Timeouts};
 pub use snapshot::{Snapshot, Summary};
 pub use storage::{Redis, RedisTls, Secret, Sentinel, SharedStorage};
 pub use view::{is_secret_key, is_secret_pair, REDACTED};
+pub use yaml::parse_documents;
 
 use address::system_resolve;
 use resources::{Environment, Resources};

@@ -13,8 +13,9 @@ use crate::node::{Node, Value};
 /// Deeper than any resource needs, shallow enough that converting cannot exhaust the stack.
 const MAX_DEPTH: usize = 64;
 
-/// The non-empty documents of `text`, in order.
-pub(crate) fn parse_documents(text: &str, scope: &mut Scope<'_>) -> Vec<Node> {
+/// The non-empty documents of `text`, in order. Public so that a policy reading a file its
+/// `config` names (a list of clients) reports that file's errors with their lines.
+pub fn parse_documents(text: &str, scope: &mut Scope<'_>) -> Vec<Node> {
     let docs = match MarkedYamlOwned::load_from_str(text) {
         Ok(docs) => docs,
         Err(e) => {

@@ -15,9 +15,13 @@
 //! Policies are built once per snapshot, off the hot path, and shared by every worker; state
 //! that outlives a request (counters, fetched keys) lives in the policy and must be atomic or
 //! otherwise lock-free. A reload that leaves a binding's `config` unchanged keeps its
-//! instance, and so its counters. The phases allocate nothing on the common path: expressions
-//! and regexes are compiled at load, and headers a policy adds go into per-connection buffers.
+//! instance, and so its counters, unless the policy read a file ([`Policy::reusable`]). The
+//! phases allocate nothing on the common path: expressions and regexes are compiled at load,
+//! and headers a policy adds go into per-connection buffers.
 
+mod basic_auth;
+mod client_id;
+mod cors;
 pub mod expr;
 mod headers;
 mod ip;
@@ -47,6 +51,9 @@ pub const REGISTRY: &[(&str, BuildFn)] = &[
     ("header-removal-flex", headers::build_removal),
     ("ip-allowlist-flex", ip::build_allowlist),
     ("ip-blocklist-flex", ip::build_blocklist),
+    ("http-basic-authentication-flex", basic_auth::build),
+    ("client-id-enforcement", client_id::build),
+    ("cors-flex", cors::build),
     ("message-logging-flex", logging::build),
     ("response-timeout-flex", timeouts::build_response),
     ("idle-timeout-flex", timeouts::build_idle),
@@ -76,6 +83,13 @@ pub trait Policy: Send + Sync + 'static {
     /// Whether the response header `name` is dropped before the head goes to the client.
     fn strips_response_header(&self, _name: &str) -> bool {
         false
+    }
+
+    /// Whether a reload that leaves this binding's `config` unchanged may keep this instance.
+    /// A policy that read something its config only names (a file) says no, so that the
+    /// reload reads it again.
+    fn reusable(&self) -> bool {
+        true
     }
 }
 
@@ -331,7 +345,8 @@ impl Chain {
 // === Building ===
 
 /// Builds every ApiInstance's chain. A binding whose `config` is unchanged since `previous`
-/// keeps its instance, so counters and fetched keys survive the reload.
+/// keeps its instance (when [`Policy::reusable`]), so counters and fetched keys survive the
+/// reload.
 pub fn compile(snapshot: &Snapshot, previous: Option<&Policies>) -> Result<Policies, LoadErrors> {
     let mut diag = Diagnostics::default();
     let mut chains = Vec::with_capacity(snapshot.apis.len());
@@ -351,7 +366,10 @@ pub fn compile(snapshot: &Snapshot, previous: Option<&Policies>) -> Result<Polic
         for spec in &api.policies {
             let kept = old.and_then(|c| {
                 c.entries.iter().find(|e| {
-                    e.binding == spec.binding && e.name == spec.name && e.config == spec.config
+                    e.binding == spec.binding
+                        && e.name == spec.name
+                        && e.config == spec.config
+                        && e.policy.reusable()
                 })
             });
             let policy = match kept {
