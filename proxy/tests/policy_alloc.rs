@@ -61,10 +61,25 @@ spec:
     - policyRef: {name: response-timeout-flex}
       config: {timeout: 5}
       rules: [{path: /orders/.*, methods: GET}]
+    - policyRef: {name: cors-flex}
+      config:
+        publicResource: false
+        originGroups:
+          - origins: [https://app.example.com]
+            exposedHeaders: [x-status]
+    - policyRef: {name: http-basic-authentication-flex}
+      config: {username: ada, password: lovelace}
+    - policyRef: {name: client-id-enforcement}
+      config:
+        clientIdExpression: \"#[attributes.headers['x-client-id']]\"
+        clientSecretExpression: \"#[attributes.headers['x-client-secret']]\"
+        clients: [{clientId: app-1, clientSecret: s3cret}]
 ";
 
 const REQUEST: &[u8] = b"GET /orders/7?x=1 HTTP/1.1\r\nHost: a\r\nX-User: ada\r\n\
-    X-Secret: s\r\nX-Forwarded-For: 192.0.2.1, 203.0.113.9\r\n\r\n";
+    X-Secret: s\r\nX-Forwarded-For: 192.0.2.1, 203.0.113.9\r\n\
+    Origin: https://app.example.com\r\nAuthorization: Basic YWRhOmxvdmVsYWNl\r\n\
+    X-Client-Id: app-1\r\nX-Client-Secret: s3cret\r\n\r\n";
 
 #[test]
 fn a_warm_chain_allocates_nothing_per_request() {
@@ -111,7 +126,7 @@ fn a_warm_chain_allocates_nothing_per_request() {
 
     // Warm-up: the header buffers grow to their working size once.
     let (applied, overrides) = exchange();
-    assert_eq!(applied.count_ones(), 4);
+    assert_eq!(applied.count_ones(), 7);
     assert!(overrides.response_timeout.is_some());
     let before = ALLOCATIONS.load(Ordering::Relaxed);
     for _ in 0..1000 {
@@ -126,5 +141,12 @@ fn a_warm_chain_allocates_nothing_per_request() {
         String::from_utf8_lossy(up.as_bytes()),
         "x-gateway: ringwall\r\nx-caller: ada@192.0.2.1\r\n"
     );
-    assert_eq!(client.as_bytes(), b"x-status: 200\r\n");
+    let client = String::from_utf8_lossy(client.as_bytes());
+    assert!(client.contains("x-status: 200\r\n"), "{client}");
+    assert!(
+        client
+            .to_ascii_lowercase()
+            .contains("access-control-allow-origin: https://app.example.com"),
+        "{client}"
+    );
 }
