@@ -21,6 +21,7 @@
 pub mod expr;
 mod headers;
 mod ip;
+mod jwt;
 mod logging;
 mod timeouts;
 
@@ -47,6 +48,7 @@ pub const REGISTRY: &[(&str, BuildFn)] = &[
     ("header-removal-flex", headers::build_removal),
     ("ip-allowlist-flex", ip::build_allowlist),
     ("ip-blocklist-flex", ip::build_blocklist),
+    ("jwt-validation-flex", jwt::build),
     ("message-logging-flex", logging::build),
     ("response-timeout-flex", timeouts::build_response),
     ("idle-timeout-flex", timeouts::build_idle),
