@@ -25,6 +25,7 @@ mod cors;
 pub mod expr;
 mod headers;
 mod ip;
+mod jwt;
 mod logging;
 mod timeouts;
 
@@ -54,6 +55,7 @@ pub const REGISTRY: &[(&str, BuildFn)] = &[
     ("http-basic-authentication-flex", basic_auth::build),
     ("client-id-enforcement", client_id::build),
     ("cors-flex", cors::build),
+    ("jwt-validation-flex", jwt::build),
     ("message-logging-flex", logging::build),
     ("response-timeout-flex", timeouts::build_response),
     ("idle-timeout-flex", timeouts::build_idle),
