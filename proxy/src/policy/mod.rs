@@ -22,6 +22,7 @@ pub mod expr;
 mod headers;
 mod ip;
 mod logging;
+mod rate_limit;
 mod timeouts;
 
 use std::any::Any;
@@ -51,6 +52,7 @@ pub const REGISTRY: &[(&str, BuildFn)] = &[
     ("response-timeout-flex", timeouts::build_response),
     ("idle-timeout-flex", timeouts::build_idle),
     ("stream-idle-timeout-flex", timeouts::build_idle),
+    ("rate-limiting-flex", rate_limit::build),
 ];
 
 /// Most per-request policies on one ApiInstance: which of them apply is a 64-bit mask.
