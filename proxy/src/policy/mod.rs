@@ -23,6 +23,7 @@ mod headers;
 mod ip;
 mod logging;
 mod rate_limit;
+mod spike;
 mod timeouts;
 
 use std::any::Any;
@@ -53,6 +54,7 @@ pub const REGISTRY: &[(&str, BuildFn)] = &[
     ("idle-timeout-flex", timeouts::build_idle),
     ("stream-idle-timeout-flex", timeouts::build_idle),
     ("rate-limiting-flex", rate_limit::build),
+    ("spike-control-flex", spike::build),
 ];
 
 /// Most per-request policies on one ApiInstance: which of them apply is a 64-bit mask.
