@@ -232,6 +232,8 @@ async fn phases(c: &mut Client, listener: &ListenerHandle, w: &Worker) -> Next {
                     }
                 }
                 Err(r) => {
+                    // The final verdict: a policy stops holding the request.
+                    drop(resume.hold.take());
                     // The gateway's own answers close too while draining or once the
                     // listener is gone, as forwarded responses do.
                     let close = r.close || winding_down(w, listener);
@@ -268,6 +270,8 @@ async fn phases(c: &mut Client, listener: &ListenerHandle, w: &Worker) -> Next {
             Err(Fail::Io(_)) => return Next::Close,
         }
     };
+    // The request goes upstream: a policy that held it lets go now, not when it ends.
+    drop(resume);
 
     let settings = &gateway.snapshot.settings;
     if let (Framing::Length(n), Some(max)) = (plan.framing, settings.limits.max_body_bytes) {
