@@ -5,13 +5,14 @@
 //! starts with the first request after it ends), a request passes only if every limit has
 //! room, and a request whose key is absent (the header is missing) counts under the empty
 //! key, shared by all such requests. The count is exact across workers: the counters are
-//! shared atomics ([`table`]), never split per core.
+//! shared atomics, never split per core, in a bounded table ([`table`] says what happens
+//! when it is full).
 //!
 //! With `exposeHeaders`, every response to a request the policy decided on carries
 //! `x-ratelimit-limit`, `x-ratelimit-remaining` and `x-ratelimit-reset` (milliseconds until
 //! the window ends, as in Flex) of the limit closest to refusing (fewest left; on a tie,
 //! the one that ends last), and a 429 also `Retry-After` (whole seconds until that window
-//! ends, which Flex does not send). The upstream's own `x-ratelimit-*` headers are dropped
+//! ends, which Flex does not document). The upstream's own `x-ratelimit-*` headers are dropped
 //! then, so the client sees one value.
 //!
 //! `clusterizable` is accepted; without a `sharedStorage` the counters stay in this process.

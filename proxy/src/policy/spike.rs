@@ -15,6 +15,10 @@
 //! (places free now) and `x-ratelimit-reset` (milliseconds until the oldest request leaves
 //! the window; 0 while places are free), as Flex documents, and a 429 `Retry-After`. A
 //! waiting request gets them with its final answer.
+//!
+//! The queue is a counter: each waiting request holds a place ([`Queued`], one small
+//! allocation when a request starts to wait, never on a request within the rate), given
+//! back when its connection gets the final verdict or goes away.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::SeqCst};
 use std::sync::Arc;
