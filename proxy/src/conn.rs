@@ -270,7 +270,6 @@ async fn phases(c: &mut Client, listener: &ListenerHandle, w: &Worker) -> Next {
             Err(Fail::Io(_)) => return Next::Close,
         }
     };
-
     // Every policy let the request through: release what they held while it waited.
     drop(resume);
     let settings = &gateway.snapshot.settings;

@@ -27,6 +27,8 @@ mod headers;
 mod ip;
 mod jwt;
 mod logging;
+mod rate_limit;
+mod spike;
 mod timeouts;
 
 use std::any::Any;
@@ -60,6 +62,8 @@ pub const REGISTRY: &[(&str, BuildFn)] = &[
     ("response-timeout-flex", timeouts::build_response),
     ("idle-timeout-flex", timeouts::build_idle),
     ("stream-idle-timeout-flex", timeouts::build_idle),
+    ("rate-limiting-flex", rate_limit::build),
+    ("spike-control-flex", spike::build),
 ];
 
 /// Most per-request policies on one ApiInstance: which of them apply is a 64-bit mask.
