@@ -145,6 +145,10 @@ pub(crate) async fn serve(
 async fn exchange(c: &mut Client, listener: &ListenerHandle, w: &Worker) -> Next {
     c.rec = Record::default();
     c.meta.clear();
+    // Whatever the policies added belongs to one exchange: an error answered before they
+    // run must not carry the previous exchange's headers.
+    c.up_headers.clear();
+    c.client_headers.clear();
     let next = phases(c, listener, w).await;
     // === Phase: log ===
     let rec = std::mem::take(&mut c.rec);
@@ -214,7 +218,7 @@ async fn phases(c: &mut Client, listener: &ListenerHandle, w: &Worker) -> Next {
             if resume.from == 0 {
                 resume.pick = w.random();
             }
-            match plan_request(c, &gateway, index, &resume, w.logs()) {
+            match plan_request(c, &gateway, index, &mut resume, w.logs()) {
                 Ok(Planned::Go(plan)) => break (gateway, plan),
                 Ok(Planned::More) => {}
                 Ok(Planned::Wait { from, after, hold }) => {
@@ -227,9 +231,12 @@ async fn phases(c: &mut Client, listener: &ListenerHandle, w: &Worker) -> Next {
                     resume.hold = hold;
                     resume.gateway = Some(gateway);
                     tokio::select! {
-                        () = tokio::time::sleep(after) => continue,
+                        () = tokio::time::sleep(after) => {}
                         () = w.draining() => return Next::Close,
                     }
+                    // The policy is asked afresh: the place it held is given back first.
+                    resume.hold = None;
+                    continue;
                 }
                 Err(r) => {
                     // The policy's decision is final: release what it held.
@@ -326,6 +333,8 @@ struct Resume {
     attempt: u32,
     /// The route choice, kept so a resumed request goes where it was going.
     pick: u64,
+    /// What the policies before `from` set for this request.
+    overrides: Overrides,
     hold: Option<Hold>,
     #[allow(clippy::redundant_allocation)]
     gateway: Option<Rc<Arc<Gateway>>>,
@@ -349,7 +358,7 @@ fn plan_request(
     c: &mut Client,
     gateway: &Gateway,
     listener: usize,
-    resume: &Resume,
+    resume: &mut Resume,
     log: bool,
 ) -> Result<Planned, Refusal> {
     let settings = &gateway.snapshot.settings;
@@ -394,10 +403,8 @@ fn plan_request(
     // === Phase: policies, request ===
     let chain = gateway.policies.chains.get(api);
     let mut applied = 0;
-    let mut overrides = Overrides::default();
     if resume.from == 0 {
-        c.up_headers.clear();
-        c.client_headers.clear();
+        resume.overrides = Overrides::default();
     }
     if let Some(chain) = chain.filter(|ch| !ch.is_empty()) {
         applied = chain.applicable(routed.api, req.method, routed.path, req.host, |n| {
@@ -409,7 +416,7 @@ fn plan_request(
             attempt: resume.attempt,
             upstream_headers: &mut c.up_headers,
             client_headers: &mut c.client_headers,
-            overrides: &mut overrides,
+            overrides: &mut resume.overrides,
         };
         let (index, status, reason, answer) = match chain.request(applied, resume.from, &mut cx) {
             Stop::Passed => (0, 0, "", false),
@@ -466,7 +473,7 @@ fn plan_request(
         api,
         route,
         applied,
-        overrides,
+        overrides: resume.overrides,
         framing: req.framing,
         keep_alive: req.keep_alive,
         http10: req.version == 0,
@@ -519,7 +526,11 @@ async fn forward(
     // connection that turned out to be closed.
     let mut replayable = !has_body && plan.idempotent;
     let (mut up, resp) = loop {
-        let mut up = match w.pool.take(addr, timeouts.upstream_idle) {
+        let pooled_idle = plan
+            .overrides
+            .upstream_idle
+            .unwrap_or(timeouts.upstream_idle);
+        let mut up = match w.pool.take(addr, pooled_idle) {
             // Even a replayable request needs the peek: a replay covers a closed
             // connection, not one holding bytes nobody asked for, which would be taken
             // for this request's response.

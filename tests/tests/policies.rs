@@ -289,3 +289,29 @@ fn policies_run_before_an_unrouted_path_gets_its_404() {
         );
     })
 }
+
+#[test]
+fn an_error_answered_before_the_policies_carries_no_headers_of_the_previous_exchange() {
+    within(TEST_LIMIT, || {
+        let origin = Origin::start(|_| Reply::ok("in").header("X-User", "alice"));
+        let inject = policy_binding(
+            "inject",
+            "api",
+            "header-injection-flex",
+            None,
+            "outboundHeaders:\n  - {key: x-user, value: \"#[attributes.headers['x-user']]\"}\n",
+            &[],
+        );
+        let gw = Gateway::start(&[("api.yaml", &files(&origin, &[inject]))], &[]);
+        let mut client = Client::connect(gw.addr("api"));
+
+        let first = client.request(b"GET /a HTTP/1.1\r\nHost: gw\r\n\r\n");
+        // No Host: refused as malformed before any policy runs.
+        let second = client.request(b"GET /b HTTP/1.1\r\n\r\n");
+
+        assert_eq!(first.status, 200, "{first:?}");
+        assert_eq!(first.header("x-user"), Some("alice"));
+        assert_eq!(second.status, 400, "{second:?}");
+        assert!(second.header("x-user").is_none(), "{second:?}");
+    })
+}

@@ -96,6 +96,23 @@ impl fmt::Display for Value<'_> {
 }
 
 impl Value<'_> {
+    /// Whether the two values read the same as text, without building the text.
+    pub fn same_text(&self, other: &Value<'_>) -> bool {
+        match (*self, *other) {
+            (Value::Str(a), Value::Str(b)) => a == b,
+            (Value::Status(a), Value::Status(b)) => a == b,
+            (Value::Ip(a), Value::Ip(b)) => a == b,
+            (Value::Status(n), Value::Str(s)) | (Value::Str(s), Value::Status(n)) => {
+                s.parse::<u16>().is_ok_and(|m| m == n) && !s.starts_with(['+', '0'])
+                    || (n == 0 && s == "0")
+            }
+            (Value::Ip(ip), Value::Str(s)) | (Value::Str(s), Value::Ip(ip)) => {
+                s.parse::<IpAddr>().is_ok_and(|other| other == ip)
+            }
+            (Value::Status(_), Value::Ip(_)) | (Value::Ip(_), Value::Status(_)) => false,
+        }
+    }
+
     /// The value as an IP address: an address, or text that parses as one (surrounding spaces
     /// and an IPv6 address's brackets allowed).
     pub fn ip(&self) -> Option<IpAddr> {
@@ -443,11 +460,7 @@ impl Condition {
                 let (Some(l), Some(r)) = (left.eval(attrs), right.eval(attrs)) else {
                     return false;
                 };
-                let same = match (l, r) {
-                    (Value::Str(a), Value::Str(b)) => a == b,
-                    (a, b) => a.to_string() == b.to_string(),
-                };
-                same == *equal
+                l.same_text(&r) == *equal
             }
         }
     }
@@ -462,8 +475,9 @@ fn comparison(body: &str) -> Option<(usize, &'static str)> {
             Some(q) if b == q => quote = None,
             Some(_) => {}
             None if b == b'\'' || b == b'"' => quote = Some(b),
-            None if body[i..].starts_with("==") => return Some((i, "==")),
-            None if body[i..].starts_with("!=") => return Some((i, "!=")),
+            // Bytes, not `&body[i..]`: `i` may fall inside a multi-byte character.
+            None if bytes[i..].starts_with(b"==") => return Some((i, "==")),
+            None if bytes[i..].starts_with(b"!=") => return Some((i, "!=")),
             None => {}
         }
     }
@@ -611,6 +625,12 @@ mod tests {
         assert!(holds("#[attributes.queryParams['a'] == 1]"));
         assert!(holds("true") && !holds("#[false]"));
         assert!(holds("#[attributes.headers['x-forwarded-for'] != 'a==b']"));
+        // A character of several bytes before the operator is no panic, just an error.
+        assert!(Condition::parse("#[\u{2018}POST\u{2019} == attributes.method]").is_err());
+        assert!(Condition::parse("#[attributes.method\u{a0}== 'GET']").is_ok());
+        assert!(Value::Status(500).same_text(&Value::Str("500")));
+        assert!(!Value::Status(500).same_text(&Value::Str("0500")));
+        assert!(Value::Ip([10, 0, 0, 1].into()).same_text(&Value::Str("10.0.0.1")));
         let bad = Condition::parse("#[attributes.method]").unwrap_err();
         assert!(
             bad.starts_with("unsupported condition `#[attributes.method]`"),

@@ -17,8 +17,9 @@ use super::{
     Verdict,
 };
 
-/// Headers the gateway sets itself; a policy touching them could desynchronise framing.
-const RESERVED: [&str; 9] = [
+/// Headers the gateway sets itself: framing (a policy touching them could desynchronise
+/// message boundaries) and the `X-Forwarded-*` fields it writes from what it saw.
+const RESERVED: [&str; 12] = [
     "content-length",
     "transfer-encoding",
     "connection",
@@ -28,6 +29,9 @@ const RESERVED: [&str; 9] = [
     "trailer",
     "host",
     "expect",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
 ];
 
 struct Injection {

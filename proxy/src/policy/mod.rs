@@ -60,8 +60,8 @@ pub const REGISTRY: &[(&str, BuildFn)] = &[
     ("jwt-validation-flex", jwt::build),
     ("message-logging-flex", logging::build),
     ("response-timeout-flex", timeouts::build_response),
-    ("idle-timeout-flex", timeouts::build_idle),
-    ("stream-idle-timeout-flex", timeouts::build_idle),
+    ("idle-timeout-flex", timeouts::build_upstream_idle),
+    ("stream-idle-timeout-flex", timeouts::build_stream_idle),
     ("rate-limiting-flex", rate_limit::build),
     ("spike-control-flex", spike::build),
 ];
@@ -107,9 +107,10 @@ pub enum Verdict {
     Reject(u16, &'static str),
     /// The gateway answers with `status` and no body: not a refusal (a CORS preflight).
     Answer(u16),
-    /// Ask this policy again after `after` (spike control). `hold` is kept until the
-    /// request's final verdict or until the client goes away, whichever comes first, so a
-    /// policy can count the requests it holds.
+    /// Ask this policy again after `after` (spike control). `hold` is kept while the request
+    /// waits and dropped before the policy is asked again, so a policy can count the
+    /// requests it holds. A policy adds no headers when it returns this (it will be asked
+    /// again); a client that goes away is noticed when the wait ends.
     Retry {
         after: Duration,
         hold: Option<Hold>,
@@ -176,8 +177,11 @@ impl HeaderLines {
 pub struct Overrides {
     /// `response-timeout-flex`: how long the upstream has to start its response.
     pub response_timeout: Option<Duration>,
-    /// `idle-timeout-flex`: how long either stream may stay silent.
+    /// `stream-idle-timeout-flex`: how long either stream may stay silent.
     pub stream_idle: Option<Duration>,
+    /// `idle-timeout-flex`: how long a pooled upstream connection may have been idle to be
+    /// reused for this request.
+    pub upstream_idle: Option<Duration>,
 }
 
 /// The request as the request phase sees it.

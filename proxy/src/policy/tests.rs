@@ -182,6 +182,25 @@ fn header_policies_refuse_framing_headers_and_bad_values() {
         "    outboundHeaders: [transfer-encoding]\n",
     );
     assert!(error_of(&yaml).contains("`transfer-encoding` is managed by the gateway"));
+    // The gateway writes X-Forwarded-* itself; a policy's copy would be a second value.
+    for name in ["X-Forwarded-For", "x-forwarded-proto", "X-Forwarded-Host"] {
+        let yaml = with_policy(
+            "header-injection-flex",
+            &format!("    inboundHeaders:\n      - {{key: {name}, value: x}}\n"),
+        );
+        assert!(
+            error_of(&yaml).contains("is managed by the gateway"),
+            "{name}"
+        );
+        let yaml = with_policy(
+            "header-removal-flex",
+            &format!("    inboundHeaders: [{name}]\n"),
+        );
+        assert!(
+            error_of(&yaml).contains("is managed by the gateway"),
+            "{name}"
+        );
+    }
     let yaml = with_policy(
         "header-injection-flex",
         "    inboundHeaders:\n      - {key: 'bad name', value: x}\n",
@@ -294,13 +313,22 @@ fn timeouts_override_the_configuration() {
         out.overrides.response_timeout,
         Some(std::time::Duration::from_millis(2500))
     );
-    let yaml = with_policy("idle-timeout-flex", "    timeout: 3\n");
+    let yaml = with_policy("stream-idle-timeout-flex", "    timeout: 3\n");
     let (snapshot, policies) = compiled(&yaml).expect("valid");
     let out = run(&policies, &snapshot, GET, "192.0.2.1:1");
     assert_eq!(
         out.overrides.stream_idle,
         Some(std::time::Duration::from_secs(3))
     );
+    // Flex's "Upstream Idle Timeout": the pooled connection's idle time, not the stream's.
+    let yaml = with_policy("idle-timeout-flex", "    timeout: 4\n");
+    let (snapshot, policies) = compiled(&yaml).expect("valid");
+    let out = run(&policies, &snapshot, GET, "192.0.2.1:1");
+    assert_eq!(
+        out.overrides.upstream_idle,
+        Some(std::time::Duration::from_secs(4))
+    );
+    assert_eq!(out.overrides.stream_idle, None);
     let yaml = with_policy("response-timeout-flex", "    timeout: 0\n");
     assert!(error_of(&yaml).contains("spec.config.timeout: must be more than 0"));
 }

@@ -1,7 +1,10 @@
-//! `response-timeout-flex` (how long the upstream has to start its response, 504 when it
-//! does not) and `idle-timeout-flex` / `stream-idle-timeout-flex` (how long either side of
-//! the exchange may stay silent), for the requests they apply to. Both override the
-//! `Configuration`'s timeouts; the last applicable policy in order wins.
+//! Flex's timeout policies, for the requests they apply to, each overriding one of the
+//! `Configuration`'s timeouts (the last applicable policy in order wins):
+//! `response-timeout-flex` (how long the upstream has to start its response, 504 when it does
+//! not; `upstreamResponseSeconds`), `stream-idle-timeout-flex` (how long either side of the
+//! exchange may stay silent; `streamIdleSeconds`) and `idle-timeout-flex`, Flex's "Upstream
+//! Idle Timeout" (how long a pooled upstream connection may sit idle and still be reused;
+//! `upstreamConnectionIdleSeconds`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +18,8 @@ const MAX_SECONDS: f64 = 24.0 * 3600.0;
 
 enum Which {
     Response,
-    Idle,
+    Stream,
+    UpstreamIdle,
 }
 
 struct Timeout {
@@ -30,11 +34,18 @@ pub(super) fn build_response(
     build(spec, scope, Which::Response)
 }
 
-pub(super) fn build_idle(
+pub(super) fn build_stream_idle(
     spec: &ringwall_config::Policy,
     scope: &mut Scope<'_>,
 ) -> Option<Arc<dyn Policy>> {
-    build(spec, scope, Which::Idle)
+    build(spec, scope, Which::Stream)
+}
+
+pub(super) fn build_upstream_idle(
+    spec: &ringwall_config::Policy,
+    scope: &mut Scope<'_>,
+) -> Option<Arc<dyn Policy>> {
+    build(spec, scope, Which::UpstreamIdle)
 }
 
 fn build(
@@ -61,7 +72,8 @@ impl Policy for Timeout {
     fn request(&self, cx: &mut RequestCx<'_>) -> Verdict {
         match self.which {
             Which::Response => cx.overrides.response_timeout = Some(self.after),
-            Which::Idle => cx.overrides.stream_idle = Some(self.after),
+            Which::Stream => cx.overrides.stream_idle = Some(self.after),
+            Which::UpstreamIdle => cx.overrides.upstream_idle = Some(self.after),
         }
         Verdict::Continue
     }
