@@ -69,6 +69,7 @@ pub fn parse<'h, 'b>(
     let mut transfer_encoding = false;
     let mut chunked_last = false;
     let mut expect_continue = false;
+    let mut authorization = false;
     for h in headers {
         let name = h.name;
         if name.eq_ignore_ascii_case("host") {
@@ -96,6 +97,13 @@ pub fn parse<'h, 'b>(
                 chunked_last = coding.eq_ignore_ascii_case(b"chunked");
             }
             transfer_encoding = true;
+        } else if name.eq_ignore_ascii_case("authorization") {
+            // A singleton field: with two, the gateway's policies and the upstream could
+            // each read a different one.
+            if authorization {
+                return Err(HttpError::Malformed("more than one Authorization header"));
+            }
+            authorization = true;
         } else if name.eq_ignore_ascii_case("expect") {
             if h.value.eq_ignore_ascii_case(b"100-continue") {
                 expect_continue = true;
@@ -447,6 +455,19 @@ mod tests {
         assert_eq!(
             parse_err(b"GET / HTTP/1.1\r\nHost: a\r\nExpect: magic\r\n\r\n"),
             HttpError::ExpectationFailed
+        );
+    }
+
+    #[test]
+    fn a_second_authorization_header_is_refused() {
+        assert_eq!(
+            parse_err(b"GET / HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer a\r\nauthorization: Bearer b\r\n\r\n"),
+            HttpError::Malformed("more than one Authorization header")
+        );
+        assert!(
+            parse_ok(b"GET / HTTP/1.1\r\nHost: a\r\nAuthorization: Basic eA==\r\n\r\n")
+                .header("authorization")
+                .is_some()
         );
     }
 

@@ -28,6 +28,8 @@ use std::net::IpAddr;
 pub trait Attributes {
     /// The first header called `name` (given in lower case), compared case-insensitively.
     fn header(&self, name: &str) -> Option<&str>;
+    /// Every line of the header called `name`, in order, as sent (not necessarily text).
+    fn header_lines<'a>(&'a self, _name: &str, _each: &mut dyn FnMut(&'a [u8])) {}
     fn method(&self) -> Option<&str> {
         None
     }
@@ -164,6 +166,18 @@ impl Expr {
         Ok(Expr { terms })
     }
 
+    /// The header a single-term expression reads, if it reads one.
+    pub fn header_name(&self) -> Option<&str> {
+        match self.terms.as_slice() {
+            [Term::Attr(Attr::Header(name))
+            | Term::Split {
+                attr: Attr::Header(name),
+                ..
+            }] => Some(name),
+            _ => None,
+        }
+    }
+
     /// A constant, or a single attribute: what a key or an address can be.
     pub fn is_single(&self) -> bool {
         self.terms.len() == 1
@@ -217,6 +231,14 @@ impl Term {
         match self {
             Term::Literal(s) => Some(Value::Str(s)),
             Term::Attr(a) => a.eval(attrs),
+            // Several lines of a header are one comma-separated list (RFC 9110 §5.3): a
+            // proxy that appends a line of its own rather than extending the client's must
+            // not leave the client's hop as the last one.
+            Term::Split {
+                attr: Attr::Header(name),
+                sep,
+                index,
+            } => split_header(attrs, name, sep.as_bytes(), *index).map(Value::Str),
             Term::Split { attr, sep, index } => {
                 let Value::Str(whole) = attr.eval(attrs)? else {
                     return None;
@@ -248,6 +270,52 @@ impl Attr {
             Attr::StatusCode => Value::Status(attrs.status_code()?),
         })
     }
+}
+
+/// Item `index` (negative: from the end) of every line of header `name` split on `sep`,
+/// trimmed; `None` when there is no such item or it is not text.
+fn split_header<'a>(
+    attrs: &'a impl Attributes,
+    name: &str,
+    sep: &'a [u8],
+    index: isize,
+) -> Option<&'a str> {
+    let mut total = 0usize;
+    attrs.header_lines(name, &mut |line| total += split_on(line, sep).count());
+    let want = if index < 0 {
+        total.checked_sub(index.unsigned_abs())?
+    } else {
+        index.unsigned_abs()
+    };
+    let mut seen = 0usize;
+    let mut found: Option<&'a [u8]> = None;
+    attrs.header_lines(name, &mut |line| {
+        for item in split_on(line, sep) {
+            if seen == want {
+                found = Some(item);
+            }
+            seen += 1;
+        }
+    });
+    std::str::from_utf8(found?.trim_ascii()).ok()
+}
+
+/// `value` split on every occurrence of `sep` (not empty).
+fn split_on<'v>(value: &'v [u8], sep: &'v [u8]) -> impl Iterator<Item = &'v [u8]> {
+    let mut rest = Some(value);
+    std::iter::from_fn(move || {
+        let current = rest?;
+        match current.windows(sep.len()).position(|w| w == sep) {
+            Some(at) => {
+                rest = Some(&current[at + sep.len()..]);
+                Some(&current[..at])
+            }
+            None => {
+                rest = None;
+                Some(current)
+            }
+        }
+    })
 }
 
 /// The raw value of the first `name` parameter of `query`; `a` in `a&b=1` is empty.
@@ -508,6 +576,16 @@ mod tests {
                 _ => None,
             }
         }
+        fn header_lines<'a>(&'a self, name: &str, each: &mut dyn FnMut(&'a [u8])) {
+            if name == "x-forwarded-for" {
+                each(b"203.0.113.9, 10.0.0.1 , 10.0.0.2");
+                each(b"198.51.100.4");
+            } else if name == "x-bin" {
+                each(b"10.0.0.1, \xff\xfe");
+            } else if let Some(v) = self.header(name) {
+                each(v.as_bytes());
+            }
+        }
         fn method(&self) -> Option<&str> {
             Some("GET")
         }
@@ -569,9 +647,24 @@ mod tests {
         let first = "#[(attributes.headers['x-forwarded-for'] splitBy ',')[0]]";
         let last = "#[(attributes.headers['x-forwarded-for'] splitBy \",\")[-1]]";
         assert_eq!(eval(first).as_deref(), Some("203.0.113.9"));
-        assert_eq!(eval(last).as_deref(), Some("10.0.0.2"));
+        // The lines of a header are one list: the last hop is on the last line.
+        assert_eq!(eval(last).as_deref(), Some("198.51.100.4"));
+        assert_eq!(eval(&last.replace("-1", "-2")).as_deref(), Some("10.0.0.2"));
         assert_eq!(eval(&last.replace("-1", "5")), None);
-        assert_eq!(eval(&last.replace("-1", "-4")), None);
+        assert_eq!(eval(&last.replace("-1", "-5")), None);
+        // An item that is not text is absent, not an error.
+        let binary = "#[(attributes.headers['x-bin'] splitBy ',')[-1]]";
+        assert_eq!(eval(binary), None);
+        assert_eq!(
+            eval(&binary.replace("-1", "0")).as_deref(),
+            Some("10.0.0.1")
+        );
+        let e = Expr::parse(binary).unwrap();
+        assert_eq!(e.header_name(), Some("x-bin"));
+        assert_eq!(
+            Expr::parse("#[attributes.method]").unwrap().header_name(),
+            None
+        );
         let e = Expr::parse(first).unwrap();
         assert_eq!(
             e.eval(&Fake).and_then(|v| v.ip()),

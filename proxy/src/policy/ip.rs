@@ -5,9 +5,11 @@
 //!
 //! A header listing several addresses (`client, proxy1, proxy2`) gives its first, the
 //! original client; `(attributes.headers['x-forwarded-for'] splitBy ",")[-1]` picks the hop
-//! the nearest proxy saw, which the client cannot forge. A request whose address is absent
-//! or unreadable is refused by an allowlist and let through by a blocklist, which has
-//! nothing to match. Refusals are 403.
+//! the nearest proxy saw, which the client cannot forge (the header's lines count as one
+//! list). A request without the header is refused by an allowlist and let through by a
+//! blocklist, which has nothing to match; a header that is there but holds no readable
+//! address (`X-Forwarded-For: \x80`) is refused by both, since a client could otherwise
+//! blind a blocklist. Refusals are 403.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -82,17 +84,39 @@ fn build(
     }))
 }
 
+/// The address a request is judged by.
+enum Source {
+    Ip(IpAddr),
+    /// The header the expression reads is not there.
+    Absent,
+    /// It is there, but holds no address that can be read.
+    Unreadable,
+}
+
 impl IpList {
-    fn address(&self, cx: &RequestCx<'_>) -> Option<IpAddr> {
-        let ip = match &self.source {
-            None => cx.peer.ip(),
-            Some(e) => match e.eval(cx)? {
-                // A list of hops: the first is the original client.
-                Value::Str(s) => Value::Str(s.split(',').next().unwrap_or(s)).ip()?,
-                v => v.ip()?,
-            },
+    fn address(&self, cx: &RequestCx<'_>) -> Source {
+        let Some(e) = &self.source else {
+            return Source::Ip(cx.peer.ip().to_canonical());
         };
-        Some(ip.to_canonical())
+        let ip = match e.eval(cx) {
+            // A list of hops: the first is the original client.
+            Some(Value::Str(s)) => Value::Str(s.split(',').next().unwrap_or(s)).ip(),
+            Some(v) => v.ip(),
+            None => None,
+        };
+        match ip {
+            Some(ip) => Source::Ip(ip.to_canonical()),
+            None if e.header_name().is_some_and(|name| {
+                cx.req
+                    .headers
+                    .iter()
+                    .any(|h| h.name.eq_ignore_ascii_case(name))
+            }) =>
+            {
+                Source::Unreadable
+            }
+            None => Source::Absent,
+        }
     }
 
     fn listed(&self, ip: IpAddr) -> bool {
@@ -102,11 +126,14 @@ impl IpList {
 
 impl Policy for IpList {
     fn request(&self, cx: &mut RequestCx<'_>) -> Verdict {
-        let listed = self.address(cx).map(|ip| self.listed(ip));
-        match (self.allow, listed) {
-            (true, Some(true)) | (false, Some(false) | None) => Verdict::Continue,
+        match (self.allow, self.address(cx)) {
+            (true, Source::Ip(ip)) if self.listed(ip) => Verdict::Continue,
             (true, _) => Verdict::Reject(403, "IP address not allowed"),
-            (false, Some(true)) => Verdict::Reject(403, "IP address blocked"),
+            (false, Source::Ip(ip)) if self.listed(ip) => {
+                Verdict::Reject(403, "IP address blocked")
+            }
+            (false, Source::Unreadable) => Verdict::Reject(403, "IP address unreadable"),
+            (false, Source::Ip(_) | Source::Absent) => Verdict::Continue,
         }
     }
 }

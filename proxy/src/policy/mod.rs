@@ -201,6 +201,13 @@ impl Attributes for RequestCx<'_> {
     fn header(&self, name: &str) -> Option<&str> {
         self.req.header(name)
     }
+    fn header_lines<'a>(&'a self, name: &str, each: &mut dyn FnMut(&'a [u8])) {
+        for h in self.req.headers {
+            if h.name.eq_ignore_ascii_case(name) {
+                each(h.value);
+            }
+        }
+    }
     fn method(&self) -> Option<&str> {
         Some(self.req.method)
     }
@@ -230,6 +237,13 @@ impl Attributes for ResponseCx<'_> {
             .iter()
             .find(|h| h.name.eq_ignore_ascii_case(name))
             .and_then(|h| std::str::from_utf8(h.value).ok())
+    }
+    fn header_lines<'a>(&'a self, name: &str, each: &mut dyn FnMut(&'a [u8])) {
+        for h in self.headers {
+            if h.name.eq_ignore_ascii_case(name) {
+                each(h.value);
+            }
+        }
     }
     fn remote_ip(&self) -> Option<IpAddr> {
         Some(self.peer.ip())

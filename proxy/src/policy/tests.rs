@@ -273,6 +273,23 @@ fn ip_lists_read_the_header_hop_asked_for() {
     assert!(run(&policies, &snapshot, bare, "192.0.2.1:1")
         .verdict
         .is_none());
+    // A second line appended by a proxy is the last hop, not the client's own line.
+    let two_lines = b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 192.0.2.9\r\nX-Forwarded-For: 10.1.1.1\r\n\r\n";
+    assert_eq!(
+        run(&policies, &snapshot, two_lines, "192.0.2.1:1").verdict,
+        Some((403, "IP address blocked"))
+    );
+    // A value that is no address cannot blind the blocklist.
+    let binary = b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: \x80\r\n\r\n";
+    assert_eq!(
+        run(&policies, &snapshot, binary, "192.0.2.1:1").verdict,
+        Some((403, "IP address unreadable"))
+    );
+    let junk = b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 10.1.1.1, nonsense\r\n\r\n";
+    assert_eq!(
+        run(&policies, &snapshot, junk, "192.0.2.1:1").verdict,
+        Some((403, "IP address unreadable"))
+    );
 }
 
 #[test]
