@@ -233,10 +233,12 @@ fn is_origin(text: &str) -> bool {
 // === Deciding ===
 
 impl Group {
+    /// `*` stands for any origin but `null` (a sandboxed frame, a `file:` page, a redirect),
+    /// which is granted only when listed by name.
     fn lists(&self, origin: &str) -> bool {
-        self.origins
-            .iter()
-            .any(|o| o == "*" || o.eq_ignore_ascii_case(origin))
+        self.origins.iter().any(|o| {
+            (o == "*" && !origin.eq_ignore_ascii_case("null")) || o.eq_ignore_ascii_case(origin)
+        })
     }
 
     fn allows_method(&self, method: &str) -> bool {
@@ -264,6 +266,10 @@ impl Cors {
     }
 
     fn allow_origin(&self, origin: &str, out: &mut HeaderLines) {
+        // Credentials are never granted to `null`: any page can send it.
+        if self.public && self.credentials && origin.eq_ignore_ascii_case("null") {
+            return;
+        }
         if self.echoes_origin() {
             out.add("Access-Control-Allow-Origin", origin.as_bytes());
         } else {
@@ -519,15 +525,30 @@ mod tests {
             &policies,
             &snapshot,
             "OPTIONS",
-            &[("Origin", "null"), ("Access-Control-Request-Method", "GET")],
+            &[("Origin", SITE), ("Access-Control-Request-Method", "GET")],
         );
         assert_eq!(answered, Some(200));
         assert_eq!(
             headers,
-            "Vary: Origin\r\nAccess-Control-Allow-Origin: null\r\n\
-             Access-Control-Allow-Credentials: true\r\nAccess-Control-Allow-Methods: GET\r\n\
-             Access-Control-Max-Age: 30\r\n"
+            format!(
+                "Vary: Origin\r\nAccess-Control-Allow-Origin: {SITE}\r\n\
+                 Access-Control-Allow-Credentials: true\r\nAccess-Control-Allow-Methods: GET\r\n\
+                 Access-Control-Max-Age: 30\r\n"
+            )
         );
+        // `null` (any sandboxed page can send it) is not "any origin".
+        let (answered, headers) = decide(
+            &policies,
+            &snapshot,
+            "OPTIONS",
+            &[("Origin", "null"), ("Access-Control-Request-Method", "GET")],
+        );
+        assert_eq!(answered, Some(200));
+        assert_eq!(headers, "Vary: Origin\r\n");
+        let public = with_policy("cors-flex", "    supportCredentials: true\n");
+        let (snapshot, policies) = compiled(&public).expect("valid");
+        let (_, headers) = decide(&policies, &snapshot, "GET", &[("Origin", "null")]);
+        assert!(!headers.contains("Access-Control-Allow"), "{headers}");
     }
 
     #[test]
