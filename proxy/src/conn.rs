@@ -407,7 +407,7 @@ fn plan_request(
         resume.overrides = Overrides::default();
     }
     if let Some(chain) = chain.filter(|ch| !ch.is_empty()) {
-        applied = chain.applicable(routed.api, req.method, routed.path, req.host, |n| {
+        applied = chain.applicable(routed.api, req.method, &routed.path, req.host, |n| {
             req.header(n)
         });
         let mut cx = RequestCx {

@@ -2,6 +2,7 @@
 //! serves, and the choice of ApiInstance and route for a request. Built once per
 //! snapshot, off the hot path, and shared read-only by every worker.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -54,8 +55,9 @@ pub struct Routed<'g, 'r> {
     /// them again once the request head's borrow has ended.
     pub api_index: usize,
     pub route_index: usize,
-    /// The request path (without the query) after the base path; `/` when empty.
-    pub path: &'r str,
+    /// The request path (without the query) after the base path, normalised for matching
+    /// rules (see [`normalize_path`]); `/` when empty.
+    pub path: Cow<'r, str>,
     /// The request target (path and query) after the base path.
     pub rest: &'r str,
 }
@@ -131,9 +133,9 @@ impl Gateway {
             let api = &self.snapshot.apis[i];
             api.strip_base(req.path).map(|rest| (i, api, rest))
         })?;
-        let path = if path.is_empty() { "/" } else { path };
+        let path = normalize_path(if path.is_empty() { "/" } else { path });
         let rest = api.strip_base(req.target)?;
-        let matches = |r: &Route| r.matches(req.method, path, req.host, |name| req.header(name));
+        let matches = |r: &Route| r.matches(req.method, &path, req.host, |name| req.header(name));
         let Some(first) = api.routes.iter().position(matches) else {
             return Some(Routed {
                 api,
@@ -163,6 +165,71 @@ impl Gateway {
             rest,
         })
     }
+}
+
+/// The path rules are matched against: percent-encoded unreserved characters decoded
+/// (`%61dmin` is `admin`), runs of slashes merged, and `.` and `..` segments resolved, as most
+/// upstream frameworks do before routing, so that `/%61dmin` or `//admin/./x` cannot slip
+/// past a policy bound to `/admin/.*`. Other escapes (`%2F`) stay as they are. The request
+/// goes upstream as the client sent it. Borrowed unless there is something to normalise.
+pub fn normalize_path(path: &str) -> Cow<'_, str> {
+    let bytes = path.as_bytes();
+    let dot_segment = |i: usize| {
+        bytes[i] == b'.'
+            && (i == 0 || bytes[i - 1] == b'/')
+            && matches!(
+                bytes.get(i + 1..),
+                Some([] | [b'/', ..] | [b'.'] | [b'.', b'/', ..])
+            )
+    };
+    let needs = bytes.contains(&b'%')
+        || bytes.windows(2).any(|w| w == b"//")
+        || (0..bytes.len()).any(dot_segment);
+    if !needs {
+        return Cow::Borrowed(path);
+    }
+    // Decode the unreserved escapes first, so `%2e%2e` is a `..` segment too.
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escape = (bytes[i] == b'%')
+            .then(|| bytes.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|hex| std::str::from_utf8(hex).ok())
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+            .filter(|b| b.is_ascii_alphanumeric() || b"-._~".contains(b));
+        match escape {
+            Some(b) => {
+                decoded.push(b);
+                i += 3;
+            }
+            None => {
+                decoded.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    let mut out: Vec<&[u8]> = Vec::new();
+    for segment in decoded.split(|&b| b == b'/').skip(1) {
+        match segment {
+            b"" | b"." => {}
+            b".." => {
+                out.pop();
+            }
+            s => out.push(s),
+        }
+    }
+    let trailing = decoded.ends_with(b"/") || decoded.ends_with(b"/.") || decoded.ends_with(b"/..");
+    let mut normal = String::with_capacity(decoded.len());
+    for segment in &out {
+        normal.push('/');
+        // Only ASCII was decoded, so the bytes are still the text they came from.
+        normal.push_str(&String::from_utf8_lossy(segment));
+    }
+    if normal.is_empty() || trailing {
+        normal.push('/');
+    }
+    Cow::Owned(normal)
 }
 
 /// Picks one of the (index, route) pairs with probability proportional to its weight.
@@ -273,6 +340,28 @@ spec:
             route_of(&g, b"GET /apix HTTP/1.1\r\nHost: a\r\n\r\n", 0).as_deref(),
             Some("wide/catchall /apix")
         );
+    }
+
+    #[test]
+    fn paths_are_normalised_for_matching() {
+        for (raw, normal) in [
+            ("/admin/users", "/admin/users"),
+            ("/%61dmin/users", "/admin/users"),
+            ("//admin//users", "/admin/users"),
+            ("/x/../admin/./users", "/admin/users"),
+            ("/%2e%2e/admin", "/admin"),
+            ("/a/%2Fb", "/a/%2Fb"),
+            ("/a/b/", "/a/b/"),
+            ("/a/..", "/"),
+            ("/../..", "/"),
+            ("/.well-known/x", "/.well-known/x"),
+            ("/a/..b/", "/a/..b/"),
+            ("/caf%C3%A9", "/caf%C3%A9"),
+            ("/%zz", "/%zz"),
+        ] {
+            assert_eq!(normalize_path(raw), normal, "{raw}");
+        }
+        assert!(matches!(normalize_path("/a/b.c/d"), Cow::Borrowed(_)));
     }
 
     #[test]

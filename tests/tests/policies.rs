@@ -315,3 +315,33 @@ fn an_error_answered_before_the_policies_carries_no_headers_of_the_previous_exch
         assert!(second.header("x-user").is_none(), "{second:?}");
     })
 }
+
+#[test]
+fn a_policy_scoped_by_path_cannot_be_dodged_by_spelling_the_path_differently() {
+    within(TEST_LIMIT, || {
+        let origin = Origin::echo_path();
+        let auth = policy_binding(
+            "admin-auth",
+            "api",
+            "http-basic-authentication-flex",
+            None,
+            "username: root\npassword: s3cret\n",
+            &[Rule::path("/admin/.*")],
+        );
+        let gw = Gateway::start(&[("api.yaml", &files(&origin, &[auth]))], &[]);
+
+        for path in [
+            "/admin/users",
+            "/%61dmin/users",
+            "//admin/users",
+            "/public/../admin/users",
+            "/%2e%2e/admin/users",
+        ] {
+            let resp = get(&gw, path, "");
+            assert_eq!(resp.status, 401, "{path}: {resp:?}");
+        }
+        assert_eq!(get(&gw, "/public/users", "").status, 200);
+        // What passes goes upstream as the client sent it.
+        assert_eq!(origin.request_count(), 1);
+    })
+}
