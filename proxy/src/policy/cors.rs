@@ -27,9 +27,11 @@
 
 use std::sync::Arc;
 
-use ringwall_config::{item, Fields, Node, Scope};
+use ringwall_config::{Node, Scope};
 
-use super::{config_fields, header_name, HeaderLines, Policy, RequestCx, Verdict};
+use super::{
+    config_fields, each_item, header_name, optional_list, HeaderLines, Policy, RequestCx, Verdict,
+};
 
 /// Flex's default `allowedMethods`: every one of these allowed.
 const DEFAULT_METHODS: [&str; 8] = [
@@ -76,17 +78,7 @@ pub(super) fn build(
         None => Some(Vec::new()),
         Some(node) => {
             let path = fields.path_of("originGroups");
-            scope.seq(node, &path).and_then(|items| {
-                let mut groups = Vec::with_capacity(items.len());
-                let mut ok = true;
-                for (i, entry) in items.iter().enumerate() {
-                    match group(entry, &item(&path, i), scope) {
-                        Some(g) => groups.push(g),
-                        None => ok = false,
-                    }
-                }
-                ok.then_some(groups)
-            })
+            each_item(node, &path, scope, group)
         }
     };
     Some(Arc::new(Cors {
@@ -114,7 +106,7 @@ fn group(node: &Node, path: &str, scope: &mut Scope<'_>) -> Option<Group> {
         None => Some(()),
         Some(n) => scope.str(n, &fields.path_of("name")).map(|_| ()),
     };
-    let origins = list(&fields, "origins", scope, |node, path, scope| {
+    let origins = optional_list(&fields, "origins", scope, |node, path, scope| {
         let text = scope.str(node, path)?;
         if !is_origin(text) {
             let message = format!(
@@ -138,13 +130,13 @@ fn group(node: &Node, path: &str, scope: &mut Scope<'_>) -> Option<Group> {
     };
     let methods = match fields.get("allowedMethods") {
         None => Some(DEFAULT_METHODS.iter().map(|m| (*m).to_owned()).collect()),
-        Some(_) => list(&fields, "allowedMethods", scope, allowed_method)
+        Some(_) => optional_list(&fields, "allowedMethods", scope, allowed_method)
             .map(|all| all.into_iter().flatten().collect()),
     };
-    let headers = list(&fields, "headers", scope, |node, path, scope| {
+    let headers = optional_list(&fields, "headers", scope, |node, path, scope| {
         header_name(node, path, scope).map(str::to_ascii_lowercase)
     });
-    let exposed = list(&fields, "exposedHeaders", scope, |node, path, scope| {
+    let exposed = optional_list(&fields, "exposedHeaders", scope, |node, path, scope| {
         header_name(node, path, scope).map(str::to_owned)
     });
     name?;
@@ -156,29 +148,6 @@ fn group(node: &Node, path: &str, scope: &mut Scope<'_>) -> Option<Group> {
         exposed: (!exposed.is_empty()).then(|| exposed.join(", ")),
         max_age: max_age?,
     })
-}
-
-/// The optional list under `key` (empty when absent), each item read by `read`.
-fn list<T>(
-    fields: &Fields<'_>,
-    key: &str,
-    scope: &mut Scope<'_>,
-    read: impl Fn(&Node, &str, &mut Scope<'_>) -> Option<T>,
-) -> Option<Vec<T>> {
-    let Some(node) = fields.get(key) else {
-        return Some(Vec::new());
-    };
-    let path = fields.path_of(key);
-    let items = scope.seq(node, &path)?;
-    let mut out = Vec::with_capacity(items.len());
-    let mut ok = true;
-    for (i, entry) in items.iter().enumerate() {
-        match read(entry, &item(&path, i), scope) {
-            Some(value) => out.push(value),
-            None => ok = false,
-        }
-    }
-    ok.then_some(out)
 }
 
 /// `{methodName, allowed}`: the method when allowed. Flex's reference spells the flag

@@ -150,7 +150,7 @@ impl Expr {
                 terms: vec![Term::Literal(text.to_owned())],
             });
         };
-        let mut p = Parser { src: body, pos: 0 };
+        let mut p = Parser(Cursor::new(body));
         let mut terms = vec![p.term().map_err(|e| unsupported(text, &e))?];
         loop {
             p.skip_spaces();
@@ -326,28 +326,33 @@ fn query_param<'q>(query: &'q str, name: &str) -> Option<&'q str> {
     })
 }
 
-/// A small recursive-descent reader of the supported forms.
-struct Parser<'s> {
-    src: &'s str,
-    pos: usize,
+/// The tokens every DataWeave-subset reader here shares (this module's expressions, JWT claim
+/// checks): a position in the text, spaces skipped before each token.
+pub(super) struct Cursor<'s> {
+    pub src: &'s str,
+    pub pos: usize,
 }
 
-impl Parser<'_> {
-    fn rest(&self) -> &str {
+impl<'s> Cursor<'s> {
+    pub fn new(src: &'s str) -> Self {
+        Cursor { src, pos: 0 }
+    }
+
+    pub fn rest(&self) -> &'s str {
         &self.src[self.pos..]
     }
 
-    fn at_end(&mut self) -> bool {
+    pub fn at_end(&mut self) -> bool {
         self.skip_spaces();
         self.pos == self.src.len()
     }
 
-    fn skip_spaces(&mut self) {
+    pub fn skip_spaces(&mut self) {
         let rest = self.rest();
         self.pos += rest.len() - rest.trim_start().len();
     }
 
-    fn eat(&mut self, token: &str) -> bool {
+    pub fn eat(&mut self, token: &str) -> bool {
         self.skip_spaces();
         if self.rest().starts_with(token) {
             self.pos += token.len();
@@ -357,6 +362,46 @@ impl Parser<'_> {
         }
     }
 
+    /// The longest run of characters satisfying `is_part`.
+    pub fn take_while(&mut self, is_part: impl Fn(char) -> bool) -> &'s str {
+        let rest = self.rest();
+        let len = rest.find(|c| !is_part(c)).unwrap_or(rest.len());
+        self.pos += len;
+        &rest[..len]
+    }
+
+    /// `'text'` or `"text"`, without escapes.
+    pub fn string(&mut self) -> Result<String, String> {
+        self.skip_spaces();
+        let rest = self.rest();
+        let Some(quote) = rest.chars().next().filter(|c| *c == '\'' || *c == '"') else {
+            return Err("expected a quoted string".into());
+        };
+        let Some(end) = rest[1..].find(quote) else {
+            return Err("unterminated string".into());
+        };
+        self.pos += end + 2;
+        Ok(rest[1..1 + end].to_owned())
+    }
+}
+
+/// A small recursive-descent reader of the supported forms.
+struct Parser<'s>(Cursor<'s>);
+
+impl<'s> std::ops::Deref for Parser<'s> {
+    type Target = Cursor<'s>;
+    fn deref(&self) -> &Cursor<'s> {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Parser<'_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Parser<'_> {
     fn term(&mut self) -> Result<Term, String> {
         self.skip_spaces();
         if self.rest().starts_with(['\'', '"']) {
@@ -424,26 +469,7 @@ impl Parser<'_> {
     }
 
     fn identifier(&mut self) -> &str {
-        let rest = &self.src[self.pos..];
-        let len = rest
-            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
-            .unwrap_or(rest.len());
-        self.pos += len;
-        &rest[..len]
-    }
-
-    fn string(&mut self) -> Result<String, String> {
-        self.skip_spaces();
-        let rest = self.rest();
-        let Some(quote) = rest.chars().next().filter(|c| *c == '\'' || *c == '"') else {
-            return Err("expected a quoted string".into());
-        };
-        let Some(end) = rest[1..].find(quote) else {
-            return Err("unterminated string".into());
-        };
-        let s = rest[1..1 + end].to_owned();
-        self.pos += end + 2;
-        Ok(s)
+        self.take_while(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
     }
 
     fn integer(&mut self) -> Result<isize, String> {

@@ -9,12 +9,12 @@
 
 use std::sync::Arc;
 
-use ringwall_config::{item, Node, Scope};
+use ringwall_config::{Node, Scope};
 
 use super::expr::{Attributes, Expr};
 use super::{
-    config_fields, expression, header_name, valid_header_value, Policy, RequestCx, ResponseCx,
-    Verdict,
+    config_fields, expression, header_name, optional_list, valid_header_value, Policy, RequestCx,
+    ResponseCx, Verdict,
 };
 
 /// Headers the gateway sets itself: framing (a policy touching them could desynchronise
@@ -50,24 +50,8 @@ pub(super) fn build_injection(
     scope: &mut Scope<'_>,
 ) -> Option<Arc<dyn Policy>> {
     let fields = config_fields(spec, scope, &["inboundHeaders", "outboundHeaders"])?;
-    let mut read = |key: &str| -> Option<Vec<(String, Expr)>> {
-        let Some(node) = fields.get(key) else {
-            return Some(Vec::new());
-        };
-        let path = fields.path_of(key);
-        let items = scope.seq(node, &path)?;
-        let mut out = Vec::with_capacity(items.len());
-        let mut ok = true;
-        for (i, entry) in items.iter().enumerate() {
-            match injected(entry, &item(&path, i), scope) {
-                Some(pair) => out.push(pair),
-                None => ok = false,
-            }
-        }
-        ok.then_some(out)
-    };
-    let inbound = read("inboundHeaders");
-    let outbound = read("outboundHeaders");
+    let inbound = optional_list(&fields, "inboundHeaders", scope, injected);
+    let outbound = optional_list(&fields, "outboundHeaders", scope, injected);
     let (inbound, outbound) = (inbound?, outbound?);
     if inbound.iter().any(|(_, e)| e.reads_response()) {
         let message = "inbound headers are added before there is a response: their values \
@@ -116,24 +100,11 @@ pub(super) fn build_removal(
     scope: &mut Scope<'_>,
 ) -> Option<Arc<dyn Policy>> {
     let fields = config_fields(spec, scope, &["inboundHeaders", "outboundHeaders"])?;
-    let mut read = |key: &str| -> Option<Vec<String>> {
-        let Some(node) = fields.get(key) else {
-            return Some(Vec::new());
-        };
-        let path = fields.path_of(key);
-        let items = scope.seq(node, &path)?;
-        let mut out = Vec::with_capacity(items.len());
-        let mut ok = true;
-        for (i, entry) in items.iter().enumerate() {
-            match changeable(entry, &item(&path, i), scope) {
-                Some(name) => out.push(name.to_ascii_lowercase()),
-                None => ok = false,
-            }
-        }
-        ok.then_some(out)
+    let lower = |node: &Node, path: &str, scope: &mut Scope<'_>| {
+        changeable(node, path, scope).map(|name| name.to_ascii_lowercase())
     };
-    let inbound = read("inboundHeaders");
-    let outbound = read("outboundHeaders");
+    let inbound = optional_list(&fields, "inboundHeaders", scope, lower);
+    let outbound = optional_list(&fields, "outboundHeaders", scope, lower);
     Some(Arc::new(Removal {
         inbound: inbound?,
         outbound: outbound?,

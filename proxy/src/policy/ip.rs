@@ -14,10 +14,10 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use ringwall_config::{ip_entry, item, IpNet, Scope};
+use ringwall_config::{ip_entry, IpNet, Scope};
 
 use super::expr::{Expr, Value};
-use super::{config_fields, expression, Policy, RequestCx, Verdict};
+use super::{config_fields, each_item, expression, Policy, RequestCx, Verdict};
 
 struct IpList {
     allow: bool,
@@ -62,20 +62,12 @@ fn build(
     };
     let nets = scope.require(&fields, "ips").and_then(|node| {
         let path = fields.path_of("ips");
-        let items = scope.seq(node, &path)?;
-        if items.is_empty() {
+        let nets = each_item(node, &path, scope, ip_entry)?;
+        if nets.is_empty() {
             scope.error(node.line, &path, "must list at least one address or CIDR");
             return None;
         }
-        let mut nets = Vec::with_capacity(items.len());
-        let mut ok = true;
-        for (i, entry) in items.iter().enumerate() {
-            match ip_entry(entry, &item(&path, i), scope) {
-                Some(net) => nets.push(net),
-                None => ok = false,
-            }
-        }
-        ok.then_some(nets)
+        Some(nets)
     });
     Some(Arc::new(IpList {
         allow,

@@ -8,10 +8,10 @@
 use std::fmt;
 use std::sync::Arc;
 
-use ringwall_config::{item, Node, Scope};
+use ringwall_config::{Node, Scope};
 
 use super::expr::{Attributes, Condition, Expr};
-use super::{config_fields, expression, Policy, RequestCx, ResponseCx, Verdict};
+use super::{config_fields, each_item, expression, Policy, RequestCx, ResponseCx, Verdict};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Level {
@@ -44,16 +44,8 @@ pub(super) fn build(
     let fields = config_fields(spec, scope, &["loggingConfiguration"])?;
     let node = scope.require(&fields, "loggingConfiguration")?;
     let path = fields.path_of("loggingConfiguration");
-    let entries = scope.seq(node, &path)?;
-    let mut items = Vec::with_capacity(entries.len());
-    let mut ok = true;
-    for (i, entry) in entries.iter().enumerate() {
-        match logging_item(entry, &item(&path, i), scope) {
-            Some(it) => items.push(it),
-            None => ok = false,
-        }
-    }
-    ok.then(|| Arc::new(MessageLogging { items }) as Arc<dyn Policy>)
+    let items = each_item(node, &path, scope, logging_item)?;
+    Some(Arc::new(MessageLogging { items }))
 }
 
 fn logging_item(node: &Node, path: &str, scope: &mut Scope<'_>) -> Option<Item> {

@@ -477,6 +477,39 @@ pub fn config_fields<'p>(
     scope.map(&spec.config, &spec.config_path, accepted)
 }
 
+/// Every item of the sequence `node` (at `path`), each read by `read`; `None` when `node` is
+/// not a sequence or an item is invalid (each item's errors are reported).
+pub fn each_item<T>(
+    node: &ringwall_config::Node,
+    path: &str,
+    scope: &mut Scope<'_>,
+    mut read: impl FnMut(&ringwall_config::Node, &str, &mut Scope<'_>) -> Option<T>,
+) -> Option<Vec<T>> {
+    let items = scope.seq(node, path)?;
+    let mut out = Vec::with_capacity(items.len());
+    let mut ok = true;
+    for (i, entry) in items.iter().enumerate() {
+        match read(entry, &ringwall_config::item(path, i), scope) {
+            Some(value) => out.push(value),
+            None => ok = false,
+        }
+    }
+    ok.then_some(out)
+}
+
+/// The list under `key` as [`each_item`] reads it; empty when absent.
+pub fn optional_list<T>(
+    fields: &Fields<'_>,
+    key: &str,
+    scope: &mut Scope<'_>,
+    read: impl FnMut(&ringwall_config::Node, &str, &mut Scope<'_>) -> Option<T>,
+) -> Option<Vec<T>> {
+    match fields.get(key) {
+        None => Some(Vec::new()),
+        Some(node) => each_item(node, &fields.path_of(key), scope, read),
+    }
+}
+
 /// Compiles the expression in `node`, reporting its error at the node.
 pub fn expression(
     node: &ringwall_config::Node,

@@ -19,6 +19,8 @@
 use regex::Regex;
 use serde_json::{Map, Value};
 
+use crate::policy::expr::Cursor;
+
 const SUPPORTED: &str = "supported: a literal value, or #[vars.claimSet.name == 'value'] \
      (also !=), #[vars.claimSet.name contains 'value'], #[vars.claimSet.name matches /regex/], \
      joined by `and` or by `or`";
@@ -167,33 +169,25 @@ impl Condition {
 
 // === The parser ===
 
-struct Parser<'s> {
-    src: &'s str,
-    pos: usize,
+/// Claim checks read with the expressions' tokens ([`Cursor`]).
+struct Parser<'s>(Cursor<'s>);
+
+impl<'s> std::ops::Deref for Parser<'s> {
+    type Target = Cursor<'s>;
+    fn deref(&self) -> &Cursor<'s> {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Parser<'_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
 }
 
 impl<'s> Parser<'s> {
     fn new(src: &'s str) -> Self {
-        Parser { src, pos: 0 }
-    }
-
-    fn rest(&self) -> &'s str {
-        &self.src[self.pos..]
-    }
-
-    fn skip_spaces(&mut self) {
-        let rest = self.rest();
-        self.pos += rest.len() - rest.trim_start().len();
-    }
-
-    fn eat(&mut self, token: &str) -> bool {
-        self.skip_spaces();
-        if self.rest().starts_with(token) {
-            self.pos += token.len();
-            true
-        } else {
-            false
-        }
+        Parser(Cursor::new(src))
     }
 
     /// A keyword: `token` not followed by an identifier character.
@@ -331,10 +325,7 @@ impl<'s> Parser<'s> {
     }
 
     fn identifier(&mut self) -> &'s str {
-        let rest = self.rest();
-        let len = rest.find(|c| !is_ident(c)).unwrap_or(rest.len());
-        self.pos += len;
-        &rest[..len]
+        self.take_while(is_ident)
     }
 
     fn literal(&mut self) -> Result<Literal, String> {
@@ -362,19 +353,6 @@ impl<'s> Parser<'s> {
                 rest.trim()
             )),
         }
-    }
-
-    fn string(&mut self) -> Result<String, String> {
-        self.skip_spaces();
-        let rest = self.rest();
-        let Some(quote) = rest.chars().next().filter(|c| *c == '\'' || *c == '"') else {
-            return Err("expected a quoted string".into());
-        };
-        let Some(end) = rest[1..].find(quote) else {
-            return Err("unterminated string".into());
-        };
-        self.pos += end + 2;
-        Ok(rest[1..1 + end].to_owned())
     }
 
     /// `/regex/`, matched against the whole claim.
