@@ -831,18 +831,8 @@ async fn refuse(c: &mut Client, w: &Worker, e: &ProxyError, is_head: bool, close
         close,
         is_head,
     );
-    c.rec.status = e.status();
-    c.rec.bytes_out += c.out.len() as u64;
     w.metrics.refused(e.status());
-    let out = std::mem::take(&mut c.out);
-    let (res, out) = write_all(&c.stream, out, Duration::from_secs(5)).await;
-    c.out = out;
-    c.out.clear();
-    match (res, close) {
-        (Err(_), _) => Next::Close,
-        (Ok(()), true) => Next::Linger,
-        (Ok(()), false) => Next::KeepAlive,
-    }
+    send_local(c, e.status(), close).await
 }
 
 /// Writes a policy's answer (a CORS preflight): its status and headers, no body.
@@ -850,6 +840,11 @@ async fn answer(c: &mut Client, status: u16, is_head: bool, close: bool) -> Next
     c.out.clear();
     let extra = c.client_headers.as_bytes();
     write_local_response(&mut c.out, status, "", extra, close, is_head);
+    send_local(c, status, close).await
+}
+
+/// Sends the response the gateway wrote into `c.out` and decides the connection's fate.
+async fn send_local(c: &mut Client, status: u16, close: bool) -> Next {
     c.rec.status = status;
     c.rec.bytes_out += c.out.len() as u64;
     let out = std::mem::take(&mut c.out);
