@@ -16,6 +16,8 @@ pub struct Gateway {
     pub listeners: Vec<Listener>,
     /// The per-request policies of each ApiInstance, indexed like `snapshot.apis`.
     pub policies: Policies,
+    /// The loader's warnings, then the policies'.
+    pub warnings: Vec<ringwall_config::ConfigError>,
     /// Metric handles for every route, registered off the hot path.
     pub metrics: crate::metrics::GatewayMetrics,
 }
@@ -104,10 +106,17 @@ impl Gateway {
                 .sort_by_key(|&i| std::cmp::Reverse(snapshot.apis[i].base_path.len()));
         }
         let metrics = crate::metrics::GatewayMetrics::new(&snapshot);
+        let warnings = snapshot
+            .warnings
+            .iter()
+            .chain(&policies.warnings)
+            .cloned()
+            .collect();
         Self {
             snapshot,
             listeners,
             policies,
+            warnings,
             metrics,
         }
     }

@@ -83,7 +83,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Validate { dir } => match Gateway::load(&dir, None) {
             Ok(gateway) => {
-                for w in &gateway.snapshot.warnings {
+                for w in &gateway.warnings {
                     eprintln!("warning: {w}");
                 }
                 println!("ok: {}", gateway.snapshot.summary);
@@ -145,9 +145,6 @@ fn run(
         }
     };
     ringwall::runtime_log::init(snapshot.settings.logging.runtime.level);
-    for w in &snapshot.warnings {
-        tracing::warn!("{w}");
-    }
     let workers = match workers {
         Some(0) => anyhow::bail!("--workers must be at least 1"),
         Some(n) => n,
@@ -171,6 +168,9 @@ fn run(
             anyhow::bail!("invalid configuration in {}", config.display());
         }
     };
+    for w in &gateway.warnings {
+        tracing::warn!("{w}");
+    }
     server::run(
         gateway,
         &server::Options {

@@ -349,3 +349,45 @@ fn a_policy_scoped_by_path_cannot_be_dodged_by_spelling_the_path_differently() {
         assert_eq!(origin.request_count(), 1);
     })
 }
+
+#[test]
+fn a_policy_warning_is_shown_by_validate_and_logged_at_start() {
+    within(TEST_LIMIT, || {
+        let origin = Origin::ok("in");
+        let jwt = policy_binding(
+            "tokens",
+            "api",
+            "jwt-validation-flex",
+            None,
+            "signingMethod: hmac\nsigningKeyLength: 256\ntextKey: 0123456789abcdef0123456789abcdef\n\
+             skipClientIdValidation: true\nmandatoryAudClaim: true\n",
+            &[],
+        );
+        let text = files(&origin, &[jwt]);
+        let line = text
+            .lines()
+            .position(|l| l.contains("mandatoryAudClaim"))
+            .map_or(0, |i| i + 1);
+        let dir = config_dir(&[("api.yaml", &text)]);
+        let out = run_cli(
+            &["validate", dir.path().to_str().expect("utf-8")],
+            Duration::from_secs(10),
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{stderr}");
+        assert_eq!(
+            stderr.trim(),
+            format!(
+                "warning: {}:{line}: PolicyBinding/tokens: spec.config.mandatoryAudClaim: has no \
+                 effect unless validateAudClaim is true",
+                dir.path().join("api.yaml").display()
+            )
+        );
+
+        let gw = Gateway::start(&[("api.yaml", &text)], &[]);
+        gw.wait_stderr(
+            "spec.config.mandatoryAudClaim: has no effect unless validateAudClaim is true",
+            Duration::from_secs(5),
+        );
+    })
+}

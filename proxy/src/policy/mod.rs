@@ -259,6 +259,9 @@ impl Attributes for ResponseCx<'_> {
 #[derive(Default)]
 pub struct Policies {
     pub chains: Vec<Chain>,
+    /// Valid but probably unintended settings the policies noticed (a field ignored without
+    /// the one that enables it).
+    pub warnings: Vec<ringwall_config::ConfigError>,
 }
 
 /// One ApiInstance's policies, in the order they run; entry `i` is `api.policies[i]`.
@@ -420,7 +423,10 @@ pub fn compile(snapshot: &Snapshot, previous: Option<&Policies>) -> Result<Polic
         }
     }
     if diag.errors.is_empty() {
-        Ok(Policies { chains })
+        Ok(Policies {
+            chains,
+            warnings: diag.warnings,
+        })
     } else {
         Err(LoadErrors(diag.errors))
     }
