@@ -206,3 +206,18 @@ fn run_refuses_an_invalid_directory_with_the_same_errors() {
         assert_reports_expected_errors(&stderr);
     })
 }
+
+#[test]
+fn the_example_configuration_is_valid() {
+    within(TEST_LIMIT, || {
+        let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let out = run_cli(&["validate", examples.to_str().expect("utf-8")], CLI_LIMIT);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{stderr}");
+        assert_eq!(stderr, "", "warnings in the examples");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).starts_with("ok: "),
+            "{out:?}"
+        );
+    })
+}
