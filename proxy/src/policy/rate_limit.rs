@@ -460,6 +460,10 @@ mod tests {
             "17: spec.config.clusterizable: expected a boolean, found an integer"
         );
         assert_eq!(
+            policy(&format!("{limits}    failOpen: 'no'\n")),
+            "17: spec.config.failOpen: expected a boolean, found a string"
+        );
+        assert_eq!(
             policy(&format!(
                 "{limits}    keySelector: \"#[attributes.statusCode]\"\n"
             )),
@@ -478,7 +482,7 @@ mod tests {
         // The documented optional fields load.
         let all = format!(
             "{limits}    keySelector: \"#[attributes.method]\"\n    exposeHeaders: false\n    \
-             clusterizable: false\n    blockOnUnknownQuota: false\n"
+             clusterizable: false\n    blockOnUnknownQuota: false\n    failOpen: false\n"
         );
         assert!(compiled(&with_policy("rate-limiting-flex", &all)).is_ok());
     }
