@@ -110,7 +110,8 @@ fn chain_of(policies: &str) -> (Arc<Snapshot>, Policies) {
     let snapshot = ringwall_config::load_files(&[("bench.yaml".into(), yaml)])
         .unwrap_or_else(|e| panic!("bench config: {e}"));
     let snapshot = Arc::new(snapshot);
-    let compiled = compile(&snapshot, None).unwrap_or_else(|e| panic!("bench policies: {e}"));
+    let compiled = compile(&snapshot, None, &Default::default())
+        .unwrap_or_else(|e| panic!("bench policies: {e}"));
     (snapshot, compiled)
 }
 

@@ -20,6 +20,9 @@ pub struct Gateway {
     pub warnings: Vec<ringwall_config::ConfigError>,
     /// Metric handles for every route, registered off the hot path.
     pub metrics: crate::metrics::GatewayMetrics,
+    /// The client of `sharedStorage`, kept across reloads that leave it unchanged. It
+    /// connects when started (by the server) or first used, so `validate` never does.
+    pub shared: Option<crate::shared::Handle>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -76,11 +79,23 @@ impl Gateway {
     /// The gateway of `snapshot`, keeping the policy instances of `previous` whose config is
     /// unchanged. Fails when a policy's `config` is invalid or the policy is not enforced.
     pub fn build(snapshot: Arc<Snapshot>, previous: Option<&Gateway>) -> Result<Self, LoadErrors> {
-        let policies = policy::compile(&snapshot, previous.map(|g| &g.policies))?;
-        Ok(Self::with_policies(snapshot, policies))
+        let shared = snapshot.settings.shared_storage.as_ref().map(|storage| {
+            previous
+                .and_then(|g| g.shared.as_ref())
+                .filter(|h| h.storage() == storage)
+                .cloned()
+                .unwrap_or_else(|| crate::shared::Handle::new(storage.clone()))
+        });
+        let env = policy::Env { shared };
+        let policies = policy::compile(&snapshot, previous.map(|g| &g.policies), &env)?;
+        Ok(Self::with_policies(snapshot, policies, env.shared))
     }
 
-    fn with_policies(snapshot: Arc<Snapshot>, policies: Policies) -> Self {
+    fn with_policies(
+        snapshot: Arc<Snapshot>,
+        policies: Policies,
+        shared: Option<crate::shared::Handle>,
+    ) -> Self {
         let mut listeners: Vec<Listener> = Vec::new();
         for (i, api) in snapshot.apis.iter().enumerate() {
             // Port 0 asks for a port of the system's choosing: each such ApiInstance
@@ -118,6 +133,7 @@ impl Gateway {
             policies,
             warnings,
             metrics,
+            shared,
         }
     }
 

@@ -3,7 +3,8 @@
 //! `server` starts the workers; each `worker` owns a runtime, its listeners and its
 //! upstream `pool`; `conn` runs every exchange through its phases; `http` is the
 //! protocol code; `gateway` is the routing view of a configuration snapshot, with its
-//! compiled per-request `policy` chains.
+//! compiled per-request `policy` chains; `shared` is the client of the storage replicas
+//! share.
 
 pub mod access_log;
 pub mod admin;
@@ -17,6 +18,7 @@ pub mod policy;
 pub mod pool;
 pub mod runtime_log;
 pub mod server;
+pub mod shared;
 pub mod watch;
 pub mod worker;
 pub mod xdp;

@@ -460,6 +460,14 @@ fn describe() {
         CONFIG_GENERATION,
         "Generation of the configuration in force"
     );
+    describe_gauge!(
+        crate::shared::UP,
+        "Whether the shared storage (Redis) answers: 1 or 0"
+    );
+    describe_counter!(
+        crate::shared::ERRORS,
+        "Shared-storage calls that failed or timed out, and failed connects"
+    );
     describe_counter!(
         CONNECTION_RULES,
         "Connection rules' decisions: packets in XDP, connections at accept"

@@ -67,6 +67,10 @@ pub enum ServerError {
 
 /// Runs the gateway until a termination signal, then drains it.
 pub fn run(gateway: Arc<Gateway>, opts: &Options) -> Result<(), ServerError> {
+    // Connects now, so the first requests find it up; reloads keep or replace it.
+    if let Some(shared) = &gateway.shared {
+        shared.start();
+    }
     let control = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -346,6 +350,9 @@ impl Live {
             tracing::warn!("reload: {w}");
         }
         let gateway = Arc::new(gateway);
+        if let Some(shared) = &gateway.shared {
+            shared.start();
+        }
         // Listeners that stay keep their sockets; new ones are bound now (a port that
         // cannot be bound fails the reload); removed ones stop accepting once the workers
         // take the update, and their connections close after their current exchange.

@@ -95,7 +95,7 @@ fn a_warm_chain_allocates_nothing_per_request() {
     let snapshot =
         ringwall_config::load_files(&[("a.yaml".into(), CONFIG.into())]).expect("valid config");
     let snapshot = Arc::new(snapshot);
-    let policies = compile(&snapshot, None).expect("valid policies");
+    let policies = compile(&snapshot, None, &Default::default()).expect("valid policies");
     let api = &snapshot.apis[0];
     let chain = &policies.chains[0];
     let (mut up, mut client) = (HeaderLines::default(), HeaderLines::default());

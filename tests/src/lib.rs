@@ -10,6 +10,7 @@ pub mod client;
 pub mod gateway;
 pub mod netns;
 pub mod origin;
+pub mod redis;
 pub mod wire;
 pub mod yaml;
 

@@ -46,6 +46,7 @@ struct BasicAuth {
 pub(super) fn build(
     spec: &ringwall_config::Policy,
     scope: &mut Scope<'_>,
+    _env: &super::Env,
 ) -> Option<Arc<dyn Policy>> {
     let fields = config_fields(spec, scope, &["username", "password"])?;
     let mut text = |key: &str| {
@@ -249,7 +250,7 @@ mod tests {
             (name == "RINGWALL_TEST_BASIC_PASSWORD").then(|| "from-env".to_owned())
         })
         .expect("valid");
-        let policies = super::super::compile(&snapshot, None).expect("valid");
+        let policies = super::super::compile(&snapshot, None, &Default::default()).expect("valid");
         let auth = format!("Basic {}", basic("chris:from-env"));
         assert_eq!(
             run(&policies, &snapshot, &get(Some(&auth)), "192.0.2.1:1").verdict,

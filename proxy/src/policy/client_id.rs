@@ -54,6 +54,7 @@ struct ClientId {
 pub(super) fn build(
     spec: &ringwall_config::Policy,
     scope: &mut Scope<'_>,
+    _env: &super::Env,
 ) -> Option<Arc<dyn Policy>> {
     let fields = config_fields(
         spec,
@@ -525,13 +526,13 @@ mod tests {
 
         // The config is unchanged, but the file is not: a reload reads it again.
         dir.write("clients.json", "- clientId: later\n");
-        let again = compile(&snapshot, Some(&first)).expect("valid");
+        let again = compile(&snapshot, Some(&first), &Default::default()).expect("valid");
         assert_eq!(decide(&again, &snapshot, &later).0, None);
         assert_eq!(decide(&again, &snapshot, &from_file).0, INVALID_401);
 
         // An empty file lists nobody.
         dir.write("clients.json", "");
-        let empty = compile(&snapshot, Some(&again)).expect("valid");
+        let empty = compile(&snapshot, Some(&again), &Default::default()).expect("valid");
         assert_eq!(decide(&empty, &snapshot, &later).0, INVALID_401);
         assert_eq!(
             decide(&empty, &snapshot, &[("client_id", "inline")]).0,
@@ -672,7 +673,7 @@ mod tests {
     fn an_inline_list_keeps_its_instance_across_a_reload() {
         let yaml = with_policy("client-id-enforcement", "    clients: [{clientId: a}]\n");
         let (snapshot, first) = compiled(&yaml).expect("valid");
-        let again = compile(&snapshot, Some(&first)).expect("valid");
+        let again = compile(&snapshot, Some(&first), &Default::default()).expect("valid");
         assert!(Arc::ptr_eq(
             &first.chains[0].entries[0].policy,
             &again.chains[0].entries[0].policy

@@ -62,6 +62,7 @@ struct Group {
 pub(super) fn build(
     spec: &ringwall_config::Policy,
     scope: &mut Scope<'_>,
+    _env: &super::Env,
 ) -> Option<Arc<dyn Policy>> {
     let fields = config_fields(
         spec,

@@ -48,6 +48,7 @@ struct Removal {
 pub(super) fn build_injection(
     spec: &ringwall_config::Policy,
     scope: &mut Scope<'_>,
+    _env: &super::Env,
 ) -> Option<Arc<dyn Policy>> {
     let fields = config_fields(spec, scope, &["inboundHeaders", "outboundHeaders"])?;
     let inbound = optional_list(&fields, "inboundHeaders", scope, injected);
@@ -98,6 +99,7 @@ fn changeable(node: &Node, path: &str, scope: &mut Scope<'_>) -> Option<String> 
 pub(super) fn build_removal(
     spec: &ringwall_config::Policy,
     scope: &mut Scope<'_>,
+    _env: &super::Env,
 ) -> Option<Arc<dyn Policy>> {
     let fields = config_fields(spec, scope, &["inboundHeaders", "outboundHeaders"])?;
     let lower = |node: &Node, path: &str, scope: &mut Scope<'_>| {

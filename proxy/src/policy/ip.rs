@@ -29,6 +29,7 @@ struct IpList {
 pub(super) fn build_allowlist(
     spec: &ringwall_config::Policy,
     scope: &mut Scope<'_>,
+    _env: &super::Env,
 ) -> Option<Arc<dyn Policy>> {
     build(spec, scope, true)
 }
@@ -36,6 +37,7 @@ pub(super) fn build_allowlist(
 pub(super) fn build_blocklist(
     spec: &ringwall_config::Policy,
     scope: &mut Scope<'_>,
+    _env: &super::Env,
 ) -> Option<Arc<dyn Policy>> {
     build(spec, scope, false)
 }

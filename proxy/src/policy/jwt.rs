@@ -114,6 +114,7 @@ struct CustomClaim {
 pub(super) fn build(
     spec: &ringwall_config::Policy,
     scope: &mut Scope<'_>,
+    _env: &super::Env,
 ) -> Option<Arc<dyn Policy>> {
     use_rust_crypto();
     let fields = config_fields(spec, scope, ACCEPTED)?;

@@ -40,6 +40,7 @@ struct MessageLogging {
 pub(super) fn build(
     spec: &ringwall_config::Policy,
     scope: &mut Scope<'_>,
+    _env: &super::Env,
 ) -> Option<Arc<dyn Policy>> {
     let fields = config_fields(spec, scope, &["loggingConfiguration"])?;
     let node = scope.require(&fields, "loggingConfiguration")?;

@@ -46,7 +46,25 @@ use expr::Attributes;
 
 /// Reads a policy's `config` and builds it; `None` when the config is invalid (the reasons
 /// are in the scope).
-pub type BuildFn = fn(&ringwall_config::Policy, &mut Scope<'_>) -> Option<Arc<dyn Policy>>;
+pub type BuildFn = fn(&ringwall_config::Policy, &mut Scope<'_>, &Env) -> Option<Arc<dyn Policy>>;
+
+/// What the process gives the policies it builds, beyond their config.
+#[derive(Debug, Clone, Default)]
+pub struct Env {
+    /// The client of `spec.sharedStorage`, when there is one. Building never connects.
+    pub shared: Option<crate::shared::Handle>,
+}
+
+impl Env {
+    /// Whether policies built with `self` and with `other` can be swapped for each other.
+    fn same(&self, other: &Env) -> bool {
+        match (&self.shared, &other.shared) {
+            (None, None) => true,
+            (Some(a), Some(b)) => a.same(b),
+            _ => false,
+        }
+    }
+}
 
 /// Every per-request policy Ringwall enforces, by `policyRef.name`.
 pub const REGISTRY: &[(&str, BuildFn)] = &[
@@ -262,6 +280,8 @@ pub struct Policies {
     /// Valid but probably unintended settings the policies noticed (a field ignored without
     /// the one that enables it).
     pub warnings: Vec<ringwall_config::ConfigError>,
+    /// What they were built with: instances are kept across a reload only with the same.
+    env: Env,
 }
 
 /// One ApiInstance's policies, in the order they run; entry `i` is `api.policies[i]`.
@@ -372,11 +392,16 @@ impl Chain {
 // === Building ===
 
 /// Builds every ApiInstance's chain. A binding whose `config` is unchanged since `previous`
-/// keeps its instance (when [`Policy::reusable`]), so counters and fetched keys survive the
-/// reload.
-pub fn compile(snapshot: &Snapshot, previous: Option<&Policies>) -> Result<Policies, LoadErrors> {
+/// keeps its instance (when [`Policy::reusable`], and `env` is the same), so counters and
+/// fetched keys survive the reload.
+pub fn compile(
+    snapshot: &Snapshot,
+    previous: Option<&Policies>,
+    env: &Env,
+) -> Result<Policies, LoadErrors> {
     let mut diag = Diagnostics::default();
     let mut chains = Vec::with_capacity(snapshot.apis.len());
+    let previous = previous.filter(|p| p.env.same(env));
     for api in &snapshot.apis {
         let old = previous.and_then(|p| p.chains.iter().find(|c| c.api == api.name));
         if api.policies.len() > MAX_POLICIES {
@@ -401,7 +426,7 @@ pub fn compile(snapshot: &Snapshot, previous: Option<&Policies>) -> Result<Polic
             });
             let policy = match kept {
                 Some(e) => Some(Arc::clone(&e.policy)),
-                None => build(spec, &mut diag),
+                None => build(spec, &mut diag, env),
             };
             if let Some(policy) = policy {
                 entries.push(entry(&api.name, spec, policy));
@@ -426,16 +451,21 @@ pub fn compile(snapshot: &Snapshot, previous: Option<&Policies>) -> Result<Polic
         Ok(Policies {
             chains,
             warnings: diag.warnings,
+            env: env.clone(),
         })
     } else {
         Err(LoadErrors(diag.errors))
     }
 }
 
-fn build(spec: &ringwall_config::Policy, diag: &mut Diagnostics) -> Option<Arc<dyn Policy>> {
+fn build(
+    spec: &ringwall_config::Policy,
+    diag: &mut Diagnostics,
+    env: &Env,
+) -> Option<Arc<dyn Policy>> {
     let mut scope = Scope::for_policy(diag, spec);
     match REGISTRY.iter().find(|(name, _)| *name == spec.name) {
-        Some((_, build)) => build(spec, &mut scope),
+        Some((_, build)) => build(spec, &mut scope, env),
         None => {
             let message = format!(
                 "policy `{}` is recognised but not enforced by this version of Ringwall yet",

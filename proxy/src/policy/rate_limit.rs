@@ -15,14 +15,18 @@
 //! ends, which Flex does not document). The upstream's own `x-ratelimit-*` headers are dropped
 //! then, so the client sees one value.
 //!
-//! `clusterizable` is accepted; without a `sharedStorage` the counters stay in this process.
-//! They sit behind [`Store`], where a store shared by replicas will slot in.
+//! With `clusterizable` (the default) and a Configuration's `sharedStorage`, the replicas
+//! share each window: quota is leased from Redis in batches ([`leased`] says how, and what
+//! the fleet-wide bound is). While Redis is down or slow, `failOpen` (default true) counts
+//! in this process instead (the same limits, per replica); with `failOpen: false` such
+//! requests get 503. Without a `sharedStorage` the counters stay in this process.
 
+mod leased;
 mod table;
 
 use std::hash::{BuildHasher, Hasher, RandomState};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ringwall_config::{item, Node, Scope};
 
@@ -31,6 +35,13 @@ use super::{config_fields, expression, HeaderLines, Policy, RequestCx, Verdict};
 
 /// The static body of a refusal.
 pub(super) const TOO_MANY: &str = "too many requests";
+/// The body of a 503 while the shared storage is unavailable and `failOpen` is false.
+const UNAVAILABLE: &str = "rate limit storage unavailable";
+/// How often a request waiting for a lease looks again.
+const LEASE_POLL: Duration = Duration::from_millis(1);
+/// Looks before a request waiting for a lease gives up on the storage: a little over its
+/// timeout, so that a lost answer is noticed.
+const LEASE_WAITS: u32 = 150;
 
 /// The headers `exposeHeaders` adds.
 pub(super) const EXPOSED: [&str; 3] = [
@@ -115,12 +126,16 @@ struct RateLimit {
     /// Per process: a client cannot aim its keys at one bucket of the table.
     hasher: RandomState,
     store: Box<dyn Store>,
+    /// Quota leased from the shared storage, for a clusterizable limit with one.
+    leased: Option<Arc<leased::Leased>>,
+    fail_open: bool,
     epoch: Instant,
 }
 
 pub(super) fn build(
     spec: &ringwall_config::Policy,
     scope: &mut Scope<'_>,
+    env: &super::Env,
 ) -> Option<Arc<dyn Policy>> {
     let fields = config_fields(
         spec,
@@ -131,6 +146,7 @@ pub(super) fn build(
             "exposeHeaders",
             "clusterizable",
             "blockOnUnknownQuota",
+            "failOpen",
         ],
     )?;
     let limits = scope
@@ -153,18 +169,31 @@ pub(super) fn build(
         }
     };
     let expose = flag(&fields, "exposeHeaders", false, scope);
-    // Read by the shared store (a later issue); checked here so that a typo fails now.
     let clusterizable = flag(&fields, "clusterizable", true, scope);
+    // Accepted as Flex documents it; `failOpen` is what decides here (see the README).
     let block_on_unknown = flag(&fields, "blockOnUnknownQuota", true, scope);
+    let fail_open = flag(&fields, "failOpen", true, scope);
     let (limits, key, expose) = (limits?, key?, expose?);
-    let (_, _) = (clusterizable?, block_on_unknown?);
+    let (clusterizable, _, fail_open) = (clusterizable?, block_on_unknown?, fail_open?);
+    let epoch = Instant::now();
+    let leased = match (&env.shared, clusterizable) {
+        (Some(storage), true) => Some(Arc::new(leased::Leased::new(
+            limits.clone(),
+            &spec.binding,
+            storage.clone(),
+            epoch,
+        ))),
+        _ => None,
+    };
     let store = table::Table::new(limits, key.is_some());
     Some(Arc::new(RateLimit {
         key,
         expose,
         hasher: RandomState::new(),
         store: Box::new(store),
-        epoch: Instant::now(),
+        leased,
+        fail_open,
+        epoch,
     }))
 }
 
@@ -232,6 +261,15 @@ impl RateLimit {
         hasher.finish()
     }
 
+    /// The key's text, as every replica writes it (only when a lease is asked for).
+    fn key_text(&self, cx: &RequestCx<'_>) -> Vec<u8> {
+        let mut text = String::new();
+        if let Some(key) = &self.key {
+            key.write(cx, &mut text);
+        }
+        text.into_bytes()
+    }
+
     fn now(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
@@ -240,7 +278,25 @@ impl RateLimit {
 impl Policy for RateLimit {
     fn request(&self, cx: &mut RequestCx<'_>) -> Verdict {
         let key = self.key_hash(cx);
-        let decision = self.store.take(key, self.now());
+        let now = self.now();
+        let decision = match &self.leased {
+            None => self.store.take(key, now),
+            Some(leased) => match leased.take(key, now, || self.key_text(cx)) {
+                leased::Outcome::Decided(decision) => decision,
+                leased::Outcome::Wait if cx.attempt < LEASE_WAITS => {
+                    return Verdict::Retry {
+                        after: LEASE_POLL,
+                        hold: None,
+                    }
+                }
+                leased::Outcome::Wait | leased::Outcome::Unavailable if self.fail_open => {
+                    self.store.take(key, now)
+                }
+                leased::Outcome::Wait | leased::Outcome::Unavailable => {
+                    return Verdict::Reject(503, UNAVAILABLE)
+                }
+            },
+        };
         if self.expose {
             decision.write(cx.client_headers);
         }
@@ -404,6 +460,10 @@ mod tests {
             "17: spec.config.clusterizable: expected a boolean, found an integer"
         );
         assert_eq!(
+            policy(&format!("{limits}    failOpen: 'no'\n")),
+            "17: spec.config.failOpen: expected a boolean, found a string"
+        );
+        assert_eq!(
             policy(&format!(
                 "{limits}    keySelector: \"#[attributes.statusCode]\"\n"
             )),
@@ -422,7 +482,7 @@ mod tests {
         // The documented optional fields load.
         let all = format!(
             "{limits}    keySelector: \"#[attributes.method]\"\n    exposeHeaders: false\n    \
-             clusterizable: false\n    blockOnUnknownQuota: false\n"
+             clusterizable: false\n    blockOnUnknownQuota: false\n    failOpen: false\n"
         );
         assert!(compiled(&with_policy("rate-limiting-flex", &all)).is_ok());
     }

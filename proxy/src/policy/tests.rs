@@ -23,7 +23,7 @@ pub(crate) fn with_policy(name: &str, config: &str) -> String {
 pub(crate) fn compiled(yaml: &str) -> Result<(Arc<Snapshot>, Policies), LoadErrors> {
     let snapshot = ringwall_config::load_files(&[("p.yaml".into(), yaml.into())])?;
     let snapshot = Arc::new(snapshot);
-    let policies = compile(&snapshot, None)?;
+    let policies = compile(&snapshot, None, &Default::default())?;
     Ok((snapshot, policies))
 }
 
@@ -371,14 +371,14 @@ fn message_logging_checks_its_items() {
 fn an_unchanged_binding_keeps_its_instance_across_a_reload() {
     let yaml = with_policy("response-timeout-flex", "    timeout: 2\n");
     let (snapshot, first) = compiled(&yaml).expect("valid");
-    let again = compile(&snapshot, Some(&first)).expect("valid");
+    let again = compile(&snapshot, Some(&first), &Default::default()).expect("valid");
     assert!(Arc::ptr_eq(
         &first.chains[0].entries[0].policy,
         &again.chains[0].entries[0].policy
     ));
     let changed = with_policy("response-timeout-flex", "    timeout: 3\n");
     let (snapshot, _) = compiled(&changed).expect("valid");
-    let rebuilt = compile(&snapshot, Some(&first)).expect("valid");
+    let rebuilt = compile(&snapshot, Some(&first), &Default::default()).expect("valid");
     assert!(!Arc::ptr_eq(
         &first.chains[0].entries[0].policy,
         &rebuilt.chains[0].entries[0].policy

@@ -30,6 +30,7 @@ struct Timeout {
 pub(super) fn build_response(
     spec: &ringwall_config::Policy,
     scope: &mut Scope<'_>,
+    _env: &super::Env,
 ) -> Option<Arc<dyn Policy>> {
     build(spec, scope, Which::Response)
 }
@@ -37,6 +38,7 @@ pub(super) fn build_response(
 pub(super) fn build_stream_idle(
     spec: &ringwall_config::Policy,
     scope: &mut Scope<'_>,
+    _env: &super::Env,
 ) -> Option<Arc<dyn Policy>> {
     build(spec, scope, Which::Stream)
 }
@@ -44,6 +46,7 @@ pub(super) fn build_stream_idle(
 pub(super) fn build_upstream_idle(
     spec: &ringwall_config::Policy,
     scope: &mut Scope<'_>,
+    _env: &super::Env,
 ) -> Option<Arc<dyn Policy>> {
     build(spec, scope, Which::UpstreamIdle)
 }

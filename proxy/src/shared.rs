@@ -1,0 +1,462 @@
+//! The process's client of `spec.sharedStorage` (Redis, or the master a Redis Sentinel
+//! names): what replicas share, today the quota of clusterizable rate limits.
+//!
+//! One thread per process runs a small current-thread tokio runtime with one multiplexed
+//! connection. Workers never wait on it: they hand it a [`Lease`] over a channel and its
+//! `done` callback publishes the result (into the policy's atomics). Every call has a
+//! [`TIMEOUT`]; a failed or slow call, or a failed health `PING`, counts as an outage: the
+//! connection is dropped and made again with exponential backoff, [`Handle::is_up`] says
+//! `false` meanwhile (so policies fall back without asking), one warning is logged when the
+//! outage starts and one line when it ends. `ringwall_shared_storage_up` and
+//! `ringwall_shared_storage_errors_total` show the same.
+//!
+//! The thread starts with the first [`Handle::start`] or [`Handle::lease`], so `validate`
+//! never connects, and ends when the last handle is dropped (a reload that changed
+//! `sharedStorage`).
+
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo};
+use ringwall_config::SharedStorage;
+use tokio::sync::mpsc;
+
+pub const UP: &str = "ringwall_shared_storage_up";
+pub const ERRORS: &str = "ringwall_shared_storage_errors_total";
+
+/// How long one call may take before the storage counts as unavailable.
+pub const TIMEOUT: Duration = Duration::from_millis(100);
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+const MIN_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// How often an idle connection is checked, so that an outage shows without traffic.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Reserves quota, for every key at once, atomically. `KEYS[i]` counts a window's requests;
+/// `ARGV[3i-2..3i]` are the amount wanted, the window's maximum and its period (ms). A window
+/// starts with its first grant (the key is created with the period as its TTL). A grant is at
+/// most what is left and at most `max(1, ceil(max / 100))`: what one call can reserve and
+/// leave unused is bounded. Returns `{granted, ttl ms, left}` per key.
+const LEASE_SCRIPT: &str = r"
+local out = {}
+for i, key in ipairs(KEYS) do
+  local want = tonumber(ARGV[3 * i - 2])
+  local max = tonumber(ARGV[3 * i - 1])
+  local period = tonumber(ARGV[3 * i])
+  local ttl = redis.call('PTTL', key)
+  local used = 0
+  if ttl > 0 then used = tonumber(redis.call('GET', key)) or 0 end
+  local cap = math.max(1, math.ceil(max / 100))
+  local grant = math.max(0, math.min(want, cap, max - used))
+  if ttl <= 0 then
+    ttl = period
+    if grant > 0 then redis.call('SET', key, grant, 'PX', period) end
+  elseif grant > 0 then
+    redis.call('INCRBY', key, grant)
+  end
+  out[i] = {grant, ttl, math.max(0, max - used - grant)}
+end
+return out
+";
+
+/// The most one grant reserves of a window of `max`: what [`LEASE_SCRIPT`] caps it at.
+pub fn grant_cap(max: u64) -> u64 {
+    max.div_ceil(100).max(1)
+}
+
+/// A request for quota.
+pub struct Window {
+    /// The Redis key counting the window.
+    pub key: String,
+    pub want: u64,
+    pub max: u64,
+    /// Milliseconds.
+    pub period: u64,
+}
+
+/// What Redis granted for one [`Window`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grant {
+    pub granted: u64,
+    /// Milliseconds left in the window when Redis ran the script.
+    pub ttl: u64,
+    /// What is left in the window for the whole fleet after this grant.
+    pub left: u64,
+}
+
+/// The storage did not answer (down, slow, or never reached).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unavailable;
+
+/// Called once with the grants (in the order of the windows) and the instant the request
+/// was sent, which is before Redis ran it.
+pub type Done = Box<dyn FnOnce(Result<Vec<Grant>, Unavailable>, Instant) + Send>;
+
+/// A lease request. Its `done` is called exactly once: with the answer, or with
+/// [`Unavailable`] however the request is lost (even when it is dropped unsent).
+pub struct Lease {
+    pub windows: Vec<Window>,
+    done: Option<Done>,
+}
+
+impl Lease {
+    pub fn new(windows: Vec<Window>, done: Done) -> Lease {
+        Lease {
+            windows,
+            done: Some(done),
+        }
+    }
+
+    fn finish(mut self, result: Result<Vec<Grant>, Unavailable>, sent: Instant) {
+        if let Some(done) = self.done.take() {
+            done(result, sent);
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(done) = self.done.take() {
+            done(Err(Unavailable), Instant::now());
+        }
+    }
+}
+
+/// The process's handle on the shared storage; clones share one client.
+#[derive(Clone)]
+pub struct Handle(Arc<Inner>);
+
+struct Inner {
+    storage: SharedStorage,
+    jobs: OnceLock<mpsc::UnboundedSender<Lease>>,
+    state: Arc<State>,
+}
+
+/// What the client thread publishes.
+struct State {
+    up: AtomicBool,
+}
+
+impl std::fmt::Debug for Handle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handle")
+            .field("storage", &self.0.storage)
+            .field("up", &self.is_up())
+            .finish()
+    }
+}
+
+impl Handle {
+    /// A client of `storage` that connects when first used.
+    pub fn new(storage: SharedStorage) -> Handle {
+        Handle(Arc::new(Inner {
+            storage,
+            jobs: OnceLock::new(),
+            state: Arc::new(State {
+                up: AtomicBool::new(false),
+            }),
+        }))
+    }
+
+    /// Whether `other` is a clone of this handle (one client).
+    pub fn same(&self, other: &Handle) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
+    pub fn storage(&self) -> &SharedStorage {
+        &self.0.storage
+    }
+
+    /// Starts the client thread, if it is not running yet.
+    pub fn start(&self) {
+        self.sender();
+    }
+
+    /// Whether the last call (or health check) succeeded.
+    pub fn is_up(&self) -> bool {
+        self.0.state.up.load(SeqCst)
+    }
+
+    /// Sends a lease request; its `done` runs on the client thread.
+    pub fn lease(&self, lease: Lease) {
+        if let Some(tx) = self.sender() {
+            // A send to a stopped thread hands the lease back, and dropping it reports it.
+            let _ = tx.send(lease);
+        }
+    }
+
+    fn sender(&self) -> Option<&mpsc::UnboundedSender<Lease>> {
+        let tx = self.0.jobs.get_or_init(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let storage = self.0.storage.clone();
+            let state = self.0.state.clone();
+            let spawned = std::thread::Builder::new()
+                .name("ringwall-shared".into())
+                .spawn(move || client_thread(&storage, &state, rx));
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start the shared-storage client");
+            }
+            tx
+        });
+        Some(tx)
+    }
+}
+
+fn client_thread(storage: &SharedStorage, state: &State, jobs: mpsc::UnboundedReceiver<Lease>) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the shared-storage client");
+            return;
+        }
+    };
+    runtime.block_on(serve(storage, state, jobs));
+}
+
+/// Outage bookkeeping: one log line at each edge, the gauge and the error count.
+struct Health<'s> {
+    state: &'s State,
+    /// Whether an outage is under way (so far: the first connect counts as one if it fails).
+    outage: bool,
+    up: metrics::Gauge,
+    errors: metrics::Counter,
+}
+
+impl Health<'_> {
+    fn connected(&mut self, storage: &SharedStorage) {
+        self.state.up.store(true, SeqCst);
+        self.up.set(1.0);
+        if self.outage {
+            tracing::info!(storage = %describe(storage), "shared storage is back");
+        } else {
+            tracing::info!(storage = %describe(storage), "shared storage connected");
+        }
+        self.outage = false;
+    }
+
+    fn failed(&mut self, storage: &SharedStorage, error: &dyn std::fmt::Display) {
+        self.state.up.store(false, SeqCst);
+        self.up.set(0.0);
+        self.errors.increment(1);
+        if !self.outage {
+            tracing::warn!(storage = %describe(storage), %error,
+                "shared storage unavailable; policies fall back until it is back");
+            self.outage = true;
+        }
+    }
+}
+
+async fn serve(storage: &SharedStorage, state: &State, mut jobs: mpsc::UnboundedReceiver<Lease>) {
+    let mut health = Health {
+        state,
+        outage: false,
+        up: metrics::gauge!(UP),
+        errors: metrics::counter!(ERRORS),
+    };
+    health.up.set(0.0);
+    let script = Arc::new(redis::Script::new(LEASE_SCRIPT));
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        let mut conn = match connect(storage).await {
+            Ok(conn) => {
+                health.connected(storage);
+                backoff = MIN_BACKOFF;
+                conn
+            }
+            Err(e) => {
+                health.failed(storage, &e);
+                // Wait out the backoff, answering requests meanwhile.
+                let retry = tokio::time::sleep(backoff);
+                tokio::pin!(retry);
+                loop {
+                    tokio::select! {
+                        job = jobs.recv() => match job {
+                            Some(job) => job.finish(Err(Unavailable), Instant::now()),
+                            None => return,
+                        },
+                        () = &mut retry => break,
+                    }
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+        };
+        let mut calls = tokio::task::JoinSet::new();
+        let mut check = tokio::time::interval(HEALTH_INTERVAL);
+        check.tick().await;
+        let error = loop {
+            tokio::select! {
+                job = jobs.recv() => match job {
+                    Some(job) => {
+                        calls.spawn(call(conn.clone(), script.clone(), job));
+                    }
+                    None => return,
+                },
+                Some(done) = calls.join_next() => match done {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => break e,
+                    Err(e) => break e.to_string(),
+                },
+                _ = check.tick() => {
+                    let ping = redis::cmd("PING");
+                    match tokio::time::timeout(TIMEOUT, ping.query_async::<()>(&mut conn)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => break e.to_string(),
+                        Err(_) => break "health check timed out".to_owned(),
+                    }
+                }
+            }
+        };
+        health.failed(storage, &error);
+        // Calls still in flight finish on their own (their leases report when dropped).
+        calls.detach_all();
+    }
+}
+
+/// One lease call; `Err` (with the reason) when the connection should be made again.
+async fn call(
+    mut conn: MultiplexedConnection,
+    script: Arc<redis::Script>,
+    lease: Lease,
+) -> Result<(), String> {
+    let sent = Instant::now();
+    let mut invocation = script.prepare_invoke();
+    for w in &lease.windows {
+        invocation.key(&w.key).arg(w.want).arg(w.max).arg(w.period);
+    }
+    let answer = tokio::time::timeout(
+        TIMEOUT,
+        invocation.invoke_async::<Vec<(i64, i64, i64)>>(&mut conn),
+    )
+    .await;
+    match answer {
+        Ok(Ok(grants)) if grants.len() == lease.windows.len() => {
+            let grants = grants
+                .into_iter()
+                .map(|(granted, ttl, left)| Grant {
+                    granted: granted.max(0).unsigned_abs(),
+                    ttl: ttl.max(0).unsigned_abs(),
+                    left: left.max(0).unsigned_abs(),
+                })
+                .collect();
+            lease.finish(Ok(grants), sent);
+            Ok(())
+        }
+        Ok(Ok(_)) => {
+            lease.finish(Err(Unavailable), sent);
+            Err("the lease script answered with the wrong number of grants".to_owned())
+        }
+        Ok(Err(e)) => {
+            lease.finish(Err(Unavailable), sent);
+            Err(e.to_string())
+        }
+        Err(_) => {
+            lease.finish(Err(Unavailable), sent);
+            Err("a lease timed out".to_owned())
+        }
+    }
+}
+
+/// Where the storage is, for log lines (no credentials).
+fn describe(storage: &SharedStorage) -> String {
+    match storage {
+        SharedStorage::Redis(r) => format!("redis {}", r.address),
+        SharedStorage::Sentinel(s) => {
+            format!("sentinel {} {}", s.master_name, s.addresses.join(","))
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ConnectError {
+    #[error(transparent)]
+    Redis(#[from] redis::RedisError),
+    #[error("`{0}` is not a host:port address")]
+    Address(String),
+    #[error("TLS to Redis is not supported by this version of Ringwall")]
+    Tls,
+    #[error("no sentinel knows master `{0}`")]
+    NoMaster(String),
+    #[error("timed out")]
+    Timeout,
+}
+
+async fn connect(storage: &SharedStorage) -> Result<MultiplexedConnection, ConnectError> {
+    let (address, username, password, db) = match storage {
+        SharedStorage::Redis(r) => {
+            if r.tls.is_some() {
+                return Err(ConnectError::Tls);
+            }
+            (r.address.clone(), &r.username, &r.password, r.db)
+        }
+        SharedStorage::Sentinel(s) => (master_of(s).await?, &s.username, &s.password, s.db),
+    };
+    let mut settings = RedisConnectionInfo::default().set_db(i64::from(db));
+    if let Some(user) = username {
+        settings = settings.set_username(user);
+    }
+    if let Some(password) = password {
+        settings = settings.set_password(&password.0);
+    }
+    open(&address, settings).await
+}
+
+async fn open(
+    address: &str,
+    settings: RedisConnectionInfo,
+) -> Result<MultiplexedConnection, ConnectError> {
+    let (host, port) = host_port(address).ok_or_else(|| ConnectError::Address(address.into()))?;
+    let info = ConnectionAddr::Tcp(host, port)
+        .into_connection_info()?
+        .set_redis_settings(settings);
+    let client = redis::Client::open(info)?;
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_response_timeout(Some(TIMEOUT));
+    let connecting = client.get_multiplexed_async_connection_with_config(&config);
+    match tokio::time::timeout(CONNECT_TIMEOUT * 2, connecting).await {
+        Ok(conn) => Ok(conn?),
+        Err(_) => Err(ConnectError::Timeout),
+    }
+}
+
+/// The master's address, from the first sentinel that knows it.
+async fn master_of(sentinel: &ringwall_config::Sentinel) -> Result<String, ConnectError> {
+    let mut last = ConnectError::NoMaster(sentinel.master_name.clone());
+    for address in &sentinel.addresses {
+        let asked = async {
+            let mut conn = open(address, RedisConnectionInfo::default()).await?;
+            let master: Option<(String, u16)> = redis::cmd("SENTINEL")
+                .arg("get-master-addr-by-name")
+                .arg(&sentinel.master_name)
+                .query_async(&mut conn)
+                .await?;
+            Ok::<_, ConnectError>(master)
+        };
+        match asked.await {
+            Ok(Some((host, port))) if host.contains(':') => return Ok(format!("[{host}]:{port}")),
+            Ok(Some((host, port))) => return Ok(format!("{host}:{port}")),
+            Ok(None) => last = ConnectError::NoMaster(sentinel.master_name.clone()),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// `host:port` or `[v6]:port`.
+fn host_port(address: &str) -> Option<(String, u16)> {
+    let (host, port) = address.rsplit_once(':')?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    Some((host.to_owned(), port.parse().ok()?))
+}
+
+#[cfg(test)]
+pub(crate) mod tests;
