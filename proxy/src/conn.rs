@@ -25,7 +25,7 @@ use crate::http::response::{self, ToClient};
 use crate::http::{write_local_response, Framing, CONTINUE};
 use crate::metrics::MethodClass;
 use crate::policy::{Chain, HeaderLines, Hold, Overrides, RequestCx, ResponseCx, Stop, Verdict};
-use crate::pool::{still_open, UpstreamConn};
+use crate::pool::{peek, still_open, Peek, UpstreamConn};
 use crate::worker::{ListenerHandle, Worker};
 
 /// Initial size of each connection's read and write buffers.
@@ -36,6 +36,8 @@ const MIN_READ: usize = 4 * 1024;
 const COALESCE_MAX: u64 = 16 * 1024;
 /// Largest upstream response head accepted.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// The shortest wait before a policy that asked for a retry is asked again.
+const MIN_RETRY_DELAY: Duration = Duration::from_millis(1);
 /// How long a closing connection is drained so the client reads our last response
 /// instead of a reset.
 const LINGER: Duration = Duration::from_secs(1);
@@ -228,14 +230,21 @@ async fn phases(c: &mut Client, listener: &ListenerHandle, w: &Worker) -> Next {
                         1
                     };
                     resume.from = from;
+                    // The new hold replaces the old one only once taken, so the request
+                    // never stops counting while a place is re-taken for it.
                     resume.hold = hold;
                     resume.gateway = Some(gateway);
+                    // A zero delay would re-run the chain in a busy loop.
+                    let after = after.max(MIN_RETRY_DELAY);
                     tokio::select! {
                         () = tokio::time::sleep(after) => {}
                         () = w.draining() => return Next::Close,
                     }
-                    // The policy is asked afresh: the place it held is given back first.
-                    resume.hold = None;
+                    // A client that left while its request waited gives its place up now
+                    // rather than after every attempt (pipelined bytes are not a departure).
+                    if peek(&c.stream) == Peek::Closed {
+                        return Next::Close;
+                    }
                     continue;
                 }
                 Err(r) => {

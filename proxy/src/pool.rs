@@ -82,6 +82,22 @@ impl Pool {
 /// Whether an idle upstream connection is still open and silent. Costs one syscall;
 /// used before sending a request whose body cannot be replayed on another connection.
 pub fn still_open(stream: &TcpStream) -> bool {
+    peek(stream) == Peek::Silent
+}
+
+/// What a socket holds, looked at without consuming it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peek {
+    /// Open, nothing to read.
+    Silent,
+    /// Bytes wait to be read.
+    Data,
+    /// The peer closed its side, or the socket failed.
+    Closed,
+}
+
+/// Looks at `stream` without reading from it: one non-blocking `recv` with `MSG_PEEK`.
+pub fn peek(stream: &TcpStream) -> Peek {
     let mut byte = 0u8;
     // SAFETY: recv writes at most one byte into `byte`, which outlives the call; the fd
     // is owned by `stream` and open for the duration of the borrow.
@@ -93,5 +109,12 @@ pub fn still_open(stream: &TcpStream) -> bool {
             libc::MSG_PEEK | libc::MSG_DONTWAIT,
         )
     };
-    n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock
+    match n {
+        1.. => Peek::Data,
+        0 => Peek::Closed,
+        _ if std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock => {
+            Peek::Silent
+        }
+        _ => Peek::Closed,
+    }
 }

@@ -391,3 +391,48 @@ fn a_policy_warning_is_shown_by_validate_and_logged_at_start() {
         );
     })
 }
+
+#[test]
+fn a_client_that_leaves_while_held_by_spike_control_gives_its_place_up() {
+    within(TEST_LIMIT, || {
+        let origin = Origin::ok("in");
+        // A held request would keep the only queue place for 10 x 200 ms.
+        let spike = policy_binding(
+            "spikes",
+            "api",
+            "spike-control-flex",
+            None,
+            "maximumRequests: 1\ntimePeriodInMilliseconds: 60000\ndelayTimeInMillis: 200\n\
+             delayAttempts: 10\nqueuingLimit: 1\n",
+            &[],
+        );
+        let gw = Gateway::start(&[("api.yaml", &files(&origin, &[spike]))], &[]);
+        assert_eq!(get(&gw, "/first", "").status, 200);
+
+        // Over the rate: held in the only queue place, then gone.
+        let mut leaver = Client::connect(gw.addr("api"));
+        leaver.send(b"GET /leaver HTTP/1.1\r\nHost: gw\r\n\r\n");
+        drop(leaver);
+
+        // While the place is held a newcomer is refused at once. Once the leaver's first
+        // wait ends its departure is noticed, and a newcomer is held instead (no answer yet).
+        let deadline = Instant::now() + Duration::from_millis(1200);
+        let held = loop {
+            let mut newcomer = Client::connect(gw.addr("api"));
+            newcomer.send(b"GET /newcomer HTTP/1.1\r\nHost: gw\r\n\r\n");
+            newcomer
+                .stream()
+                .set_read_timeout(Some(Duration::from_millis(150)))
+                .expect("read timeout");
+            match newcomer.try_read_response("GET") {
+                Ok(resp) => assert_eq!(resp.status, 429, "{resp:?}"),
+                Err(_) => break true,
+            }
+            if Instant::now() > deadline {
+                break false;
+            }
+        };
+        assert!(held, "the leaver kept its place");
+        assert_eq!(origin.request_count(), 1);
+    })
+}

@@ -125,10 +125,11 @@ pub enum Verdict {
     Reject(u16, &'static str),
     /// The gateway answers with `status` and no body: not a refusal (a CORS preflight).
     Answer(u16),
-    /// Ask this policy again after `after` (spike control). `hold` is kept while the request
-    /// waits and dropped before the policy is asked again, so a policy can count the
-    /// requests it holds. A policy adds no headers when it returns this (it will be asked
-    /// again); a client that goes away is noticed when the wait ends.
+    /// Ask this policy again after `after` (at least a millisecond; spike control). `hold` is
+    /// kept while the request waits and until the policy's next answer (a new hold replaces
+    /// it only then), so a policy can count the requests it holds without a gap. A policy
+    /// adds no headers when it returns this (it will be asked again); a client that goes away
+    /// is noticed when the waits end.
     Retry {
         after: Duration,
         hold: Option<Hold>,
@@ -182,12 +183,41 @@ impl HeaderLines {
 
     /// Whether a line for `name` was added (case-insensitively).
     pub fn contains(&self, name: &str) -> bool {
-        self.0[..].split(|&b| b == b'\n').any(|line| {
-            line.len() > name.len()
-                && line[..name.len()].eq_ignore_ascii_case(name.as_bytes())
-                && line[name.len()] == b':'
-        })
+        self.get(name).is_some()
     }
+
+    /// The value of the first line for `name`.
+    pub fn get(&self, name: &str) -> Option<&[u8]> {
+        self.0[..]
+            .split(|&b| b == b'\n')
+            .find_map(|line| value_of(line, name))
+            .map(|v| v.strip_suffix(b"\r").unwrap_or(v))
+    }
+
+    /// Drops every line for `name`, in place.
+    pub fn remove(&mut self, name: &str) {
+        let mut kept = 0;
+        let mut start = 0;
+        while start < self.0.len() {
+            let end = self.0[start..]
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(self.0.len(), |i| start + i + 1);
+            if value_of(&self.0[start..end], name).is_none() {
+                self.0.copy_within(start..end, kept);
+                kept += end - start;
+            }
+            start = end;
+        }
+        self.0.truncate(kept);
+    }
+}
+
+/// The value of `line` (`Name: value`) when it is a line for `name`.
+fn value_of<'l>(line: &'l [u8], name: &str) -> Option<&'l [u8]> {
+    let rest = line.get(name.len()..)?;
+    (line[..name.len()].eq_ignore_ascii_case(name.as_bytes()) && rest.first() == Some(&b':'))
+        .then(|| rest[1..].trim_ascii_start())
 }
 
 /// What a policy may change about how this one request is served.

@@ -100,8 +100,23 @@ impl Decision {
         }
     }
 
-    /// Writes the exposed headers, and `Retry-After` on a refusal.
+    /// Writes the exposed headers, and `Retry-After` on a refusal. Several limiting policies
+    /// on one request report once: a refusal wins, otherwise the limit with fewest left (the
+    /// earlier policy on a tie).
     pub(super) fn write(&self, out: &mut HeaderLines) {
+        if let Some(previous) = out.get(EXPOSED[1]) {
+            let previous_refused = out.contains("retry-after");
+            let previous_left = std::str::from_utf8(previous)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(u64::MAX);
+            if previous_refused || (self.admitted && self.remaining >= previous_left) {
+                return;
+            }
+            for name in EXPOSED.into_iter().chain(["retry-after"]) {
+                out.remove(name);
+            }
+        }
         out.add_display(EXPOSED[0], self.limit);
         out.add_display(EXPOSED[1], self.remaining);
         out.add_display(EXPOSED[2], self.reset);

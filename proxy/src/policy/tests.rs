@@ -384,3 +384,52 @@ fn an_unchanged_binding_keeps_its_instance_across_a_reload() {
         &rebuilt.chains[0].entries[0].policy
     ));
 }
+
+#[test]
+fn header_lines_are_read_and_removed_in_place() {
+    let mut lines = HeaderLines::default();
+    lines.add("X-A", b"1");
+    lines.add("x-ratelimit-remaining", b"57");
+    lines.add("X-B", b"2");
+    lines.add("X-RateLimit-Remaining", b"3");
+    assert_eq!(lines.get("x-ratelimit-remaining"), Some(&b"57"[..]));
+    assert!(lines.contains("x-b") && !lines.contains("x-"));
+    lines.remove("x-ratelimit-remaining");
+    assert_eq!(lines.as_bytes(), b"X-A: 1\r\nX-B: 2\r\n");
+    lines.remove("x-a");
+    lines.remove("x-b");
+    assert!(lines.is_empty());
+}
+
+#[test]
+fn two_limiting_policies_report_one_set_of_rate_limit_headers() {
+    use super::rate_limit::Decision;
+    let pass = |remaining| Decision {
+        admitted: true,
+        limit: 100,
+        remaining,
+        reset: 4000,
+    };
+    let refusal = Decision {
+        admitted: false,
+        limit: 5,
+        remaining: 0,
+        reset: 300,
+    };
+    let written = |decisions: &[Decision]| {
+        let mut out = HeaderLines::default();
+        for d in decisions {
+            d.write(&mut out);
+        }
+        String::from_utf8_lossy(out.as_bytes()).into_owned()
+    };
+    let one_refusal =
+        "x-ratelimit-limit: 5\r\nx-ratelimit-remaining: 0\r\nx-ratelimit-reset: 300\r\n\
+                       retry-after: 1\r\n";
+    assert_eq!(written(&[pass(57), refusal]), one_refusal);
+    assert_eq!(written(&[refusal, pass(57)]), one_refusal);
+    let fewest =
+        "x-ratelimit-limit: 100\r\nx-ratelimit-remaining: 10\r\nx-ratelimit-reset: 4000\r\n";
+    assert_eq!(written(&[pass(57), pass(10)]), fewest);
+    assert_eq!(written(&[pass(10), pass(57)]), fewest);
+}
