@@ -73,3 +73,78 @@ impl Drop for RedisServer {
         self.stop();
     }
 }
+
+/// A real Redis Sentinel (`redis-server --sentinel`) watching one master, on a free loopback
+/// port, killed on drop. Ready means it names the master.
+pub struct RedisSentinel {
+    child: Child,
+    pub port: u16,
+    /// Sentinel rewrites its configuration file, so it lives in a directory of its own.
+    _dir: tempfile::TempDir,
+}
+
+impl RedisSentinel {
+    /// A sentinel monitoring `master` under the name `name`.
+    pub fn start(master: &RedisServer, name: &str) -> RedisSentinel {
+        let port = crate::free_port().port();
+        let dir = tempfile::tempdir().expect("sentinel dir");
+        let conf = dir.path().join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\nsentinel monitor {name} 127.0.0.1 {} 1\n",
+                master.port
+            ),
+        )
+        .expect("sentinel.conf");
+        let child = Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server --sentinel (cargo xtask setup installs it)");
+        let sentinel = RedisSentinel {
+            child,
+            port,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let want = format!("{}", master.port);
+        while !sentinel.names_master(name, &want) {
+            assert!(
+                Instant::now() < deadline,
+                "redis sentinel on {port} did not name master {name}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        sentinel
+    }
+
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Whether `SENTINEL get-master-addr-by-name name` answers with port `port`.
+    fn names_master(&self, name: &str, port: &str) -> bool {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let command = format!("SENTINEL get-master-addr-by-name {name}\r\n");
+        let mut buf = [0u8; 256];
+        if s.set_read_timeout(Some(Duration::from_secs(1))).is_err()
+            || s.write_all(command.as_bytes()).is_err()
+        {
+            return false;
+        }
+        let n = s.read(&mut buf).unwrap_or(0);
+        String::from_utf8_lossy(&buf[..n]).contains(port)
+    }
+}
+
+impl Drop for RedisSentinel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

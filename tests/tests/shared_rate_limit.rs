@@ -8,7 +8,7 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use ringwall_tests::redis::RedisServer;
+use ringwall_tests::redis::{RedisSentinel, RedisServer};
 use ringwall_tests::yaml::{configuration, documents, policy_binding, simple_api};
 use ringwall_tests::*;
 
@@ -21,16 +21,21 @@ fn grant_cap(max: usize) -> usize {
 /// An ApiInstance to `origin` with a rate limit of `max` per minute per `X-Client-Id`, and
 /// `sharedStorage` on `redis`.
 fn config(origin: &Origin, redis: &RedisServer, max: usize, extra: &str) -> String {
-    let limit = format!(
-        "rateLimits:\n  - maximumRequests: {max}\n    timePeriodInMilliseconds: 60000\n\
-         keySelector: \"#[attributes.headers['x-client-id']]\"\n{extra}"
-    );
     let storage = format!(
         "sharedStorage:\n  redis:\n    address: {}\n",
         redis.address()
     );
+    config_with(origin, &storage, max, extra)
+}
+
+/// [`config`] with the `sharedStorage` block given as it is.
+fn config_with(origin: &Origin, storage: &str, max: usize, extra: &str) -> String {
+    let limit = format!(
+        "rateLimits:\n  - maximumRequests: {max}\n    timePeriodInMilliseconds: 60000\n\
+         keySelector: \"#[attributes.headers['x-client-id']]\"\n{extra}"
+    );
     documents(&[
-        &configuration("shared", &storage),
+        &configuration("shared", storage),
         &simple_api(&origin.url()),
         &policy_binding("limit", "api", "rate-limiting-flex", None, &limit, &[]),
     ])
@@ -180,5 +185,24 @@ fn with_fail_open_false_requests_get_503_while_redis_is_down() {
         redis.restart();
         wait_storage(gw, true);
         assert_eq!(get("d").status, 200);
+    })
+}
+
+#[test]
+fn replicas_find_redis_through_a_sentinel() {
+    within(Duration::from_secs(60), || {
+        let redis = RedisServer::start();
+        let sentinel = RedisSentinel::start(&redis, "ringwall-master");
+        let origin = Origin::ok("fine");
+        let max = 100;
+        let storage = format!(
+            "sharedStorage:\n  sentinel:\n    addresses: [{}]\n    masterName: ringwall-master\n",
+            sentinel.address()
+        );
+        let replicas = replicas(2, &config_with(&origin, &storage, max, ""));
+        let ok = passed(&drive(&replicas, 2, 50, "gamma"));
+        assert!(ok <= max, "{ok} passed, limit {max}");
+        assert!(ok >= max - 2 * grant_cap(max), "{ok} passed, limit {max}");
+        assert_eq!(origin.request_count(), ok);
     })
 }
