@@ -17,6 +17,7 @@ pub mod policy;
 pub mod pool;
 pub mod runtime_log;
 pub mod server;
+pub mod tls;
 pub mod watch;
 pub mod worker;
 pub mod xdp;
