@@ -133,6 +133,12 @@ pub fn server_tls(spec: &Policy, scope: &mut Scope<'_>) -> Option<ServerTls> {
         return None;
     }
     let names = dns_names(&certificate);
+    if names.is_empty() {
+        let path = fields.path_of("certificate");
+        let message = "the certificate names no DNS host (subjectAltName): SNI never selects it, \
+                       it is served only as its port's default";
+        scope.warn(fields.line, &path, message);
+    }
     Some(ServerTls {
         certificate: Arc::new(certificate),
         names,

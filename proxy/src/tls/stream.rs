@@ -312,7 +312,8 @@ where
     }
 
     /// The subject DN of the peer's verified certificate (`CN=client, O=Example`), for
-    /// policies and the access log; `None` when the peer presented none.
+    /// policies and the access log; `None` when the peer presented none. It parses the
+    /// certificate: call it once per connection.
     pub fn peer_subject(&self) -> Option<String> {
         let leaf = self.conn.peer_certificates()?.first()?;
         let (_, cert) = x509_parser::parse_x509_certificate(leaf).ok()?;

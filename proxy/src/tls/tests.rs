@@ -349,6 +349,18 @@ fn warnings_keep_the_settings() {
         first(&diag, true),
         format!("{TLS_LINE}: spec.config.certificate.crt: the certificate expired on Jan  1 00:00:00 2020 +00:00")
     );
+
+    let nameless = pki.leaf("n", &[], "n", false);
+    let (tls, diag) = inbound(&certificate(&nameless));
+    assert!(tls.is_some());
+    assert_eq!(
+        first(&diag, true),
+        format!(
+            "{}: spec.config.certificate: the certificate names no DNS host (subjectAltName): \
+             SNI never selects it, it is served only as its port's default",
+            TLS_LINE - 1
+        )
+    );
 }
 
 #[test]
@@ -873,4 +885,32 @@ fn upstream_connections_verify_the_origin_and_resume_sessions() {
         );
     });
     origin.join().expect("origin thread");
+}
+
+#[test]
+fn closed_and_garbled_handshakes_have_reasons() {
+    let pki = Pki::new("CA");
+    let a = certificate(&pki.leaf("a", &["a.test"], "a", false));
+    let config = server(&[a], UnknownServerName::Default);
+    tokio_uring::start(async move {
+        let listener = TcpListener::bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let peer = std::thread::spawn(move || {
+            // A client that gives up at once, then one speaking plain HTTP.
+            drop(std::net::TcpStream::connect(addr).expect("connect"));
+            let mut plain = std::net::TcpStream::connect(addr).expect("connect");
+            plain
+                .write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+                .expect("write");
+            let _ = plain.read_to_end(&mut Vec::new());
+        });
+        for reason in [HandshakeFailure::Closed, HandshakeFailure::Other] {
+            let (io, _) = listener.accept().await.expect("accept");
+            let conn = ServerConnection::new(Arc::clone(&config)).expect("conn");
+            let mut tls = TlsStream::new(io, conn);
+            let failed = tls.handshake(WAIT).await;
+            assert_eq!(failed.err().map(|e| e.reason), Some(reason));
+        }
+        peer.join().expect("client thread");
+    });
 }
