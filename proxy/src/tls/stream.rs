@@ -277,6 +277,10 @@ where
         while !rest.is_empty() {
             // rustls takes what fits its send buffer (64 KiB by default), then it is written.
             let n = match self.conn.writer().write(rest) {
+                Ok(0) if !self.conn.wants_write() => {
+                    let e = io::Error::new(io::ErrorKind::WriteZero, "TLS session closed");
+                    return (Err(e), buf);
+                }
                 Ok(n) => n,
                 Err(e) => return (Err(e), buf),
             };
