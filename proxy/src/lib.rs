@@ -19,6 +19,7 @@ pub mod pool;
 pub mod runtime_log;
 pub mod server;
 pub mod shared;
+pub mod tls;
 pub mod watch;
 pub mod worker;
 pub mod xdp;
