@@ -41,7 +41,7 @@ pub use policy::{is_known_policy, POLICIES};
 pub use rules::Rule;
 pub use settings::{Limits, Settings, Timeouts};
 pub use snapshot::{Snapshot, Summary};
-pub use storage::{Redis, RedisTls, Secret, Sentinel, SharedStorage};
+pub use storage::{Cluster, Redis, RedisTls, Secret, Sentinel, SharedStorage};
 pub use view::{is_secret_key, is_secret_pair, REDACTED};
 pub use yaml::parse_documents;
 

@@ -1,5 +1,9 @@
-//! `spec.sharedStorage` of a Configuration: the Redis (or Redis Sentinel) that distributed
-//! policies such as a clusterizable rate limit share their state through.
+//! `spec.sharedStorage` of a Configuration: the Redis (a Redis Sentinel, or a Redis Cluster)
+//! that distributed policies such as a clusterizable rate limit share their state through.
+//!
+//! Flex Local Mode knows `redis{address, username, password, DB, tls}` and
+//! `sentinel{addresses, masterName, ...}`; a cluster is Ringwall's: `redis.addresses`, a list
+//! of seed nodes, in place of `address` (so it reads like `sentinel.addresses`).
 //!
 //! Addresses are checked as `host:port` but not resolved: Redis may come up after the gateway,
 //! and the policies that use it reconnect.
@@ -9,7 +13,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::error::{item, Scope};
+use crate::error::{child, item, Scope};
 use crate::node::{Fields, Node};
 
 /// `spec.sharedStorage`: where distributed policies keep their state.
@@ -18,6 +22,9 @@ use crate::node::{Fields, Node};
 pub enum SharedStorage {
     Redis(Redis),
     Sentinel(Sentinel),
+    /// Written `redis.addresses`, and shown so.
+    #[serde(rename = "redis")]
+    Cluster(Cluster),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -41,6 +48,17 @@ pub struct Sentinel {
     pub password: Option<Secret>,
     #[serde(rename = "DB")]
     pub db: u32,
+}
+
+/// `redis.addresses`: a Redis Cluster, found through any of its seed nodes. A cluster has only
+/// DB 0.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Cluster {
+    /// `host:port` of each seed node.
+    pub addresses: Vec<String>,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    pub tls: Option<RedisTls>,
 }
 
 /// `redis.tls`: TLS to Redis.
@@ -77,9 +95,7 @@ pub(crate) fn parse_shared_storage(
 ) -> Option<SharedStorage> {
     let f = scope.map(node, path, &["redis", "sentinel"])?;
     match (f.get("redis"), f.get("sentinel")) {
-        (Some(redis), None) => {
-            redis_config(redis, &f.path_of("redis"), scope).map(SharedStorage::Redis)
-        }
+        (Some(redis), None) => redis_config(redis, &f.path_of("redis"), scope),
         (None, Some(sentinel)) => {
             sentinel_config(sentinel, &f.path_of("sentinel"), scope).map(SharedStorage::Sentinel)
         }
@@ -114,15 +130,12 @@ fn db(f: &Fields<'_>, scope: &mut Scope<'_>) -> Option<u32> {
     }
 }
 
-fn redis_config(node: &Node, path: &str, scope: &mut Scope<'_>) -> Option<Redis> {
+fn redis_config(node: &Node, path: &str, scope: &mut Scope<'_>) -> Option<SharedStorage> {
     let f = scope.map(
         node,
         path,
-        &["address", "username", "password", "DB", "tls"],
+        &["address", "addresses", "username", "password", "DB", "tls"],
     )?;
-    let address = scope
-        .require(&f, "address")
-        .and_then(|n| host_port(n, &f.path_of("address"), scope));
     let username = opt_str(&f, "username", scope);
     let password = opt_str(&f, "password", scope);
     let db = db(&f, scope);
@@ -130,13 +143,57 @@ fn redis_config(node: &Node, path: &str, scope: &mut Scope<'_>) -> Option<Redis>
         None => Some(None),
         Some(n) => redis_tls(n, &f.path_of("tls"), scope).map(Some),
     };
-    Some(Redis {
-        address: address?,
-        username: username.ok()?,
-        password: password.ok()?.map(Secret),
-        db: db?,
-        tls: tls?,
-    })
+    match (f.get("address"), f.get("addresses")) {
+        (Some(n), None) => {
+            let address = host_port(n, &f.path_of("address"), scope);
+            Some(SharedStorage::Redis(Redis {
+                address: address?,
+                username: username.ok()?,
+                password: password.ok()?.map(Secret),
+                db: db?,
+                tls: tls?,
+            }))
+        }
+        (None, Some(n)) => {
+            let addresses = addresses(n, &f.path_of("addresses"), "seed node", scope);
+            if let (Some(db), Some(n)) = (db, f.get("DB")) {
+                if db != 0 {
+                    scope.error(n.line, &f.path_of("DB"), "a Redis Cluster has only DB 0");
+                    return None;
+                }
+            }
+            if let (
+                Some(Some(RedisTls {
+                    server_name: Some(_),
+                    ..
+                })),
+                Some(n),
+            ) = (&tls, f.get("tls"))
+            {
+                let message = "a Redis Cluster's nodes are verified under the addresses they \
+                               announce: `serverName` cannot be set";
+                scope.error(n.line, &child(&f.path_of("tls"), "serverName"), message);
+                return None;
+            }
+            db?;
+            Some(SharedStorage::Cluster(Cluster {
+                addresses: addresses?,
+                username: username.ok()?,
+                password: password.ok()?.map(Secret),
+                tls: tls?,
+            }))
+        }
+        (Some(_), Some(_)) => {
+            let message = "set either `address` or `addresses` (a Redis Cluster), not both";
+            scope.error(f.line, path, message);
+            None
+        }
+        (None, None) => {
+            let message = "expected `address` (or `addresses` for a Redis Cluster)";
+            scope.error(f.line, path, message);
+            None
+        }
+    }
 }
 
 fn redis_tls(node: &Node, path: &str, scope: &mut Scope<'_>) -> Option<RedisTls> {
@@ -170,6 +227,14 @@ fn redis_tls(node: &Node, path: &str, scope: &mut Scope<'_>) -> Option<RedisTls>
     tls.trusted_ca = text("trustedCA", scope).map(PathBuf::from);
     tls.min_version = text("minVersion", scope);
     tls.max_version = text("maxVersion", scope);
+    // The client negotiates TLS 1.2 or 1.3 with rustls's default suites; say so when asked
+    // for anything narrower rather than pretend.
+    let narrower = tls.min_version.as_deref() == Some("1.3")
+        || tls.max_version.as_deref().is_some_and(|v| v != "1.3");
+    if narrower {
+        let message = "not enforced: Ringwall's Redis client negotiates TLS 1.2 or 1.3";
+        scope.warn(f.line, path, message);
+    }
     if let Some(n) = f.get("cipherSuites") {
         let path = f.path_of("cipherSuites");
         for (i, suite) in scope.seq(n, &path).unwrap_or_default().iter().enumerate() {
@@ -177,6 +242,10 @@ fn redis_tls(node: &Node, path: &str, scope: &mut Scope<'_>) -> Option<RedisTls>
                 Some(s) => tls.cipher_suites.push(s.to_owned()),
                 None => ok = false,
             }
+        }
+        if !tls.cipher_suites.is_empty() {
+            let message = "not enforced: Ringwall's Redis client offers rustls's default suites";
+            scope.warn(n.line, &path, message);
         }
     }
     if let Some(n) = f.get("certificate") {
@@ -209,20 +278,9 @@ fn sentinel_config(node: &Node, path: &str, scope: &mut Scope<'_>) -> Option<Sen
         path,
         &["addresses", "masterName", "username", "password", "DB"],
     )?;
-    let addresses = scope.require(&f, "addresses").and_then(|n| {
-        let list_path = f.path_of("addresses");
-        let items = scope.seq(n, &list_path)?;
-        if items.is_empty() {
-            scope.error(n.line, &list_path, "expected at least one sentinel address");
-            return None;
-        }
-        let parsed: Vec<Option<String>> = items
-            .iter()
-            .enumerate()
-            .map(|(i, a)| host_port(a, &item(&list_path, i), scope))
-            .collect();
-        parsed.into_iter().collect::<Option<Vec<_>>>()
-    });
+    let addresses = scope
+        .require(&f, "addresses")
+        .and_then(|n| addresses(n, &f.path_of("addresses"), "sentinel", scope));
     let master_name = scope
         .require(&f, "masterName")
         .and_then(|n| scope.str(n, &f.path_of("masterName")));
@@ -236,6 +294,25 @@ fn sentinel_config(node: &Node, path: &str, scope: &mut Scope<'_>) -> Option<Sen
         password: password.ok()?.map(Secret),
         db: db?,
     })
+}
+
+/// A non-empty list of `host:port` addresses of `what`s.
+fn addresses(node: &Node, path: &str, what: &str, scope: &mut Scope<'_>) -> Option<Vec<String>> {
+    let items = scope.seq(node, path)?;
+    if items.is_empty() {
+        scope.error(
+            node.line,
+            path,
+            format!("expected at least one {what} address"),
+        );
+        return None;
+    }
+    let parsed: Vec<Option<String>> = items
+        .iter()
+        .enumerate()
+        .map(|(i, a)| host_port(a, &item(path, i), scope))
+        .collect();
+    parsed.into_iter().collect()
 }
 
 /// A `host:port` string (no scheme), checked but not resolved.

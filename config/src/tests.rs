@@ -429,6 +429,112 @@ fn configuration_sections_parse_and_merge() {
     assert_eq!(settings.logging.outputs[0].kind, LogOutputKind::Stdout);
 }
 
+#[test]
+fn a_redis_cluster_is_redis_addresses() {
+    let storage = configuration(
+        "storage",
+        "  sharedStorage:\n    redis:\n      addresses: [a:7000, b:7001]\n      password: pw\n      \
+         tls:\n        trustedCA: /etc/ca.pem\n        certificate: {certFile: c.pem, keyFile: k.pem}\n",
+    );
+    let snapshot = ok(&[
+        ("a.yaml", &api("a", "http://127.0.0.1:0")),
+        ("b.yaml", &storage),
+    ]);
+    assert!(snapshot.warnings.is_empty(), "{:?}", snapshot.warnings);
+    let Some(SharedStorage::Cluster(cluster)) = &snapshot.settings.shared_storage else {
+        panic!("cluster expected");
+    };
+    assert_eq!(cluster.addresses, ["a:7000", "b:7001"]);
+    assert_eq!(cluster.password, Some(Secret("pw".into())));
+    let tls = cluster.tls.as_ref().expect("tls");
+    assert_eq!(tls.trusted_ca, Some(PathBuf::from("/etc/ca.pem")));
+    assert_eq!(tls.key_file, Some(PathBuf::from("k.pem")));
+    let json = serde_json::to_value(&snapshot).expect("serialises");
+    assert_eq!(
+        json["settings"]["sharedStorage"]["redis"]["addresses"],
+        serde_json::json!(["a:7000", "b:7001"])
+    );
+}
+
+#[test]
+fn redis_cluster_errors() {
+    let cases = [
+        (
+            "      addresses: [a:7000]\n      DB: 2\n",
+            "DB: 2",
+            "spec.sharedStorage.redis.DB",
+            "a Redis Cluster has only DB 0",
+        ),
+        (
+            "      addresses: []\n",
+            "addresses",
+            "spec.sharedStorage.redis.addresses",
+            "expected at least one seed node address",
+        ),
+        (
+            "      addresses: [a:7000, b]\n",
+            "addresses",
+            "spec.sharedStorage.redis.addresses[1]",
+            "`b` is not a `host:port` address",
+        ),
+        (
+            "      address: a:6379\n      addresses: [a:7000]\n",
+            "redis:",
+            "spec.sharedStorage.redis",
+            "set either `address` or `addresses` (a Redis Cluster), not both",
+        ),
+        (
+            "      DB: 1\n",
+            "redis:",
+            "spec.sharedStorage.redis",
+            "expected `address` (or `addresses` for a Redis Cluster)",
+        ),
+        (
+            "      addresses: [a:7000]\n      tls:\n        serverName: redis.internal\n",
+            "tls:",
+            "spec.sharedStorage.redis.tls.serverName",
+            "a Redis Cluster's nodes are verified under the addresses they announce: \
+             `serverName` cannot be set",
+        ),
+    ];
+    for (redis, line, field, message) in cases {
+        let config = configuration("s", &format!("  sharedStorage:\n    redis:\n{redis}"));
+        let errors = errors_of(&config);
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+        let e = &errors[0];
+        assert_eq!(
+            (e.line, e.field.as_deref(), e.message.as_str()),
+            (line_of(&config, line), Some(field), message),
+            "{redis}"
+        );
+    }
+}
+
+#[test]
+fn redis_tls_settings_rustls_cannot_honour_are_warnings() {
+    let storage = configuration(
+        "storage",
+        "  sharedStorage:\n    redis:\n      address: r:6380\n      tls:\n        minVersion: \"1.3\"\n        \
+         cipherSuites: [TLS_AES_128_GCM_SHA256]\n",
+    );
+    let snapshot = ok(&[
+        ("a.yaml", &api("a", "http://127.0.0.1:0")),
+        ("b.yaml", &storage),
+    ]);
+    let warnings: Vec<String> = snapshot
+        .warnings
+        .iter()
+        .map(|w| w.message.clone())
+        .collect();
+    assert_eq!(
+        warnings,
+        [
+            "not enforced: Ringwall's Redis client negotiates TLS 1.2 or 1.3",
+            "not enforced: Ringwall's Redis client offers rustls's default suites",
+        ]
+    );
+}
+
 // === connection-level policies ===
 
 /// A PolicyBinding of `policy` to the ApiInstance `target`; `body` is the rest of its spec,

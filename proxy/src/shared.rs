@@ -1,8 +1,10 @@
-//! The process's client of `spec.sharedStorage` (Redis, or the master a Redis Sentinel
-//! names): what replicas share, today the quota of clusterizable rate limits.
+//! The process's client of `spec.sharedStorage` (Redis, the master a Redis Sentinel names,
+//! or a Redis Cluster; over TLS if asked): what replicas share, today the quota of
+//! clusterizable rate limits.
 //!
 //! One thread per process runs a small current-thread tokio runtime with one multiplexed
-//! connection. Workers never wait on it: they hand it a [`Lease`] over a channel and its
+//! connection (a cluster connection routes each call by its keys' slot: a lease's keys share
+//! a hash tag, hence a slot). Workers never wait on it: they hand it a [`Lease`] over a channel and its
 //! `done` callback publishes the result (into the policy's atomics). Every call has a
 //! [`TIMEOUT`]; a failed or slow call, or a failed health `PING`, counts as an outage: the
 //! connection is dropped and made again with exponential backoff, [`Handle::is_up`] says
@@ -14,13 +16,20 @@
 //! never connects, and ends when the last handle is dropped (a reload that changed
 //! `sharedStorage`).
 
+use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo};
-use ringwall_config::SharedStorage;
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{
+    AsyncConnectionConfig, ClientTlsConfig, ConnectionAddr, IntoConnectionInfo,
+    RedisConnectionInfo, RedisFuture, TlsCertificates, TlsMode,
+};
+use ringwall_config::{RedisTls, SharedStorage};
 use tokio::sync::mpsc;
 
 pub const UP: &str = "ringwall_shared_storage_up";
@@ -205,6 +214,9 @@ impl Handle {
 }
 
 fn client_thread(storage: &SharedStorage, state: &State, jobs: mpsc::UnboundedReceiver<Lease>) {
+    // The redis crate builds its rustls configs from the process's default provider: make it
+    // ring, the one the rest of Ringwall uses (a provider already installed stays).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -319,11 +331,7 @@ async fn serve(storage: &SharedStorage, state: &State, mut jobs: mpsc::Unbounded
 }
 
 /// One lease call; `Err` (with the reason) when the connection should be made again.
-async fn call(
-    mut conn: MultiplexedConnection,
-    script: Arc<redis::Script>,
-    lease: Lease,
-) -> Result<(), String> {
+async fn call(mut conn: Conn, script: Arc<redis::Script>, lease: Lease) -> Result<(), String> {
     let sent = Instant::now();
     let mut invocation = script.prepare_invoke();
     for w in &lease.windows {
@@ -369,6 +377,42 @@ fn describe(storage: &SharedStorage) -> String {
         SharedStorage::Sentinel(s) => {
             format!("sentinel {} {}", s.master_name, s.addresses.join(","))
         }
+        SharedStorage::Cluster(c) => format!("redis cluster {}", c.addresses.join(",")),
+    }
+}
+
+/// A connection to a single Redis or to a cluster; the rest of the client does not tell.
+#[derive(Clone)]
+enum Conn {
+    Single(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
     }
 }
 
@@ -378,23 +422,25 @@ enum ConnectError {
     Redis(#[from] redis::RedisError),
     #[error("`{0}` is not a host:port address")]
     Address(String),
-    #[error("TLS to Redis is not supported by this version of Ringwall")]
-    Tls,
+    #[error("cannot read `{0}`: {1}")]
+    File(String, std::io::Error),
     #[error("no sentinel knows master `{0}`")]
     NoMaster(String),
     #[error("timed out")]
     Timeout,
 }
 
-async fn connect(storage: &SharedStorage) -> Result<MultiplexedConnection, ConnectError> {
-    let (address, username, password, db) = match storage {
-        SharedStorage::Redis(r) => {
-            if r.tls.is_some() {
-                return Err(ConnectError::Tls);
-            }
-            (r.address.clone(), &r.username, &r.password, r.db)
-        }
-        SharedStorage::Sentinel(s) => (master_of(s).await?, &s.username, &s.password, s.db),
+async fn connect(storage: &SharedStorage) -> Result<Conn, ConnectError> {
+    let (address, username, password, db, tls) = match storage {
+        SharedStorage::Redis(r) => (
+            r.address.clone(),
+            &r.username,
+            &r.password,
+            r.db,
+            r.tls.as_ref(),
+        ),
+        SharedStorage::Sentinel(s) => (master_of(s).await?, &s.username, &s.password, s.db, None),
+        SharedStorage::Cluster(c) => return cluster(c).await.map(Conn::Cluster),
     };
     let mut settings = RedisConnectionInfo::default().set_db(i64::from(db));
     if let Some(user) = username {
@@ -403,25 +449,126 @@ async fn connect(storage: &SharedStorage) -> Result<MultiplexedConnection, Conne
     if let Some(password) = password {
         settings = settings.set_password(&password.0);
     }
-    open(&address, settings).await
+    open(&address, settings, tls).await.map(Conn::Single)
 }
 
 async fn open(
     address: &str,
     settings: RedisConnectionInfo,
+    tls: Option<&RedisTls>,
 ) -> Result<MultiplexedConnection, ConnectError> {
     let (host, port) = host_port(address).ok_or_else(|| ConnectError::Address(address.into()))?;
-    let info = ConnectionAddr::Tcp(host, port)
-        .into_connection_info()?
-        .set_redis_settings(settings);
-    let client = redis::Client::open(info)?;
-    let config = AsyncConnectionConfig::new()
+    let mut config = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(CONNECT_TIMEOUT))
         .set_response_timeout(Some(TIMEOUT));
+    let client = match tls {
+        None => {
+            let info = ConnectionAddr::Tcp(host, port).into_connection_info()?;
+            redis::Client::open(info.set_redis_settings(settings))?
+        }
+        Some(tls) => {
+            // The crate checks the certificate against the host it connects to: to check it
+            // against `serverName`, connect to that name and resolve it to the address.
+            let name = match &tls.server_name {
+                Some(name) if *name != host => {
+                    config = config.set_dns_resolver(Alias {
+                        name: name.clone(),
+                        address: (host, port),
+                    });
+                    name.clone()
+                }
+                _ => host,
+            };
+            let addr = ConnectionAddr::TcpTls {
+                host: name,
+                port,
+                insecure: tls.skip_verify,
+                tls_params: None,
+            };
+            let info = addr.into_connection_info()?.set_redis_settings(settings);
+            redis::Client::build_with_tls(info, certificates(tls)?)?
+        }
+    };
     let connecting = client.get_multiplexed_async_connection_with_config(&config);
     match tokio::time::timeout(CONNECT_TIMEOUT * 2, connecting).await {
         Ok(conn) => Ok(conn?),
         Err(_) => Err(ConnectError::Timeout),
+    }
+}
+
+/// A connection to a Redis Cluster through its seed nodes; it follows the slots itself.
+async fn cluster(cluster: &ringwall_config::Cluster) -> Result<ClusterConnection, ConnectError> {
+    let mut seeds = Vec::with_capacity(cluster.addresses.len());
+    for address in &cluster.addresses {
+        let (host, port) =
+            host_port(address).ok_or_else(|| ConnectError::Address(address.clone()))?;
+        seeds.push(ConnectionAddr::Tcp(host, port).into_connection_info()?);
+    }
+    let mut builder = ClusterClient::builder(seeds)
+        .connection_timeout(CONNECT_TIMEOUT)
+        .response_timeout(TIMEOUT);
+    if let Some(user) = &cluster.username {
+        builder = builder.username(user);
+    }
+    if let Some(password) = &cluster.password {
+        builder = builder.password(&password.0);
+    }
+    if let Some(tls) = &cluster.tls {
+        let mode = if tls.skip_verify {
+            TlsMode::Insecure
+        } else {
+            TlsMode::Secure
+        };
+        builder = builder.tls(mode).certs(certificates(tls)?);
+    }
+    let client = builder.build()?;
+    match tokio::time::timeout(CONNECT_TIMEOUT * 2, client.get_async_connection()).await {
+        Ok(conn) => Ok(conn?),
+        Err(_) => Err(ConnectError::Timeout),
+    }
+}
+
+/// `trustedCA` and the client certificate, read at every connect (so a renewed file is
+/// picked up at the next reconnect). Without `trustedCA` the system's roots are trusted.
+fn certificates(tls: &RedisTls) -> Result<TlsCertificates, ConnectError> {
+    let read = |path: &Path| {
+        std::fs::read(path).map_err(|e| ConnectError::File(path.display().to_string(), e))
+    };
+    let root_cert = tls.trusted_ca.as_deref().map(read).transpose()?;
+    let client_tls = match (&tls.cert_file, &tls.key_file) {
+        (Some(cert), Some(key)) => Some(ClientTlsConfig {
+            client_cert: read(cert)?,
+            client_key: read(key)?,
+        }),
+        _ => None,
+    };
+    Ok(TlsCertificates {
+        client_tls,
+        root_cert,
+    })
+}
+
+/// Resolves `name` to `address`, and any other host as usual.
+struct Alias {
+    name: String,
+    address: (String, u16),
+}
+
+impl redis::io::AsyncDNSResolver for Alias {
+    fn resolve<'a, 'b: 'a>(
+        &'a self,
+        host: &'b str,
+        port: u16,
+    ) -> RedisFuture<'a, Box<dyn Iterator<Item = SocketAddr> + Send + 'a>> {
+        Box::pin(async move {
+            let target = if host == self.name {
+                (self.address.0.as_str(), self.address.1)
+            } else {
+                (host, port)
+            };
+            let found = tokio::net::lookup_host(target).await?;
+            Ok(Box::new(found) as Box<dyn Iterator<Item = SocketAddr> + Send>)
+        })
     }
 }
 
@@ -430,7 +577,7 @@ async fn master_of(sentinel: &ringwall_config::Sentinel) -> Result<String, Conne
     let mut last = ConnectError::NoMaster(sentinel.master_name.clone());
     for address in &sentinel.addresses {
         let asked = async {
-            let mut conn = open(address, RedisConnectionInfo::default()).await?;
+            let mut conn = open(address, RedisConnectionInfo::default(), None).await?;
             let master: Option<(String, u16)> = redis::cmd("SENTINEL")
                 .arg("get-master-addr-by-name")
                 .arg(&sentinel.master_name)
