@@ -1,22 +1,56 @@
 //! A real `redis-server` (installed by `cargo xtask setup`) on a free loopback port, for the
 //! shared-storage tests: started, stopped and started again on the same port, killed on drop.
-//! Ready means it answered `PING`.
+//! Ready means it answered `PING` (a TLS-only one: that it accepts connections, which it does
+//! once loaded). Also a Redis Sentinel, a Redis Cluster of real nodes, and certificates made
+//! at test time for TLS.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose,
+};
 
 pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
+    /// `--tls-*` arguments; empty for plain TCP.
+    tls: Vec<String>,
 }
 
 impl RedisServer {
     /// A fresh server on a port the OS picked.
     pub fn start() -> RedisServer {
+        RedisServer::with_tls(Vec::new())
+    }
+
+    /// A server that speaks only TLS, with `server` as its certificate; clients must present
+    /// a certificate `ca` signed when `client_auth`.
+    pub fn start_tls(ca: &Pki, server: &Leaf, client_auth: bool) -> RedisServer {
+        let path = |p: &Path| p.display().to_string();
+        RedisServer::with_tls(vec![
+            "--tls-cert-file".into(),
+            path(&server.crt),
+            "--tls-key-file".into(),
+            path(&server.key),
+            "--tls-ca-cert-file".into(),
+            path(&ca.ca_path()),
+            "--tls-auth-clients".into(),
+            if client_auth { "yes" } else { "no" }.into(),
+        ])
+    }
+
+    fn with_tls(tls: Vec<String>) -> RedisServer {
         let port = crate::free_port().port();
-        let mut server = RedisServer { child: None, port };
+        let mut server = RedisServer {
+            child: None,
+            port,
+            tls,
+        };
         server.restart();
         server
     }
@@ -37,8 +71,17 @@ impl RedisServer {
     /// Starts it again on the same port, empty, and waits until it answers.
     pub fn restart(&mut self) {
         self.stop();
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+        let port = self.port.to_string();
+        let mut command = Command::new("redis-server");
+        if self.tls.is_empty() {
+            command.args(["--port", &port]);
+        } else {
+            command
+                .args(["--port", "0", "--tls-port", &port])
+                .args(&self.tls);
+        }
+        let child = command
+            .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -46,7 +89,14 @@ impl RedisServer {
             .expect("redis-server (cargo xtask setup installs it)");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !self.pings() {
+        let ready = || {
+            if self.tls.is_empty() {
+                pings(self.port)
+            } else {
+                TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+            }
+        };
+        while !ready() {
             assert!(
                 Instant::now() < deadline,
                 "redis-server on {} did not answer PING",
@@ -55,17 +105,34 @@ impl RedisServer {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
+}
 
-    fn pings(&self) -> bool {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
-            return false;
-        };
-        let mut buf = [0u8; 7];
-        s.set_read_timeout(Some(Duration::from_secs(1))).is_ok()
-            && s.write_all(b"PING\r\n").is_ok()
-            && s.read_exact(&mut buf).is_ok()
-            && &buf == b"+PONG\r\n"
+/// Whether the server on `port` answers `PING`.
+fn pings(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let mut buf = [0u8; 7];
+    s.set_read_timeout(Some(Duration::from_secs(1))).is_ok()
+        && s.write_all(b"PING\r\n").is_ok()
+        && s.read_exact(&mut buf).is_ok()
+        && &buf == b"+PONG\r\n"
+}
+
+/// One inline command to the plain-TCP server on `port`; its answer as text (empty when it
+/// did not answer).
+pub fn ask(port: u16, command: &str) -> String {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let mut buf = vec![0u8; 4096];
+    if s.set_read_timeout(Some(Duration::from_secs(1))).is_err()
+        || s.write_all(format!("{command}\r\n").as_bytes()).is_err()
+    {
+        return String::new();
     }
+    let n = s.read(&mut buf).unwrap_or(0);
+    String::from_utf8_lossy(&buf[..n]).into_owned()
 }
 
 impl Drop for RedisServer {
@@ -146,5 +213,151 @@ impl Drop for RedisSentinel {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A Redis Cluster of real nodes (`--cluster-enabled yes`, no replicas) on free loopback
+/// ports, joined by `redis-cli --cluster create` (which splits the 16,384 slots evenly);
+/// killed on drop. Ready means every node reports `cluster_state:ok`.
+pub struct RedisCluster {
+    nodes: Vec<Child>,
+    pub ports: Vec<u16>,
+    /// The nodes write their `nodes-<port>.conf` here.
+    _dir: tempfile::TempDir,
+}
+
+impl RedisCluster {
+    pub fn start(size: usize) -> RedisCluster {
+        let dir = tempfile::tempdir().expect("cluster dir");
+        let ports: Vec<u16> = (0..size).map(|_| crate::free_port().port()).collect();
+        let nodes = ports
+            .iter()
+            .map(|port| {
+                let conf = dir.path().join(format!("nodes-{port}.conf"));
+                Command::new("redis-server")
+                    .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                    .args(["--cluster-enabled", "yes", "--cluster-config-file"])
+                    .arg(&conf)
+                    .arg("--dir")
+                    .arg(dir.path())
+                    .args(["--save", "", "--appendonly", "no"])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("redis-server (cargo xtask setup installs it)")
+            })
+            .collect();
+        let cluster = RedisCluster {
+            nodes,
+            ports,
+            _dir: dir,
+        };
+        cluster.wait_until("answer PING", pings);
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(cluster.addresses())
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("redis-cli (cargo xtask setup installs it)");
+        assert!(created.success(), "redis-cli --cluster create failed");
+        cluster.wait_until("report cluster_state:ok", |port| {
+            ask(port, "CLUSTER INFO").contains("cluster_state:ok")
+        });
+        cluster
+    }
+
+    /// `host:port` of every node, as `sharedStorage.redis.addresses` wants them.
+    pub fn addresses(&self) -> Vec<String> {
+        self.ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect()
+    }
+
+    /// How many keys each node holds.
+    pub fn key_counts(&self) -> Vec<u64> {
+        self.ports
+            .iter()
+            .map(|&port| {
+                let answer = ask(port, "DBSIZE");
+                let count = answer.trim().strip_prefix(':').and_then(|n| n.parse().ok());
+                count.unwrap_or_else(|| panic!("DBSIZE on {port}: {answer:?}"))
+            })
+            .collect()
+    }
+
+    fn wait_until(&self, what: &str, ready: impl Fn(u16) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for &port in &self.ports {
+            while !ready(port) {
+                assert!(
+                    Instant::now() < deadline,
+                    "cluster node {port} did not {what}"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            let _ = node.kill();
+            let _ = node.wait();
+        }
+    }
+}
+
+/// A CA made at test time, and the directory its certificates are written to.
+pub struct Pki {
+    ca: CertifiedIssuer<'static, KeyPair>,
+    dir: tempfile::TempDir,
+}
+
+/// A certificate and its key, as PEM files.
+pub struct Leaf {
+    pub crt: PathBuf,
+    pub key: PathBuf,
+}
+
+impl Pki {
+    pub fn new(name: &str) -> Pki {
+        let dir = tempfile::tempdir().expect("pki dir");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let key = KeyPair::generate().expect("key");
+        let ca = CertifiedIssuer::self_signed(params, key).expect("CA");
+        std::fs::write(dir.path().join("ca.pem"), ca.pem()).expect("write CA");
+        Pki { ca, dir }
+    }
+
+    pub fn ca_path(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    /// A server certificate for `names`, or (`client`) a client certificate.
+    pub fn leaf(&self, file: &str, names: &[&str], client: bool) -> Leaf {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut params = CertificateParams::new(names).expect("params");
+        params.distinguished_name.push(DnType::CommonName, file);
+        params.extended_key_usages = vec![if client {
+            ExtendedKeyUsagePurpose::ClientAuth
+        } else {
+            ExtendedKeyUsagePurpose::ServerAuth
+        }];
+        let key = KeyPair::generate().expect("key");
+        let cert = params.signed_by(&key, &self.ca).expect("sign");
+        let leaf = Leaf {
+            crt: self.dir.path().join(format!("{file}.crt")),
+            key: self.dir.path().join(format!("{file}.key")),
+        };
+        std::fs::write(&leaf.crt, cert.pem()).expect("write crt");
+        std::fs::write(&leaf.key, key.serialize_pem()).expect("write key");
+        leaf
     }
 }

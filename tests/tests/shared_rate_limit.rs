@@ -2,13 +2,13 @@
 //! processes on one Redis pass at most the limit together (and lose at most one grant each,
 //! the README's bound); with Redis killed they keep serving (`failOpen`, the default) or
 //! answer 503 (`failOpen: false`); with Redis back, counting is shared again without a
-//! restart.
+//! restart. The same on a Redis Cluster, and over TLS (a client certificate, a wrong CA).
 
 use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use ringwall_tests::redis::{RedisSentinel, RedisServer};
+use ringwall_tests::redis::{Pki, RedisCluster, RedisSentinel, RedisServer};
 use ringwall_tests::yaml::{configuration, documents, policy_binding, simple_api};
 use ringwall_tests::*;
 
@@ -204,5 +204,95 @@ fn replicas_find_redis_through_a_sentinel() {
         assert!(ok <= max, "{ok} passed, limit {max}");
         assert!(ok >= max - 2 * grant_cap(max), "{ok} passed, limit {max}");
         assert_eq!(origin.request_count(), ok);
+    })
+}
+
+#[test]
+fn replicas_share_limits_on_a_redis_cluster() {
+    within(Duration::from_secs(90), || {
+        let cluster = RedisCluster::start(3);
+        let origin = Origin::ok("fine");
+        let max = 60;
+        let storage = format!(
+            "sharedStorage:\n  redis:\n    addresses: [{}]\n",
+            cluster.addresses().join(", ")
+        );
+        let replicas = replicas(3, &config_with(&origin, &storage, max, ""));
+        let ok = passed(&drive(&replicas, 2, 20, "alpha"));
+        assert!(ok <= max, "{ok} passed, limit {max}");
+        assert!(ok >= max - 3 * grant_cap(max), "{ok} passed, limit {max}");
+        // Each key has its own window, wherever its slot lives.
+        for key in ["k1", "k2", "k3", "k4", "k5", "k6"] {
+            let ok = passed(&drive(&replicas, 1, 25, key));
+            assert!(ok <= max, "{key}: {ok} passed, limit {max}");
+            assert!(ok >= max - 3 * grant_cap(max), "{key}: {ok} passed");
+        }
+        let counts = cluster.key_counts();
+        let holding = counts.iter().filter(|&&n| n > 0).count();
+        assert!(
+            holding >= 2,
+            "the keys did not spread over the nodes: {counts:?}"
+        );
+        assert_eq!(counts.iter().sum::<u64>(), 7, "{counts:?}");
+    })
+}
+
+/// `sharedStorage.redis` over TLS to `redis` (named `redis.test` in its certificate),
+/// trusting `ca`, with `extra` TLS fields.
+fn tls_storage(redis: &RedisServer, ca: &Pki, extra: &str) -> String {
+    format!(
+        "sharedStorage:\n  redis:\n    address: {}\n    tls:\n      trustedCA: '{}'\n      \
+         serverName: redis.test\n{extra}",
+        redis.address(),
+        ca.ca_path().display()
+    )
+}
+
+#[test]
+fn replicas_reach_a_tls_only_redis_with_a_client_certificate() {
+    within(Duration::from_secs(60), || {
+        let pki = Pki::new("redis CA");
+        let server = pki.leaf("redis", &["redis.test"], false);
+        let client = pki.leaf("ringwall", &[], true);
+        let redis = RedisServer::start_tls(&pki, &server, true);
+        let origin = Origin::ok("fine");
+        let max = 100;
+        let certificate = format!(
+            "      certificate:\n        certFile: '{}'\n        keyFile: '{}'\n",
+            client.crt.display(),
+            client.key.display()
+        );
+        let storage = tls_storage(&redis, &pki, &certificate);
+        let replicas = replicas(2, &config_with(&origin, &storage, max, ""));
+        let ok = passed(&drive(&replicas, 2, 50, "gamma"));
+        assert!(ok <= max, "{ok} passed, limit {max}");
+        assert!(ok >= max - 2 * grant_cap(max), "{ok} passed, limit {max}");
+        assert_eq!(origin.request_count(), ok);
+    })
+}
+
+#[test]
+fn an_untrusted_redis_certificate_keeps_storage_down_and_fails_open() {
+    within(Duration::from_secs(60), || {
+        let pki = Pki::new("redis CA");
+        let server = pki.leaf("redis", &["redis.test"], false);
+        let redis = RedisServer::start_tls(&pki, &server, false);
+        let other = Pki::new("another CA");
+        let origin = Origin::ok("fine");
+        let max = 5;
+        let wrong = config_with(&origin, &tls_storage(&redis, &other, ""), max, "");
+        let gw = Gateway::start(&[("api.yaml", &wrong)], &["--workers", "1"]);
+        gw.wait_stderr("shared storage unavailable", Duration::from_secs(10));
+        assert_eq!(storage_up(&gw), Some(false));
+        // failOpen (the default): the limit is counted by this replica alone.
+        let ok = passed(&drive(std::slice::from_ref(&gw), 1, 8, "delta"));
+        assert_eq!(ok, max);
+        assert_eq!(storage_up(&gw), Some(false));
+
+        // skipVerify trusts any certificate.
+        let storage = tls_storage(&redis, &other, "      skipVerify: true\n");
+        let replicas = replicas(1, &config_with(&origin, &storage, max, ""));
+        let ok = passed(&drive(&replicas, 1, 8, "delta"));
+        assert_eq!(ok, max);
     })
 }
