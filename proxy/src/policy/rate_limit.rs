@@ -304,12 +304,17 @@ impl Policy for RateLimit {
                         hold: None,
                     }
                 }
-                leased::Outcome::Wait | leased::Outcome::Unavailable if self.fail_open => {
-                    self.store.take(key, now)
+                // Redis is up but this replica could not reserve quota in time (a burst
+                // beyond what one refill at a time delivers): refused, since counting it
+                // in memory would let the fleet pass more than the limit.
+                leased::Outcome::Wait => {
+                    if self.expose {
+                        cx.client_headers.add("retry-after", b"1");
+                    }
+                    return Verdict::Reject(429, TOO_MANY);
                 }
-                leased::Outcome::Wait | leased::Outcome::Unavailable => {
-                    return Verdict::Reject(503, UNAVAILABLE)
-                }
+                leased::Outcome::Unavailable if self.fail_open => self.store.take(key, now),
+                leased::Outcome::Unavailable => return Verdict::Reject(503, UNAVAILABLE),
             },
         };
         if self.expose {
