@@ -55,7 +55,7 @@ fn slow_proxy(to: u16, delay: Duration) -> u16 {
 fn a_burst_beyond_what_a_slow_redis_serves_is_refused_not_counted_locally() {
     within(Duration::from_secs(60), || {
         let redis = RedisServer::start();
-        let slow = slow_proxy(redis.port, Duration::from_millis(5));
+        let slow = slow_proxy(redis.port, Duration::from_millis(12));
         let origin = Origin::ok("fine");
         let max = 20;
         let limit = format!(
@@ -84,7 +84,7 @@ fn a_burst_beyond_what_a_slow_redis_serves_is_refused_not_counted_locally() {
             thread::sleep(Duration::from_millis(20));
         }
 
-        // Three bursts of 40 requests at once, each far beyond one grant (1) per ~10 ms.
+        // Three bursts of 40 requests at once, each far beyond one grant (1) per ~25 ms.
         let mut statuses = Vec::new();
         for _ in 0..3 {
             let start = Arc::new(Barrier::new(40));
