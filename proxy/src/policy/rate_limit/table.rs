@@ -6,15 +6,18 @@
 //! the hard part (a key's counters must never split or move while it has live windows, or
 //! it gets more than its quota) is about when a slot may change hands, which a map's
 //! `remove` does not know. So the table is set-associative: a key hashes to one bucket of
-//! four ways and is counted in the way that holds its tag.
+//! four ways and is counted in the way that holds its tag, or, when the four hold keys with
+//! live windows, in the bucket's overflow way.
 //!
 //! Per bucket, in one run of words:
 //!
 //! ```text
 //! directory    4 x 16 bits: a way's tag (12 bits, 0 = free) and generation (4 bits)
-//! lease[4]     generation (4 bits) | ms until which the way's windows may be live (60)
-//! window[4][W] start ms (38 bits, wrapping) | requests counted (26 bits)
+//! lease[4+1]   generation (4) | seed (1) | ms until which the way's windows may be live (59)
+//! window[4+1][W] start ms (38 bits, wrapping) | requests counted (26 bits)
 //! ```
+//!
+//! (The fifth lease and row of windows are the overflow way's.)
 //!
 //! - A request counts in every window of its way with one CAS each, and passes only if all
 //!   have room: windows are checked first, then committed in order, and a commit that finds
@@ -32,7 +35,8 @@
 //! - Taking over a held way is two steps (lease, then directory). A request of the holder
 //!   that finds it half done gives the way back to the holder under the new generation; a
 //!   lookup with nowhere else to go waits a few reads for it, then does the same. Nobody
-//!   waits on a thread that was descheduled. (Generations have 4 bits: to be fooled, a
+//!   waits on a thread that was descheduled. A claimer publishes only while the lease is
+//!   still the one it revoked to. (Generations have 4 bits: to be fooled otherwise, a
 //!   request would have to stall across sixteen changes of hands of its way, each one
 //!   after the way fell idle.)
 //! - A window's start is kept in 38 bits and read back against its way's lease: every start
@@ -40,10 +44,22 @@
 //!   whose lease ran out has its windows cleared by the next request, so nothing older
 //!   survives.
 //! - When all four ways of a bucket hold keys with live windows (the table is full there), a
-//!   new key is counted in one of them, deterministically, until one falls idle:
-//!   conservative while it shares, but when it then gets a way of its own its counters
-//!   start fresh, so in that window it may pass up to one quota more. That is the only
-//!   approximation, and it needs about 4 x buckets keys live at once.
+//!   new key is counted in the overflow way, which all such keys of the bucket share
+//!   (conservative for them: one quota between them) and which never charges a holder. A
+//!   commit there checks afterwards that the key still has no way, and gives back
+//!   otherwise.
+//! - A key never gets fresh quota by moving between the overflow way and a way of its own.
+//!   A claim of a held way sets the lease's seed bit, and the first commit after it starts
+//!   the way's windows from the overflow way's live ones (read after the claim was
+//!   published, so they hold every overflow request of the key that stays counted). The
+//!   other way round, a way changes hands only once every live overflow window began after
+//!   its lease ended: its key, coming back to the overflow way, never finds a window that
+//!   overlaps its last one. So a key's windows never overlap, wherever they are counted; a
+//!   key new to a bucket whose overflow way is in use may start with some of its count.
+//! - How full: with random hashing, 16,384 buckets overflow somewhere from a few thousand
+//!   keys live at once (about 2.5 buckets with five or more at 8,000 keys, about 54 at
+//!   16,000), and a key stays live for the longest window after its last window opened.
+//!   Two-choice hashing (eight ways across two buckets) would make that rare; not done yet.
 //!
 //! Time is milliseconds since the table's epoch, passed in by the caller so that tests
 //! drive it.
@@ -54,10 +70,18 @@ use super::{Decision, Limit, Store};
 
 /// Ways per bucket: their tags fill one 64-bit directory word.
 const WAYS: usize = 4;
+/// The index of the bucket's overflow way, after the keyed ones: it has a lease and windows
+/// but no directory entry.
+const OVERFLOW: usize = WAYS;
 const TAG_BITS: u32 = 12;
 const TAG_MASK: u16 = (1 << TAG_BITS) - 1;
-const LEASE_TIME_BITS: u32 = 60;
+const LEASE_TIME_BITS: u32 = 59;
 const LEASE_TIME_MASK: u64 = (1 << LEASE_TIME_BITS) - 1;
+/// Set in a lease by a claim of a held way: the new key's first commit starts its windows
+/// from the overflow way's, where it may have been counted until then.
+const SEED: u64 = 1 << LEASE_TIME_BITS;
+/// A lease's generation: its top 4 bits.
+const LEASE_GEN_SHIFT: u32 = 60;
 const COUNT_BITS: u32 = 26;
 const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
 const START_BITS: u32 = 64 - COUNT_BITS;
@@ -74,7 +98,8 @@ pub const MAX_PERIOD_MS: u64 = i32::MAX as u64;
 /// How many times a lookup re-reads a bucket with a claim in flight before giving the way
 /// back to its holder.
 const HALF_DONE_PATIENCE: u32 = 64;
-/// Buckets of a keyed table: 65,536 keys, about 1.2 MB with one window.
+/// Buckets of a keyed table: 65,536 keys with a way of their own, about 1.4 MB with one
+/// window.
 const KEYED_BUCKETS: usize = 1 << 14;
 /// A keyed table with many windows gets fewer buckets, to stay under this.
 const MAX_TABLE_BYTES: usize = 4 << 20;
@@ -119,7 +144,7 @@ impl Table {
     /// A table for `limits` (at most [`MAX_LIMITS`]): one bucket when every request
     /// shares one key, else as many as fit.
     pub fn new(limits: Vec<Limit>, keyed: bool) -> Table {
-        let stride = 1 + WAYS + WAYS * limits.len();
+        let stride = stride(limits.len());
         let buckets = if keyed {
             let fit = MAX_TABLE_BYTES / (stride * 8);
             KEYED_BUCKETS.min(1 << fit.max(1).ilog2())
@@ -131,7 +156,7 @@ impl Table {
 
     fn with_buckets(limits: Vec<Limit>, buckets: usize) -> Table {
         debug_assert!(buckets.is_power_of_two() && limits.len() <= MAX_LIMITS);
-        let stride = 1 + WAYS + WAYS * limits.len();
+        let stride = stride(limits.len());
         let longest = limits.iter().map(|l| l.period).max().unwrap_or(0);
         Table {
             limits: limits.into_boxed_slice(),
@@ -150,12 +175,13 @@ impl Table {
         &self.words[bucket * self.stride + 1 + way]
     }
 
+    /// `way` is `0..WAYS` or [`OVERFLOW`].
     fn window(&self, bucket: usize, way: usize, j: usize) -> &AtomicU64 {
-        &self.words[bucket * self.stride + 1 + WAYS + way * self.limits.len() + j]
+        &self.words[bucket * self.stride + 2 + WAYS + way * self.limits.len() + j]
     }
 
     /// The way that counts `tag`: its own, a free or idle one it claims, or, when the bucket
-    /// is full of live keys, the one it shares.
+    /// is full of live keys, the overflow way.
     fn find_or_claim(&self, bucket: usize, tag: u16, now: u64) -> Way {
         let mut patience = HALF_DONE_PATIENCE;
         loop {
@@ -173,7 +199,10 @@ impl Table {
                 let lease = self.lease(bucket, w).load(SeqCst);
                 if lease_gen(lease) != entry_gen(e) {
                     half_done = Some((w, e, lease_gen(lease)));
-                } else if entry_tag(e) == 0 || lease_time(lease) <= now {
+                } else if entry_tag(e) == 0
+                    || (lease_time(lease) <= now
+                        && self.overflow_began_since(bucket, lease_time(lease), now))
+                {
                     claimable = Some((w, lease));
                     break;
                 }
@@ -193,11 +222,10 @@ impl Table {
                     }
                 }
                 (None, None) => {
-                    let index = usize::from(tag) % WAYS;
                     return Way {
-                        index,
-                        entry: entry(dir, index),
-                    };
+                        index: OVERFLOW,
+                        entry: 0,
+                    }
                 }
             }
         }
@@ -217,7 +245,7 @@ impl Table {
         }
         let gen = (entry_gen(old) + 1) & 0xF;
         // Revoke the idle holder's tenancy: from here on its lease cannot be extended.
-        let revoked = with_lease_gen(lease, gen);
+        let revoked = with_lease_gen(lease, gen) | SEED;
         if self
             .lease(bucket, w)
             .compare_exchange(lease, revoked, SeqCst, SeqCst)
@@ -225,11 +253,21 @@ impl Table {
         {
             return;
         }
-        // Publish. While the lease is ahead of the directory only this thread, or a helper
-        // giving the way back, changes this way's entry.
+        self.publish(bucket, w, dir, revoked, tag);
+    }
+
+    /// The second step of a claim of held way `w` (directory `dir`, lease now `revoked`):
+    /// names `tag` in the directory. While the lease is ahead of the directory only this
+    /// thread, or a helper giving the way back, changes this way's entry. A lease that moved
+    /// on means the way was given back (and perhaps handed round since, until its entry
+    /// looks like `old` again): then the claim is over.
+    fn publish(&self, bucket: usize, w: usize, dir: u64, revoked: u64, tag: u16) {
+        let old = entry(dir, w);
+        let gen = lease_gen(revoked);
+        let directory = self.directory(bucket);
         let mut current = dir;
         loop {
-            if entry(current, w) != old {
+            if entry(current, w) != old || self.lease(bucket, w).load(SeqCst) != revoked {
                 return;
             }
             let taken_elsewhere = (0..WAYS).any(|v| v != w && entry_tag(entry(current, v)) == tag);
@@ -259,13 +297,39 @@ impl Table {
         }
     }
 
-    /// Counts a request in `way`; `None` when the way changed hands and the key must be
-    /// looked up again.
-    fn commit(&self, bucket: usize, way: Way, now: u64) -> Option<Decision> {
+    /// Whether every live window of the overflow way began at or after `since` (the end of
+    /// an idle way's lease, so after every window of its key): only then may the way change
+    /// hands, since its key, if it comes back, is counted there, and must not find a window
+    /// that overlaps its last one.
+    fn overflow_began_since(&self, bucket: usize, since: u64, now: u64) -> bool {
+        self.limits.iter().enumerate().all(|(j, limit)| {
+            let w = self.window(bucket, OVERFLOW, j).load(SeqCst);
+            let lease = lease_time(self.lease(bucket, OVERFLOW).load(SeqCst));
+            match started_at(w, lease, self.longest) {
+                Some(start) => start >= since || now >= start + limit.period,
+                None => true,
+            }
+        })
+    }
+
+    /// Whether a commit of `tag` in `way` still counts there: its own way still names it,
+    /// or, in the overflow way, it still has no way of its own.
+    fn still_counts(&self, bucket: usize, way: Way, tag: u16) -> bool {
+        let dir = self.directory(bucket).load(SeqCst);
+        if way.index == OVERFLOW {
+            (0..WAYS).all(|w| entry_tag(entry(dir, w)) != tag)
+        } else {
+            entry(dir, way.index) == way.entry
+        }
+    }
+
+    /// Counts a request of `tag` in `way`; `None` when the way changed hands (or the key got
+    /// a way of its own) and the key must be looked up again.
+    fn commit(&self, bucket: usize, way: Way, tag: u16, now: u64) -> Option<Decision> {
         let gen = entry_gen(way.entry);
         let lease_cell = self.lease(bucket, way.index);
         'attempt: loop {
-            if entry(self.directory(bucket).load(SeqCst), way.index) != way.entry {
+            if !self.still_counts(bucket, way, tag) {
                 return None;
             }
             let lease = lease_cell.load(SeqCst);
@@ -274,24 +338,8 @@ impl Table {
                 return None;
             }
             let mut until = lease_time(lease);
-            if until <= now {
-                // Every window has ended. Clear what they left, which may be older than a
-                // wrapping start can tell: values read while the lease stood still, so no
-                // request has counted in them since (one that does now fails its CAS).
-                let mut seen = [0u64; MAX_LIMITS];
-                for (j, w) in seen.iter_mut().enumerate().take(self.limits.len()) {
-                    *w = self.window(bucket, way.index, j).load(SeqCst);
-                }
-                if lease_cell.load(SeqCst) == lease {
-                    for (j, &w) in seen.iter().enumerate().take(self.limits.len()) {
-                        if w != 0 {
-                            let cell = self.window(bucket, way.index, j);
-                            let _ = cell.compare_exchange(w, 0, SeqCst, SeqCst);
-                        }
-                    }
-                }
-                let extended = make_lease(gen, now + self.longest);
-                let _ = lease_cell.compare_exchange(lease, extended, SeqCst, SeqCst);
+            if until <= now || lease & SEED != 0 {
+                self.restart(bucket, way.index, lease, now);
                 continue;
             }
 
@@ -347,12 +395,53 @@ impl Table {
                     }
                 }
             }
-            if entry(self.directory(bucket).load(SeqCst), way.index) != way.entry {
+            // An overflow count that raced with the key's claim is taken back: the claim's
+            // first commit copies the overflow windows only after it published the way.
+            if !self.still_counts(bucket, way, tag) {
                 self.give_up(bucket, way.index, &taken[..self.limits.len()]);
                 return None;
             }
             return Some(report);
         }
+    }
+
+    /// Starts `way` (lease `lease`) over: its windows have all ended, or it was just claimed.
+    /// Clears what the windows left, which may be older than a wrapping start can tell:
+    /// values read while the lease stood still, so no request has counted in them since (one
+    /// that does now fails its CAS). A claimed way (`SEED`) starts instead from the overflow
+    /// way's live windows, read after the claim was published, so that a key that was
+    /// counted there gets no fresh quota before that window ends; every overflow count of
+    /// the key made after this read sees the published way and is taken back.
+    fn restart(&self, bucket: usize, way: usize, lease: u64, now: u64) {
+        let lease_cell = self.lease(bucket, way);
+        let mut seen = [0u64; MAX_LIMITS];
+        let mut start = [0u64; MAX_LIMITS];
+        let mut until = now + self.longest;
+        for (j, limit) in self.limits.iter().enumerate() {
+            seen[j] = self.window(bucket, way, j).load(SeqCst);
+            if lease & SEED == 0 {
+                continue;
+            }
+            let w = self.window(bucket, OVERFLOW, j).load(SeqCst);
+            // Read after the window: whoever started it had extended the lease before.
+            let overflow_lease = lease_time(self.lease(bucket, OVERFLOW).load(SeqCst));
+            if let Some(began) = started_at(w, overflow_lease, self.longest) {
+                if now < began + limit.period {
+                    start[j] = w;
+                    until = until.max(began + limit.period);
+                }
+            }
+        }
+        if lease_cell.load(SeqCst) == lease {
+            for j in 0..self.limits.len() {
+                if seen[j] != start[j] {
+                    let cell = self.window(bucket, way, j);
+                    let _ = cell.compare_exchange(seen[j], start[j], SeqCst, SeqCst);
+                }
+            }
+        }
+        let restarted = make_lease(lease_gen(lease), until);
+        let _ = lease_cell.compare_exchange(lease, restarted, SeqCst, SeqCst);
     }
 
     /// Takes back one request from each window whose instance (its start) is still the one
@@ -378,7 +467,7 @@ impl Store for Table {
         let tag = ((key >> (64 - TAG_BITS)) as u16).max(1);
         loop {
             let way = self.find_or_claim(bucket, tag, now);
-            if let Some(decision) = self.commit(bucket, way, now) {
+            if let Some(decision) = self.commit(bucket, way, tag, now) {
                 return decision;
             }
         }
@@ -423,25 +512,35 @@ fn count_in(
 /// is left from an earlier tenancy and has ended. A start after `now` (a thread that read
 /// the clock later got there first) is a window that has only just begun.
 fn classify(w: u64, now: u64, period: u64, lease: u64, longest: u64) -> State {
-    let count = w & COUNT_MASK;
-    if count == 0 {
+    let Some(began) = started_at(w, lease, longest) else {
         return State::Fresh;
-    }
-    let start = w >> COUNT_BITS;
-    let before_lease = lease.wrapping_sub(start) & START_MASK;
-    if before_lease > 2 * longest {
-        return State::Fresh;
-    }
-    let elapsed = now.saturating_sub(lease.saturating_sub(before_lease));
+    };
+    let elapsed = now.saturating_sub(began);
     if elapsed < period {
         State::Open {
-            start,
-            count,
+            start: w >> COUNT_BITS,
+            count: w & COUNT_MASK,
             ends_in: period - elapsed,
         }
     } else {
         State::Fresh
     }
+}
+
+/// When the window in `w` began, in ms, read back against its way's lease (see
+/// [`classify`]); `None` for an empty window or one left from an earlier tenancy.
+fn started_at(w: u64, lease: u64, longest: u64) -> Option<u64> {
+    if w & COUNT_MASK == 0 {
+        return None;
+    }
+    let before_lease = lease.wrapping_sub(w >> COUNT_BITS) & START_MASK;
+    (before_lease <= 2 * longest).then(|| lease.saturating_sub(before_lease))
+}
+
+/// Words per bucket: the directory, then a lease per way and the overflow way's, then their
+/// windows.
+fn stride(limits: usize) -> usize {
+    1 + (WAYS + 1) * (1 + limits)
 }
 
 fn entry(dir: u64, w: usize) -> u16 {
@@ -465,7 +564,7 @@ fn make_entry(tag: u16, gen: u16) -> u16 {
 }
 
 fn lease_gen(lease: u64) -> u16 {
-    (lease >> LEASE_TIME_BITS) as u16
+    (lease >> LEASE_GEN_SHIFT) as u16
 }
 
 fn lease_time(lease: u64) -> u64 {
@@ -473,7 +572,7 @@ fn lease_time(lease: u64) -> u64 {
 }
 
 fn make_lease(gen: u16, until: u64) -> u64 {
-    (u64::from(gen) << LEASE_TIME_BITS) | (until & LEASE_TIME_MASK)
+    (u64::from(gen) << LEASE_GEN_SHIFT) | (until & LEASE_TIME_MASK)
 }
 
 fn with_lease_gen(lease: u64, gen: u16) -> u64 {
@@ -583,19 +682,23 @@ mod tests {
         for tag in 1..=4 {
             assert!(passes(&t, key(0, tag), 0));
         }
-        // All four ways are live until 100: a fifth key shares one (conservatively: that
-        // key's window is full).
-        assert!(!passes(&t, key(0, 5), 50));
-        // At 100 every window has ended: the fifth key takes a way of its own.
-        assert!(passes(&t, key(0, 5), 100));
-        assert!(!passes(&t, key(0, 5), 101));
+        // All four ways are live until 100: a fifth key is counted in the overflow way.
+        assert!(passes(&t, key(0, 5), 50));
+        assert!(!passes(&t, key(0, 5), 51));
+        // At 100 the ways fall idle, but the overflow window the fifth key was counted in
+        // runs until 150: a way that changed hands now would let a key that comes back to
+        // the overflow way into a window that overlaps its last one.
+        assert!(!passes(&t, key(0, 5), 100));
+        // At 150 the fifth key takes a way of its own.
+        assert!(passes(&t, key(0, 5), 150));
+        assert!(!passes(&t, key(0, 5), 151));
         let dir = t.directory(0).load(SeqCst);
         assert_eq!(
             (0..WAYS).filter(|&w| entry_tag(entry(dir, w)) == 5).count(),
             1
         );
         // The key it displaced starts afresh wherever it lands.
-        assert!(passes(&t, key(0, 1), 102));
+        assert!(passes(&t, key(0, 1), 152));
     }
 
     #[test]
@@ -676,13 +779,12 @@ mod tests {
     /// `p`, thread `i` sends `per_thread` requests at `p x period`, for the keys
     /// `keys(p, i, n)`. Returns what passed, by phase and tag.
     fn race(
-        table: Table,
+        table: &Arc<Table>,
         threads: u64,
         phases: u64,
         per_thread: u64,
         keys: fn(u64, u64, u64) -> u64,
     ) -> Vec<Vec<usize>> {
-        let table = Arc::new(table);
         let period = table.longest;
         let barrier = Arc::new(std::sync::Barrier::new(threads as usize));
         let passed: Arc<Vec<Vec<AtomicUsize>>> = Arc::new(
@@ -721,7 +823,7 @@ mod tests {
     fn keys_taking_over_idle_ways_pass_exactly_their_limit() {
         // Phase p: tags p+1 ..= p+4, so each phase one key leaves and one arrives.
         let passed = race(
-            Table::with_buckets(vec![limit(50, 1000)], 1),
+            &Arc::new(Table::with_buckets(vec![limit(50, 1000)], 1)),
             8,
             12,
             200,
@@ -735,21 +837,110 @@ mod tests {
         }
     }
 
-    /// More keys than ways, all live: the extra ones share, and none passes more than one
-    /// quota more than its limit (when a sharing key gets a way of its own).
+    /// More keys than ways, all live: the keys with a way pass exactly their limit, the
+    /// others share the overflow way's, and nobody pays for another key's requests.
     #[test]
-    fn at_the_cap_keys_share_and_never_pass_more_than_twice_their_limit() {
-        let passed = race(
-            Table::with_buckets(vec![limit(50, 10_000)], 1),
-            6,
-            1,
-            3000,
-            |_, i, n| 1 + (n + i) % 6,
-        );
+    fn at_the_cap_the_extra_keys_share_the_overflow_way_and_charge_no_holder() {
+        let table = Arc::new(Table::with_buckets(vec![limit(50, 10_000)], 1));
+        let passed = race(&table, 6, 1, 3000, |_, i, n| 1 + (n + i) % 6);
+        let dir = table.directory(0).load(SeqCst);
+        let holders: Vec<usize> = (0..WAYS)
+            .map(|w| usize::from(entry_tag(entry(dir, w))))
+            .collect();
+        for (tag, &count) in passed[0].iter().enumerate() {
+            if holders.contains(&tag) {
+                assert_eq!(count, 50, "{tag}: {:?} {holders:?}", passed[0]);
+            }
+        }
         let total: usize = passed[0].iter().sum();
-        assert!(passed[0].iter().all(|&c| c <= 100), "{:?}", passed[0]);
-        // Four ways of 50: every request passed is counted in one of them.
-        assert_eq!(total, 200, "{:?}", passed[0]);
+        // Four ways and the overflow way, 50 each.
+        assert_eq!(total, 250, "{:?}", passed[0]);
+    }
+
+    /// The review's case: a new key in a bucket full of live keys passed in a holder's
+    /// window, then in a fresh way of its own while that window still ran.
+    #[test]
+    fn a_stranger_never_consumes_a_live_keys_quota() {
+        let t = Table::with_buckets(vec![limit(2, 1000)], 1);
+        let (a, b, e) = (key(0, 1), key(0, 2), key(0, 5));
+        assert!(passes(&t, a, 0));
+        for tag in 2..=4 {
+            assert!(passes(&t, key(0, tag), 500));
+        }
+        assert!(passes(&t, e, 600));
+        // B's quota is its own.
+        assert!(passes(&t, b, 650));
+        assert!(!passes(&t, b, 700));
+        // A's way falls idle at 1000, but E's window runs until 1600: E stays counted there.
+        assert!(passes(&t, e, 1000));
+        assert!(!passes(&t, e, 1001));
+        assert!(!passes(&t, e, 1599));
+        assert!(passes(&t, e, 1600));
+        assert!(passes(&t, e, 1601));
+        assert!(!passes(&t, e, 1602));
+        let dir = t.directory(0).load(SeqCst);
+        assert!((0..WAYS).any(|w| entry_tag(entry(dir, w)) == 5));
+    }
+
+    #[test]
+    fn a_way_does_not_change_hands_while_an_older_overflow_window_runs() {
+        let t = Table::with_buckets(vec![limit(2, 100)], 1);
+        let a = key(0, 1);
+        assert!(passes(&t, a, 0));
+        assert!(passes(&t, a, 99));
+        for tag in 2..=4 {
+            assert!(passes(&t, key(0, tag), 10));
+        }
+        // The overflow window opens at 50, before A's way falls idle at 100.
+        assert!(passes(&t, key(0, 5), 50));
+        // A newcomer at 100 joins the overflow way rather than take A's: had it taken it,
+        // A would be counted from 101 in the overflow window that began at 50, which
+        // overlaps the window A just used up (a third request within 100 ms).
+        assert!(passes(&t, key(0, 6), 100));
+        let dir = t.directory(0).load(SeqCst);
+        assert!((0..WAYS).any(|w| entry_tag(entry(dir, w)) == 1));
+        assert!(passes(&t, a, 101));
+        assert!(passes(&t, a, 102));
+        assert!(!passes(&t, a, 103));
+    }
+
+    /// Keys coming and going in a crowded bucket at random: whatever way each request is
+    /// counted in, a key's windows (as its admissions report them) never overlap and none
+    /// passes it more than its limit.
+    #[test]
+    fn an_overflowing_key_never_passes_more_than_its_limit_in_a_window() {
+        let (max, period) = (3u64, 100u64);
+        let t = Table::with_buckets(vec![limit(max, period)], 1);
+        let mut rng = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        // Per tag: the end of each window it passed in, and how many it passed there.
+        let mut windows: Vec<Vec<(u64, u64)>> = vec![Vec::new(); 9];
+        let mut now = 0;
+        for _ in 0..50_000 {
+            now += next() % 4;
+            let tag = 1 + next() % 8;
+            let d = t.take(key(0, tag), now);
+            if d.admitted {
+                let end = now + d.reset;
+                let seen = &mut windows[tag as usize];
+                match seen.last_mut() {
+                    Some((last, count)) if *last == end => *count += 1,
+                    _ => seen.push((end, 1)),
+                }
+            }
+        }
+        for (tag, seen) in windows.iter().enumerate() {
+            for pair in seen.windows(2) {
+                assert!(pair[1].0 >= pair[0].0 + period, "tag {tag}: {pair:?}");
+            }
+            assert!(seen.iter().all(|&(_, n)| n <= max), "tag {tag}: {seen:?}");
+        }
+        assert!(windows.iter().map(Vec::len).sum::<usize>() > 1000);
     }
 
     #[test]
@@ -761,7 +952,7 @@ mod tests {
         let dir = t.directory(0).load(SeqCst);
         let w = (0..WAYS).find(|&w| entry_tag(entry(dir, w)) == 1).unwrap();
         let lease = t.lease(0, w).load(SeqCst);
-        let moved = with_lease_gen(lease, (entry_gen(entry(dir, w)) + 1) & 0xF);
+        let moved = with_lease_gen(lease, (entry_gen(entry(dir, w)) + 1) & 0xF) | SEED;
         t.lease(0, w).store(moved, SeqCst);
         // The holder does not wait: it takes the way back and counts in it.
         assert!(passes(&t, k, 100));
@@ -769,5 +960,21 @@ mod tests {
         let dir = t.directory(0).load(SeqCst);
         assert_eq!(entry_tag(entry(dir, w)), 1);
         assert_eq!(entry_gen(entry(dir, w)), lease_gen(moved));
+    }
+
+    /// A claimer stalled between its two steps, whose way was given back and then handed
+    /// round until its entry looked the same again, does not publish over the live holder.
+    #[test]
+    fn a_stale_claim_does_not_publish_over_a_live_holder() {
+        let t = Table::with_buckets(vec![limit(1, 100)], 1);
+        assert!(passes(&t, key(0, 1), 0));
+        let dir = t.directory(0).load(SeqCst);
+        let w = (0..WAYS).find(|&w| entry_tag(entry(dir, w)) == 1).unwrap();
+        let lease = t.lease(0, w).load(SeqCst);
+        // What the claimer had revoked to, long ago; the holder's lease is live now.
+        let revoked = with_lease_gen(lease, (entry_gen(entry(dir, w)) + 1) & 0xF) | SEED;
+        t.publish(0, w, dir, revoked, 9);
+        assert_eq!(t.directory(0).load(SeqCst), dir);
+        assert!(!passes(&t, key(0, 1), 1));
     }
 }
