@@ -315,9 +315,16 @@ fn addresses(node: &Node, path: &str, what: &str, scope: &mut Scope<'_>) -> Opti
     parsed.into_iter().collect()
 }
 
-/// A `host:port` string (no scheme), checked but not resolved.
+/// A `host:port` string (no scheme), checked but not resolved. A URL is refused without
+/// being quoted: it may carry a password, and addresses are logged.
 fn host_port(node: &Node, path: &str, scope: &mut Scope<'_>) -> Option<String> {
     let text = scope.str(node, path)?;
+    if text.contains("://") || text.contains('@') {
+        let message = "expected `host:port`, not a URL (credentials go in `username` and \
+                       `password`)";
+        scope.error(node.line, path, message);
+        return None;
+    }
     let valid = text
         .rsplit_once(':')
         .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));

@@ -478,6 +478,18 @@ fn redis_cluster_errors() {
             "`b` is not a `host:port` address",
         ),
         (
+            "      address: \"redis://:pw@a:6379\"\n",
+            "address:",
+            "spec.sharedStorage.redis.address",
+            "expected `host:port`, not a URL (credentials go in `username` and `password`)",
+        ),
+        (
+            "      addresses: [\"redis://:pw@a:7000\"]\n",
+            "addresses",
+            "spec.sharedStorage.redis.addresses[0]",
+            "expected `host:port`, not a URL (credentials go in `username` and `password`)",
+        ),
+        (
             "      address: a:6379\n      addresses: [a:7000]\n",
             "redis:",
             "spec.sharedStorage.redis",

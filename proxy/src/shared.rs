@@ -7,9 +7,11 @@
 //! a hash tag, hence a slot). Workers never wait on it: they hand it a [`Lease`] over a channel and its
 //! `done` callback publishes the result (into the policy's atomics). Every call has a
 //! [`TIMEOUT`]; a failed or slow call, or a failed health `PING`, counts as an outage: the
-//! connection is dropped and made again with exponential backoff, [`Handle::is_up`] says
-//! `false` meanwhile (so policies fall back without asking), one warning is logged when the
-//! outage starts and one line when it ends. `ringwall_shared_storage_up` and
+//! connection is dropped and, after a backoff that doubles with each failure, made again.
+//! A new connection is used only once it passed a [`probe`] (a master, and a lease that
+//! succeeds), which is also when the backoff is reset. [`Handle::is_up`] says `false`
+//! meanwhile (so policies fall back without asking), one warning is logged when the outage
+//! starts and one line when it ends. `ringwall_shared_storage_up` and
 //! `ringwall_shared_storage_errors_total` show the same.
 //!
 //! The thread starts with the first [`Handle::start`] or [`Handle::lease`], so `validate`
@@ -18,7 +20,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -29,7 +31,7 @@ use redis::{
     AsyncConnectionConfig, ClientTlsConfig, ConnectionAddr, IntoConnectionInfo,
     RedisConnectionInfo, RedisFuture, TlsCertificates, TlsMode,
 };
-use ringwall_config::{RedisTls, SharedStorage};
+use ringwall_config::{RedisTls, Secret, SharedStorage};
 use tokio::sync::mpsc;
 
 pub const UP: &str = "ringwall_shared_storage_up";
@@ -144,8 +146,23 @@ struct Inner {
 }
 
 /// What the client thread publishes.
+#[derive(Default)]
 struct State {
     up: AtomicBool,
+    connects: AtomicU64,
+    outages: AtomicU64,
+    recoveries: AtomicU64,
+}
+
+/// What the client has done so far, for tests and diagnostics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    /// Connections attempted.
+    pub connects: u64,
+    /// Outages begun (one warning each).
+    pub outages: u64,
+    /// Outages ended (one line each).
+    pub recoveries: u64,
 }
 
 impl std::fmt::Debug for Handle {
@@ -163,9 +180,7 @@ impl Handle {
         Handle(Arc::new(Inner {
             storage,
             jobs: OnceLock::new(),
-            state: Arc::new(State {
-                up: AtomicBool::new(false),
-            }),
+            state: Arc::default(),
         }))
     }
 
@@ -186,6 +201,15 @@ impl Handle {
     /// Whether the last call (or health check) succeeded.
     pub fn is_up(&self) -> bool {
         self.0.state.up.load(SeqCst)
+    }
+
+    pub fn stats(&self) -> Stats {
+        let state = &self.0.state;
+        Stats {
+            connects: state.connects.load(SeqCst),
+            outages: state.outages.load(SeqCst),
+            recoveries: state.recoveries.load(SeqCst),
+        }
     }
 
     /// Sends a lease request; its `done` runs on the client thread.
@@ -230,104 +254,170 @@ fn client_thread(storage: &SharedStorage, state: &State, jobs: mpsc::UnboundedRe
     runtime.block_on(serve(storage, state, jobs));
 }
 
-/// Outage bookkeeping: one log line at each edge, the gauge and the error count.
+/// Outage bookkeeping: one log line at each edge, the gauge, the error count and the backoff.
 struct Health<'s> {
+    storage: &'s SharedStorage,
     state: &'s State,
     /// Whether an outage is under way (so far: the first connect counts as one if it fails).
     outage: bool,
+    /// The wait before the next connect; reset only once a connection has proved itself.
+    backoff: Duration,
     up: metrics::Gauge,
     errors: metrics::Counter,
 }
 
 impl Health<'_> {
-    fn connected(&mut self, storage: &SharedStorage) {
+    /// A new connection answered its probe: the storage is usable.
+    fn proven(&mut self) {
         self.state.up.store(true, SeqCst);
         self.up.set(1.0);
+        self.backoff = MIN_BACKOFF;
+        let storage = describe(self.storage);
         if self.outage {
-            tracing::info!(storage = %describe(storage), "shared storage is back");
+            self.state.recoveries.fetch_add(1, SeqCst);
+            tracing::info!(%storage, "shared storage is back");
         } else {
-            tracing::info!(storage = %describe(storage), "shared storage connected");
+            tracing::info!(%storage, "shared storage connected");
         }
         self.outage = false;
     }
 
-    fn failed(&mut self, storage: &SharedStorage, error: &dyn std::fmt::Display) {
+    fn failed(&mut self, error: &dyn std::fmt::Display) {
         self.state.up.store(false, SeqCst);
         self.up.set(0.0);
         self.errors.increment(1);
         if !self.outage {
-            tracing::warn!(storage = %describe(storage), %error,
+            self.state.outages.fetch_add(1, SeqCst);
+            tracing::warn!(storage = %describe(self.storage), %error,
                 "shared storage unavailable; policies fall back until it is back");
             self.outage = true;
         }
     }
 }
 
+/// Connects, serves, and after any failure (of a connect, a probe, a call or a health
+/// check) waits out the backoff before connecting again: a Redis that accepts connections
+/// but refuses the script (a replica, out of memory) is retried at the backoff's pace, not
+/// in a loop.
 async fn serve(storage: &SharedStorage, state: &State, mut jobs: mpsc::UnboundedReceiver<Lease>) {
     let mut health = Health {
+        storage,
         state,
         outage: false,
+        backoff: MIN_BACKOFF,
         up: metrics::gauge!(UP),
         errors: metrics::counter!(ERRORS),
     };
     health.up.set(0.0);
     let script = Arc::new(redis::Script::new(LEASE_SCRIPT));
-    let mut backoff = MIN_BACKOFF;
     loop {
-        let mut conn = match connect(storage).await {
-            Ok(conn) => {
-                health.connected(storage);
-                backoff = MIN_BACKOFF;
-                conn
-            }
-            Err(e) => {
-                health.failed(storage, &e);
-                // Wait out the backoff, answering requests meanwhile.
-                let retry = tokio::time::sleep(backoff);
-                tokio::pin!(retry);
-                loop {
-                    tokio::select! {
-                        job = jobs.recv() => match job {
-                            Some(job) => job.finish(Err(Unavailable), Instant::now()),
-                            None => return,
-                        },
-                        () = &mut retry => break,
-                    }
-                }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-                continue;
-            }
+        state.connects.fetch_add(1, SeqCst);
+        let error = match connect(storage).await {
+            Ok(conn) => match run(conn, &script, &mut jobs, &mut health).await {
+                Some(error) => error,
+                None => return,
+            },
+            Err(e) => e.to_string(),
         };
-        let mut calls = tokio::task::JoinSet::new();
-        let mut check = tokio::time::interval(HEALTH_INTERVAL);
-        check.tick().await;
-        let error = loop {
+        health.failed(&error);
+        // Wait out the backoff, answering requests meanwhile.
+        let retry = tokio::time::sleep(health.backoff);
+        tokio::pin!(retry);
+        loop {
             tokio::select! {
                 job = jobs.recv() => match job {
-                    Some(job) => {
-                        calls.spawn(call(conn.clone(), script.clone(), job));
-                    }
+                    Some(job) => job.finish(Err(Unavailable), Instant::now()),
                     None => return,
                 },
-                Some(done) = calls.join_next() => match done {
+                () = &mut retry => break,
+            }
+        }
+        health.backoff = (health.backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Serves on `conn` once it passed [`probe`]; the reason it failed, or `None` when the last
+/// handle is gone.
+async fn run(
+    mut conn: Conn,
+    script: &Arc<redis::Script>,
+    jobs: &mut mpsc::UnboundedReceiver<Lease>,
+    health: &mut Health<'_>,
+) -> Option<String> {
+    if let Err(e) = probe(&mut conn, script).await {
+        return Some(e);
+    }
+    health.proven();
+    let mut calls = tokio::task::JoinSet::new();
+    let mut check = tokio::time::interval(HEALTH_INTERVAL);
+    check.tick().await;
+    let error = loop {
+        tokio::select! {
+            job = jobs.recv() => match job {
+                Some(job) => {
+                    calls.spawn(call(conn.clone(), script.clone(), job));
+                }
+                None => return None,
+            },
+            Some(done) = calls.join_next() => match done {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => break e,
+                Err(e) => break e.to_string(),
+            },
+            _ = check.tick() => {
+                let ping = redis::cmd("PING");
+                match tokio::time::timeout(TIMEOUT, ping.query_async::<()>(&mut conn)).await {
                     Ok(Ok(())) => {}
-                    Ok(Err(e)) => break e,
-                    Err(e) => break e.to_string(),
-                },
-                _ = check.tick() => {
-                    let ping = redis::cmd("PING");
-                    match tokio::time::timeout(TIMEOUT, ping.query_async::<()>(&mut conn)).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => break e.to_string(),
-                        Err(_) => break "health check timed out".to_owned(),
-                    }
+                    Ok(Err(e)) => break e.to_string(),
+                    Err(_) => break "health check timed out".to_owned(),
                 }
             }
-        };
-        health.failed(storage, &error);
-        // Calls still in flight finish on their own (their leases report when dropped).
-        calls.detach_all();
+        }
+    };
+    // Calls still in flight finish on their own (their leases report when dropped).
+    calls.detach_all();
+    Some(error)
+}
+
+/// The key a new connection's probe lease counts in (a one-second window), deleted after.
+const PROBE_KEY: &str = "ringwall:probe";
+
+/// Whether a new connection can serve leases: a single Redis must be a master (`ROLE`, when
+/// the ACL allows it), and a lease on [`PROBE_KEY`] must succeed in time. A connection can
+/// succeed where every lease fails (a replica, a Redis out of memory or unable to persist, an
+/// ACL without `EVALSHA`): only a lease that writes tells.
+async fn probe(conn: &mut Conn, script: &redis::Script) -> Result<(), String> {
+    if let Conn::Single(single) = conn {
+        let role = redis::cmd("ROLE");
+        match tokio::time::timeout(TIMEOUT, role.query_async::<redis::Value>(single)).await {
+            Ok(Ok(redis::Value::Array(fields))) => match fields.first() {
+                Some(redis::Value::BulkString(role)) if role == b"master" => {}
+                Some(redis::Value::BulkString(role)) => {
+                    let role = String::from_utf8_lossy(role);
+                    return Err(format!("the Redis is a {role}, not a master"));
+                }
+                _ => return Err("the Redis answered ROLE with no role".to_owned()),
+            },
+            Ok(Ok(_)) => return Err("the Redis answered ROLE with no role".to_owned()),
+            // The ACL may not allow ROLE: the probe lease still finds a replica out.
+            Ok(Err(e)) if e.code() == Some("NOPERM") => {}
+            Ok(Err(e)) => return Err(e.to_string()),
+            Err(_) => return Err("ROLE timed out".to_owned()),
+        }
     }
+    let mut invocation = script.prepare_invoke();
+    invocation.key(PROBE_KEY).arg(1).arg(1_000_000).arg(1000);
+    let lease = invocation.invoke_async::<Vec<(i64, i64, i64)>>(conn);
+    match tokio::time::timeout(TIMEOUT, lease).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return Err(e.to_string()),
+        Err(_) => return Err("the probe lease timed out".to_owned()),
+    }
+    // Leave no key behind; best effort (the ACL may not allow DEL), as it expires in a second.
+    let mut del = redis::cmd("DEL");
+    del.arg(PROBE_KEY);
+    let _ = tokio::time::timeout(TIMEOUT, del.query_async::<()>(conn)).await;
+    Ok(())
 }
 
 /// One lease call; `Err` (with the reason) when the connection should be made again.
@@ -442,14 +532,19 @@ async fn connect(storage: &SharedStorage) -> Result<Conn, ConnectError> {
         SharedStorage::Sentinel(s) => (master_of(s).await?, &s.username, &s.password, s.db, None),
         SharedStorage::Cluster(c) => return cluster(c).await.map(Conn::Cluster),
     };
-    let mut settings = RedisConnectionInfo::default().set_db(i64::from(db));
+    let settings = credentials(username, password).set_db(i64::from(db));
+    open(&address, settings, tls).await.map(Conn::Single)
+}
+
+fn credentials(username: &Option<String>, password: &Option<Secret>) -> RedisConnectionInfo {
+    let mut settings = RedisConnectionInfo::default();
     if let Some(user) = username {
         settings = settings.set_username(user);
     }
     if let Some(password) = password {
         settings = settings.set_password(&password.0);
     }
-    open(&address, settings, tls).await.map(Conn::Single)
+    settings
 }
 
 async fn open(
@@ -572,20 +667,19 @@ impl redis::io::AsyncDNSResolver for Alias {
     }
 }
 
-/// The master's address, from the first sentinel that knows it.
+/// The master's address, from the first sentinel that knows it. A sentinel is asked
+/// without credentials, and again with the master's `username` and `password` if it
+/// requires them (`NOAUTH`): Flex's sentinel block has no credentials of its own.
 async fn master_of(sentinel: &ringwall_config::Sentinel) -> Result<String, ConnectError> {
     let mut last = ConnectError::NoMaster(sentinel.master_name.clone());
     for address in &sentinel.addresses {
-        let asked = async {
-            let mut conn = open(address, RedisConnectionInfo::default(), None).await?;
-            let master: Option<(String, u16)> = redis::cmd("SENTINEL")
-                .arg("get-master-addr-by-name")
-                .arg(&sentinel.master_name)
-                .query_async(&mut conn)
-                .await?;
-            Ok::<_, ConnectError>(master)
-        };
-        match asked.await {
+        let mut answer = ask_master(address, sentinel, RedisConnectionInfo::default()).await;
+        let refused = matches!(&answer, Err(ConnectError::Redis(e)) if e.code() == Some("NOAUTH"));
+        if refused && sentinel.password.is_some() {
+            let settings = credentials(&sentinel.username, &sentinel.password);
+            answer = ask_master(address, sentinel, settings).await;
+        }
+        match answer {
             Ok(Some((host, port))) if host.contains(':') => return Ok(format!("[{host}]:{port}")),
             Ok(Some((host, port))) => return Ok(format!("{host}:{port}")),
             Ok(None) => last = ConnectError::NoMaster(sentinel.master_name.clone()),
@@ -593,6 +687,19 @@ async fn master_of(sentinel: &ringwall_config::Sentinel) -> Result<String, Conne
         }
     }
     Err(last)
+}
+
+/// `SENTINEL get-master-addr-by-name` to the sentinel at `address`.
+async fn ask_master(
+    address: &str,
+    sentinel: &ringwall_config::Sentinel,
+    settings: RedisConnectionInfo,
+) -> Result<Option<(String, u16)>, ConnectError> {
+    let mut conn = open(address, settings, None).await?;
+    let mut ask = redis::cmd("SENTINEL");
+    ask.arg("get-master-addr-by-name")
+        .arg(&sentinel.master_name);
+    Ok(ask.query_async(&mut conn).await?)
 }
 
 /// `host:port` or `[v6]:port`.

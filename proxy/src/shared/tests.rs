@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use ringwall_config::{Redis, SharedStorage};
+use ringwall_config::{Redis, Secret, SharedStorage};
 
 use super::*;
 
@@ -19,13 +19,16 @@ pub(crate) struct RedisServer {
 
 impl RedisServer {
     pub(crate) fn start() -> RedisServer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+        RedisServer::start_with(&[])
+    }
+
+    /// A server with more command-line settings (`--requirepass x`).
+    fn start_with(settings: &[&str]) -> RedisServer {
+        let port = free_port();
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
+            .args(settings)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -42,15 +45,10 @@ impl RedisServer {
         server
     }
 
+    /// Whether it answers (`-NOAUTH` counts: it is up).
     fn pings(&self) -> bool {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
-            return false;
-        };
-        let mut buf = [0u8; 7];
-        s.set_read_timeout(Some(Duration::from_secs(1))).is_ok()
-            && s.write_all(b"PING\r\n").is_ok()
-            && s.read_exact(&mut buf).is_ok()
-            && &buf == b"+PONG\r\n"
+        let answer = ask(self.port, "PING");
+        answer == "+PONG\r\n" || answer.starts_with("-NOAUTH")
     }
 
     pub(crate) fn storage(&self) -> SharedStorage {
@@ -68,6 +66,77 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// One inline command to the server on `port`; its answer (empty when it did not answer).
+fn ask(port: u16, command: &str) -> String {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let mut buf = [0u8; 1024];
+    if s.set_read_timeout(Some(Duration::from_secs(1))).is_err()
+        || s.write_all(format!("{command}\r\n").as_bytes()).is_err()
+    {
+        return String::new();
+    }
+    let n = s.read(&mut buf).unwrap_or(0);
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+/// A Redis Sentinel watching `master` as `mymaster`, with `settings` (configuration lines);
+/// killed on drop. Ready means it names the master.
+struct Sentinel {
+    child: Child,
+    port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl Sentinel {
+    fn start(master: &RedisServer, settings: &str) -> Sentinel {
+        let port = free_port();
+        // Sentinel rewrites its configuration file: it gets a directory of its own.
+        let dir = std::env::temp_dir().join(format!("ringwall-sentinel-{port}"));
+        std::fs::create_dir_all(&dir).expect("sentinel dir");
+        let conf = dir.join("sentinel.conf");
+        let monitor = format!(
+            "port {port}\nbind 127.0.0.1\nsentinel monitor mymaster 127.0.0.1 {} 1\n{settings}",
+            master.port
+        );
+        std::fs::write(&conf, monitor).expect("sentinel.conf");
+        let child = Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server --sentinel");
+        Sentinel { child, port, dir }
+    }
+
+    fn storage(&self, password: Option<&str>) -> SharedStorage {
+        SharedStorage::Sentinel(ringwall_config::Sentinel {
+            addresses: vec![format!("127.0.0.1:{}", self.port)],
+            master_name: "mymaster".into(),
+            username: None,
+            password: password.map(|p| Secret(p.into())),
+            db: 0,
+        })
+    }
+}
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -171,11 +240,105 @@ fn an_outage_is_reported_and_recovery_needs_no_restart() {
         .expect("redis-server");
     let redis = RedisServer { child, port };
     wait_up(&handle, true);
+    let stats = handle.stats();
+    assert_eq!((stats.outages, stats.recoveries), (1, 1), "{stats:?}");
     assert_eq!(
         lease(&handle, vec![window("k", 1, 10)]).expect("up")[0].granted,
         1
     );
     drop(redis);
+}
+
+/// Watches `handle` for `window`: how many connects it made.
+fn connects_during(handle: &Handle, window: Duration) -> u64 {
+    let before = handle.stats().connects;
+    let end = Instant::now() + window;
+    while Instant::now() < end {
+        assert!(!handle.is_up(), "up against a Redis that refuses leases");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    handle.stats().connects - before
+}
+
+/// A Redis that accepts connections but refuses every write (out of memory): one outage,
+/// reconnects at the backoff's pace (50 ms doubling: 5 or 6 in 1.5 s), never up; once it
+/// has memory again, one recovery.
+#[test]
+fn a_redis_that_refuses_leases_is_one_outage_retried_with_backoff() {
+    let redis = RedisServer::start();
+    assert!(ask(redis.port, "CONFIG SET maxmemory-policy noeviction").starts_with("+OK"));
+    assert!(ask(redis.port, "CONFIG SET maxmemory 1").starts_with("+OK"));
+    let handle = Handle::new(redis.storage());
+    handle.start();
+    assert_eq!(lease(&handle, vec![window("k", 1, 10)]), Err(Unavailable));
+    let connects = connects_during(&handle, Duration::from_millis(1500));
+    assert!((2..=8).contains(&connects), "{connects} connects in 1.5 s");
+    let stats = handle.stats();
+    assert_eq!((stats.outages, stats.recoveries), (1, 0), "{stats:?}");
+
+    assert!(ask(redis.port, "CONFIG SET maxmemory 0").starts_with("+OK"));
+    wait_up(&handle, true);
+    let stats = handle.stats();
+    assert_eq!((stats.outages, stats.recoveries), (1, 1), "{stats:?}");
+    let granted = lease(&handle, vec![window("k", 1, 10)]).expect("up");
+    assert_eq!(granted[0].granted, 1);
+}
+
+/// A replica (say, an `address` that names the wrong node) is refused by its `ROLE`: one
+/// outage, retried with backoff, never up.
+#[test]
+fn a_replica_is_not_used() {
+    let master = RedisServer::start();
+    let replica = RedisServer::start();
+    let command = format!("REPLICAOF 127.0.0.1 {}", master.port);
+    assert!(ask(replica.port, &command).starts_with("+OK"));
+    let handle = Handle::new(replica.storage());
+    handle.start();
+    let connects = connects_during(&handle, Duration::from_millis(1500));
+    assert!((2..=8).contains(&connects), "{connects} connects in 1.5 s");
+    let stats = handle.stats();
+    assert_eq!((stats.outages, stats.recoveries), (1, 0), "{stats:?}");
+}
+
+/// An ACL that refuses `ROLE` (and `DEL`) but allows the script and what it calls does not
+/// keep the storage down.
+#[test]
+fn an_acl_without_role_is_enough() {
+    let redis = RedisServer::start();
+    let user = "ACL SETUSER ringwall on >pw ~* +ping +eval +evalsha +script +client +hello \
+                +pttl +get +set +incrby";
+    assert!(ask(redis.port, user).starts_with("+OK"));
+    let SharedStorage::Redis(mut settings) = redis.storage() else {
+        unreachable!("a single Redis");
+    };
+    settings.username = Some("ringwall".into());
+    settings.password = Some(Secret("pw".into()));
+    let handle = Handle::new(SharedStorage::Redis(settings));
+    handle.start();
+    wait_up(&handle, true);
+    let granted = lease(&handle, vec![window("k", 1, 10)]).expect("up");
+    assert_eq!(granted[0].granted, 1);
+}
+
+/// A sentinel with `requirepass` is asked with the configured credentials, which the master
+/// shares.
+#[test]
+fn a_sentinel_that_requires_a_password_gets_it() {
+    let master = RedisServer::start_with(&["--requirepass", "s3cret"]);
+    let sentinel = Sentinel::start(
+        &master,
+        "sentinel auth-pass mymaster s3cret\nrequirepass s3cret\n",
+    );
+    let handle = Handle::new(sentinel.storage(Some("s3cret")));
+    handle.start();
+    wait_up(&handle, true);
+    let granted = lease(&handle, vec![window("k", 1, 10)]).expect("up");
+    assert_eq!(granted[0].granted, 1);
+    // Without the password, the sentinel refuses: an outage, not a panic or a spin.
+    let refused = Handle::new(sentinel.storage(None));
+    refused.start();
+    assert_eq!(lease(&refused, vec![window("k", 1, 10)]), Err(Unavailable));
+    assert!(!refused.is_up());
 }
 
 #[test]
