@@ -3,25 +3,33 @@
 //!
 //! Redis counts what the fleet has reserved of each window (the lease script in
 //! [`crate::shared`]); a replica spends what it reserved without asking again. Because quota
-//! is reserved before it is used, the fleet never passes more than the limit in a window.
-//! What a replica reserved and did not use by the window's end is lost: at most one grant
-//! per replica and key, `max(1, ceil(max / 100))` ([`shared::grant_cap`]).
+//! is reserved before it is used, the fleet never passes more than the limit in a window
+//! (as long as Redis keeps its keys). What a replica reserved and did not use by the
+//! window's end is lost: at most one grant per replica and key, `max(1, ceil(max / 100))`
+//! ([`shared::grant_cap`]).
 //!
-//! Per key (a slot of a direct-mapped table, by the local key hash) and limit, one word
-//! holds the tokens left (26 bits) and the local time the reservation's window ends (38
+//! Per key (a slot: one of the [`WAYS`] ways of the set its local hash picks) and limit, one
+//! word holds the tokens left (26 bits) and the local time the reservation's window ends (38
 //! bits). A request takes a token from every limit (all or none) with one CAS each: that is
 //! the common path. When tokens run low (half a batch) a refill is sent in the background,
 //! one at a time per slot (`busy`); a request that finds none waits for it
-//! ([`Outcome::Wait`]). A batch doubles when the last one lasted under [`HORIZON_MS`] and
-//! halves when it lasted over four times that, up to the cap: the busier the key, the
-//! fewer round trips.
+//! ([`Outcome::Wait`]). A key's first batch is one token; a batch doubles when the last one
+//! lasted under [`HORIZON_MS`] and halves when it lasted over four times that, up to the
+//! cap: the busier the key, the fewer round trips.
+//!
+//! A key takes a way only when that way holds no tokens (its windows have ended or are
+//! spent) and no refill is in flight, so another key never drops a key's reserved quota.
+//! A key whose set has no such way gets a one-off lease of one token per limit in a spare
+//! slot, taken by its next look (one Redis round trip for the request, nothing cached
+//! ahead). A spare's token that no request took within [`CLAIM_MS`] (its request gave up)
+//! may be dropped for another key: one token, counted as if it had passed.
 //!
 //! The window's end is taken as the time the refill was sent plus the TTL Redis reported,
 //! which is never later than its real end, so local tokens never outlive their window.
-//! A refill that finds the old window still open locally adds to it (Redis ran it in the
-//! same window); otherwise it replaces it. When Redis says a window has nothing left, the
-//! slot refuses locally until it ends. A key that takes a slot from another drops the other
-//! key's tokens (quota lost, never extra).
+//! A refill that Redis ran in the window still open here adds to it; otherwise it replaces
+//! it, also when Redis started a new window while the old one is open here (it lost the
+//! key), so that old tokens are not carried into a window Redis counts from zero. When
+//! Redis says a window has nothing left, the slot refuses locally until it ends.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::Arc;
@@ -34,8 +42,14 @@ use crate::shared::{self, Grant, Handle, Lease, Unavailable, Window};
 
 const COUNT_BITS: u32 = 26;
 const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
-/// Slots of the table: keys with a lease at once.
+/// Ways of a set: keys whose hashes pick the same set share its ways.
+const WAYS: usize = 4;
+/// Slots of the table (`WAYS` per set): keys with a lease at once.
 const SLOTS: usize = 1 << 14;
+/// Slots for one-off leases, for keys whose set has no way free.
+const SPARES: usize = 64;
+/// A one-off token nobody took this long after its lease was sent may be dropped.
+const CLAIM_MS: u64 = 1000;
 /// A batch should last about this long at the key's rate.
 pub const HORIZON_MS: u64 = 50;
 /// Key text longer than this goes to Redis as its SHA-256.
@@ -56,7 +70,9 @@ pub struct Leased {
     /// `ringwall:rl:{<binding>`: Redis keys are this, the key text, `}:` and the limit's
     /// index, so that a key's windows share a cluster hash slot.
     prefix: String,
+    /// The cached slots (the first `cached`), then the spares.
     slots: Box<[Slot]>,
+    cached: usize,
     /// `slots.len() x limits.len()`.
     lanes: Box<[Lane]>,
     storage: Handle,
@@ -87,22 +103,25 @@ struct Lane {
 impl Leased {
     /// A store for the binding `binding`, with `epoch` the policy's clock.
     pub fn new(limits: Vec<Limit>, binding: &str, storage: Handle, epoch: Instant) -> Leased {
-        Leased::with_slots(limits, binding, storage, epoch, SLOTS)
+        Leased::with_slots(limits, binding, storage, epoch, SLOTS, SPARES)
     }
 
+    /// `slots` and `spares` are powers of two, at least [`WAYS`].
     fn with_slots(
         limits: Vec<Limit>,
         binding: &str,
         storage: Handle,
         epoch: Instant,
         slots: usize,
+        spares: usize,
     ) -> Leased {
-        let lanes = slots * limits.len();
+        let all = slots + spares;
         Leased {
-            limits: limits.into_boxed_slice(),
             prefix: format!("ringwall:rl:{{{binding}"),
-            slots: (0..slots).map(|_| Slot::default()).collect(),
-            lanes: (0..lanes).map(|_| Lane::default()).collect(),
+            slots: (0..all).map(|_| Slot::default()).collect(),
+            cached: slots,
+            lanes: (0..all * limits.len()).map(|_| Lane::default()).collect(),
+            limits: limits.into_boxed_slice(),
             storage,
             epoch,
         }
@@ -110,6 +129,19 @@ impl Leased {
 
     fn lane(&self, slot: usize, j: usize) -> &Lane {
         &self.lanes[slot * self.limits.len() + j]
+    }
+
+    /// The first slot of the key's set of cached slots, and of its set of spares.
+    fn sets(&self, hash: u64) -> [usize; 2] {
+        let spares = self.slots.len() - self.cached;
+        [
+            (hash as usize) & (self.cached - 1) & !(WAYS - 1),
+            self.cached + ((hash >> 32) as usize & (spares - 1) & !(WAYS - 1)),
+        ]
+    }
+
+    fn is_spare(&self, s: usize) -> bool {
+        s >= self.cached
     }
 
     /// Counts a request of the key hashed `hash` at `now`. `key_text` writes the key as
@@ -121,12 +153,11 @@ impl Leased {
         key_text: impl FnOnce() -> Vec<u8>,
     ) -> Outcome {
         let id = hash.max(1);
-        let s = (hash as usize) & (self.slots.len() - 1);
-        let slot = &self.slots[s];
-        if slot.key.load(SeqCst) == id {
+        let found = self.find(hash, id, now);
+        if let Some(s) = found {
             if let Some((decision, low)) = self.spend(s, id, now) {
-                if low {
-                    self.refill(s, id, now, key_text);
+                if low && !self.is_spare(s) {
+                    self.refill(s, hash, now, key_text);
                 }
                 return Outcome::Decided(decision);
             }
@@ -138,7 +169,15 @@ impl Leased {
         if !self.storage.is_up() {
             return Outcome::Unavailable;
         }
-        if slot.busy.load(SeqCst) || self.refill(s, id, now, key_text) {
+        // The key's own cached slot, or its one-off lease in flight; else a free slot.
+        let s = match found {
+            Some(s) if !self.is_spare(s) || self.slots[s].busy.load(SeqCst) => s,
+            _ => match self.vacancy(hash, now) {
+                Some(s) => s,
+                None => return Outcome::Wait,
+            },
+        };
+        if self.refill(s, hash, now, key_text) {
             return Outcome::Wait;
         }
         // Lost a race for the slot to another refill, or Redis went down just now.
@@ -147,6 +186,47 @@ impl Leased {
         } else {
             Outcome::Unavailable
         }
+    }
+
+    /// The key's slot: the one with tokens or a refill in flight, else any it holds.
+    fn find(&self, hash: u64, id: u64, now: u64) -> Option<usize> {
+        let mut held = None;
+        for first in self.sets(hash) {
+            for s in first..first + WAYS {
+                if self.slots[s].key.load(SeqCst) != id {
+                    continue;
+                }
+                if self.slots[s].busy.load(SeqCst) || self.holds_tokens(s, now) {
+                    return Some(s);
+                }
+                held = held.or(Some(s));
+            }
+        }
+        held
+    }
+
+    /// A slot another key may take: a way of the key's set, else a spare.
+    fn vacancy(&self, hash: u64, now: u64) -> Option<usize> {
+        self.sets(hash)
+            .into_iter()
+            .flat_map(|first| first..first + WAYS)
+            .find(|&s| !self.slots[s].busy.load(SeqCst) && self.free(s, now))
+    }
+
+    /// Whether taking slot `s` drops no quota: it holds no tokens, or it is a spare whose
+    /// token nobody came for.
+    fn free(&self, s: usize, now: u64) -> bool {
+        let slot = &self.slots[s];
+        slot.key.load(SeqCst) == 0
+            || !self.holds_tokens(s, now)
+            || self.is_spare(s) && now.saturating_sub(slot.refilled.load(SeqCst)) > CLAIM_MS
+    }
+
+    fn holds_tokens(&self, s: usize, now: u64) -> bool {
+        (0..self.limits.len()).any(|j| {
+            let w = self.lane(s, j).word.load(SeqCst);
+            w >> COUNT_BITS > now && w & COUNT_MASK > 0
+        })
     }
 
     /// Takes a token from every limit: the decision and whether a refill is due.
@@ -214,15 +294,17 @@ impl Leased {
         None
     }
 
-    /// Sends a refill for slot `s` on behalf of key `id`, taking the slot if another key
-    /// has it. `false` when one is already in flight or Redis is down.
+    /// Sends a refill for slot `s` on behalf of the key hashed `hash`, taking the slot if it
+    /// is free. `false` when one is already in flight, the slot is not free, or Redis is
+    /// down.
     fn refill(
         self: &Arc<Self>,
         s: usize,
-        id: u64,
+        hash: u64,
         now: u64,
         key_text: impl FnOnce() -> Vec<u8>,
     ) -> bool {
+        let id = hash.max(1);
         let slot = &self.slots[s];
         if !self.storage.is_up()
             || slot
@@ -232,27 +314,18 @@ impl Leased {
         {
             return false;
         }
-        if slot.key.load(SeqCst) != id {
-            // Drop the other key's tokens first, then take the slot.
-            for j in 0..self.limits.len() {
-                let lane = self.lane(s, j);
-                lane.word.store(0, SeqCst);
-                lane.full_until.store(0, SeqCst);
-                lane.left.store(0, SeqCst);
+        let batch = if slot.key.load(SeqCst) != id {
+            if !self.take_over(s, hash, now) {
+                slot.busy.store(false, SeqCst);
+                return false;
             }
-            slot.batch.store(1, SeqCst);
+            1
+        } else if self.is_spare(s) {
             slot.refilled.store(now, SeqCst);
-            slot.key.store(id, SeqCst);
-        }
-        let since = now.saturating_sub(slot.refilled.swap(now, SeqCst));
-        let mut batch = slot.batch.load(SeqCst).max(1);
-        if since < HORIZON_MS {
-            batch = batch.saturating_mul(2);
-        } else if since > 4 * HORIZON_MS {
-            batch = (batch / 2).max(1);
-        }
-        let widest = self.limits.iter().map(|l| shared::grant_cap(l.max)).max();
-        slot.batch.store(batch.min(widest.unwrap_or(1)), SeqCst);
+            1
+        } else {
+            self.next_batch(slot, now)
+        };
 
         let text = redis_key_text(&key_text());
         let windows: Vec<Window> = self
@@ -286,6 +359,59 @@ impl Leased {
         true
     }
 
+    /// Gives the free slot `s` (its refill flag held) to the key hashed `hash`, with a
+    /// first batch of one. `false` when it is not free, or another slot of the key's sets
+    /// took the key.
+    fn take_over(&self, s: usize, hash: u64, now: u64) -> bool {
+        let id = hash.max(1);
+        let slot = &self.slots[s];
+        if !self.free(s, now) {
+            return false;
+        }
+        // The slot holds no tokens of its key (or only a token nobody came for). A request of
+        // that key giving back a token it took just now loses it: quota lost, never extra.
+        for j in 0..self.limits.len() {
+            let lane = self.lane(s, j);
+            lane.word.store(0, SeqCst);
+            lane.full_until.store(0, SeqCst);
+            lane.left.store(0, SeqCst);
+        }
+        slot.batch.store(1, SeqCst);
+        slot.refilled.store(now, SeqCst);
+        slot.key.store(id, SeqCst);
+        // Two requests of a new key may each take a slot at once: the second to look
+        // (after its own store) sees the other and gives way, so only one holds a lease.
+        let twin = self
+            .sets(hash)
+            .into_iter()
+            .flat_map(|first| first..first + WAYS)
+            .any(|t| {
+                t != s
+                    && self.slots[t].key.load(SeqCst) == id
+                    && (self.slots[t].busy.load(SeqCst) || self.holds_tokens(t, now))
+            });
+        if twin {
+            slot.key.store(0, SeqCst);
+        }
+        !twin
+    }
+
+    /// The batch of the key holding the cached slot `slot`, by how long the last one
+    /// lasted.
+    fn next_batch(&self, slot: &Slot, now: u64) -> u64 {
+        let since = now.saturating_sub(slot.refilled.swap(now, SeqCst));
+        let mut batch = slot.batch.load(SeqCst).max(1);
+        if since < HORIZON_MS {
+            batch = batch.saturating_mul(2);
+        } else if since > 4 * HORIZON_MS {
+            batch = (batch / 2).max(1);
+        }
+        let widest = self.limits.iter().map(|l| shared::grant_cap(l.max)).max();
+        let batch = batch.min(widest.unwrap_or(1));
+        slot.batch.store(batch, SeqCst);
+        batch
+    }
+
     /// A refill's answer, on the shared-storage thread.
     fn refilled(&self, s: usize, result: Result<Vec<Grant>, Unavailable>, sent: Instant) {
         if let Ok(grants) = result {
@@ -301,6 +427,10 @@ impl Leased {
     fn apply(&self, s: usize, j: usize, grant: &Grant, sent: u64, now: u64) {
         let lane = self.lane(s, j);
         let end = sent + grant.ttl;
+        // In one window, two ends differ by at most the older refill's round trip (under
+        // the call timeout), rounding, and how far Redis's clock ran apart from this one's
+        // (allowed 0.1%); an end past that is a window Redis started anew.
+        let slack = ROUND_TRIP_MS + self.limits[j].period / 1000;
         lane.left.store(grant.left, SeqCst);
         if grant.left == 0 {
             lane.full_until.fetch_max(end, SeqCst);
@@ -308,8 +438,8 @@ impl Leased {
         let mut w = lane.word.load(SeqCst);
         loop {
             let (old_end, tokens) = (w >> COUNT_BITS, w & COUNT_MASK);
-            let new = if old_end > now {
-                // Redis ran the script before `now`, in the window still open here.
+            let same = old_end > now && end <= old_end + slack;
+            let new = if same {
                 (old_end.max(end) << COUNT_BITS) | (tokens + grant.granted).min(COUNT_MASK)
             } else {
                 (end << COUNT_BITS) | grant.granted.min(COUNT_MASK)
@@ -321,6 +451,9 @@ impl Leased {
         }
     }
 }
+
+/// The longest round trip of an answered call, and rounding to milliseconds.
+const ROUND_TRIP_MS: u64 = shared::TIMEOUT.as_millis() as u64 + 2;
 
 fn ms(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)

@@ -17,7 +17,45 @@ fn replica(redis: &RedisServer, limits: &[Limit]) -> Arc<Leased> {
         handle,
         Instant::now(),
         64,
+        SPARES,
     ))
+}
+
+/// A replica whose table is one set (every key collides) and one set of spares.
+fn crowded(redis: &RedisServer, limit: Limit) -> Arc<Leased> {
+    let handle = Handle::new(redis.storage());
+    handle.start();
+    wait_up(&handle, true);
+    Arc::new(Leased::with_slots(
+        vec![limit],
+        "binding",
+        handle,
+        Instant::now(),
+        WAYS,
+        WAYS,
+    ))
+}
+
+/// What the fleet has reserved in Redis of `key`'s window under `limit` (the first).
+fn reserved(l: &Leased, key: &str, limit: Limit) -> u64 {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let window = Window {
+        key: format!(
+            "ringwall:rl:{{binding:{key}}}:0:{}:{}",
+            limit.max, limit.period
+        ),
+        want: 0,
+        max: limit.max,
+        period: limit.period,
+    };
+    l.storage.lease(Lease::new(
+        vec![window],
+        Box::new(move |result, _| {
+            let _ = tx.send(result);
+        }),
+    ));
+    let grants = rx.recv_timeout(Duration::from_secs(5)).expect("an answer");
+    limit.max - grants.expect("redis")[0].left
 }
 
 fn now(l: &Leased) -> u64 {
@@ -104,4 +142,121 @@ fn long_or_odd_keys_go_to_redis_hashed() {
     assert_eq!(redis_key_text(b"client-a"), "client-a");
     assert!(redis_key_text(b"a{b}").starts_with("sha256:"));
     assert_eq!(redis_key_text(&[b'x'; 200]).len(), 7 + 64);
+}
+
+#[test]
+fn keys_sharing_a_set_keep_their_quota() {
+    let redis = RedisServer::start();
+    let limit = Limit {
+        max: 1000,
+        period: 60_000,
+    };
+    let l = crowded(&redis, limit);
+    let keys = [(1u64, "a"), (2, "b"), (3, "c")];
+    let mut passed = [0u64; 3];
+    for _ in 0..1100 {
+        for (i, &(hash, key)) in keys.iter().enumerate() {
+            if admit(&l, hash, key) {
+                passed[i] += 1;
+            }
+        }
+    }
+    let cap = shared::grant_cap(limit.max);
+    for (i, &(_, key)) in keys.iter().enumerate() {
+        assert!(passed[i] <= 1000, "{key}: {passed:?}");
+        assert!(passed[i] >= 1000 - cap, "{key}: {passed:?}");
+        assert_eq!(reserved(&l, key, limit), 1000, "{key}");
+    }
+}
+
+#[test]
+fn keys_rotating_through_a_full_set_cannot_spend_a_live_keys_quota() {
+    let redis = RedisServer::start();
+    let limit = Limit {
+        max: 1000,
+        period: 60_000,
+    };
+    let l = crowded(&redis, limit);
+    let cap = shared::grant_cap(limit.max);
+    let mut passed = 0;
+    for round in 0..1100u64 {
+        if admit(&l, 7, "victim") {
+            passed += 1;
+        }
+        // A new key each time, as a client rotating its key would send.
+        let attacker = format!("attacker-{round}");
+        assert!(admit(&l, 1000 + round, &attacker), "{attacker}");
+        if round % 100 == 99 && round < 900 {
+            let held = reserved(&l, "victim", limit) - passed;
+            assert!(held <= cap, "round {round}: {held} reserved and unused");
+        }
+    }
+    assert!(passed <= 1000, "{passed} passed");
+    assert!(passed >= 1000 - cap, "{passed} passed");
+}
+
+#[test]
+fn a_new_key_takes_only_a_slot_with_no_tokens() {
+    let redis = RedisServer::start();
+    let limit = Limit {
+        max: 1000,
+        period: 60_000,
+    };
+    let l = crowded(&redis, limit);
+    // Four keys hold the four ways, with tokens.
+    for hash in 1..=4u64 {
+        for _ in 0..3 {
+            assert!(admit(&l, hash, &format!("k{hash}")));
+        }
+    }
+    // Their refills in flight land first.
+    while (0..WAYS).any(|s| l.slots[s].busy.load(SeqCst)) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let held = |l: &Leased| {
+        (0..WAYS)
+            .map(|s| l.slots[s].key.load(SeqCst))
+            .collect::<Vec<_>>()
+    };
+    let before = held(&l);
+    assert_eq!(before, [1, 2, 3, 4]);
+    // A fifth gets one-off leases in the spares, one token at a time.
+    for _ in 0..3 {
+        assert!(admit(&l, 5, "k5"));
+    }
+    assert_eq!(held(&l), before);
+    assert_eq!(reserved(&l, "k5", limit), 3);
+    // Once a way's tokens are spent, the key that finds it free takes it.
+    let tokens = l.lane(0, 0).word.load(SeqCst) & COUNT_MASK;
+    l.lane(0, 0).word.fetch_sub(tokens, SeqCst);
+    assert!(admit(&l, 5, "k5"));
+    assert_eq!(l.slots[0].key.load(SeqCst), 5);
+}
+
+#[test]
+fn a_refill_from_a_window_redis_started_anew_replaces_the_old_tokens() {
+    let redis = RedisServer::start();
+    let limit = Limit {
+        max: 1000,
+        period: 60_000,
+    };
+    let l = replica(&redis, &[limit]);
+    let lane = l.lane(0, 0);
+    lane.word.store((60_000 << COUNT_BITS) | 5, SeqCst);
+    // The same window, as seen by a later refill: added.
+    let same = Grant {
+        granted: 3,
+        ttl: 59_000,
+        left: 900,
+    };
+    l.apply(0, 0, &same, 1_020, 1_030);
+    assert_eq!(lane.word.load(SeqCst), (60_020 << COUNT_BITS) | 8);
+    // Redis lost the key and started a new window: the old tokens go.
+    let anew = Grant {
+        granted: 3,
+        ttl: 60_000,
+        left: 997,
+    };
+    l.apply(0, 0, &anew, 2_000, 2_010);
+    assert_eq!(lane.word.load(SeqCst), (62_000 << COUNT_BITS) | 3);
 }
