@@ -284,14 +284,18 @@ impl GatewayMetrics {
 // === Per worker ===
 
 /// The statuses the gateway answers itself; any other is counted as `other`.
-const REFUSED_STATUSES: [(u16, &str); 8] = [
+const REFUSED_STATUSES: [(u16, &str); 12] = [
     (400, "400"),
+    (401, "401"),
+    (403, "403"),
     (404, "404"),
     (408, "408"),
     (413, "413"),
     (417, "417"),
+    (429, "429"),
     (431, "431"),
     (502, "502"),
+    (503, "503"),
     (504, "504"),
 ];
 

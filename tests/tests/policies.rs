@@ -190,6 +190,10 @@ fn a_refusal_names_its_policy_in_the_access_log_and_is_counted() {
         };
         let metrics = Client::connect(gw.admin_addr()).get("/metrics").text();
         assert!(
+            metrics.contains("ringwall_refused_total{status=\"403\"} 1"),
+            "{metrics}"
+        );
+        assert!(
             metrics.contains(&format!("{} 1", series("reject"))),
             "{metrics}"
         );
