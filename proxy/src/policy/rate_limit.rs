@@ -37,11 +37,14 @@ use super::{config_fields, expression, HeaderLines, Policy, RequestCx, Verdict};
 pub(super) const TOO_MANY: &str = "too many requests";
 /// The body of a 503 while the shared storage is unavailable and `failOpen` is false.
 const UNAVAILABLE: &str = "rate limit storage unavailable";
-/// How often a request waiting for a lease looks again.
-const LEASE_POLL: Duration = Duration::from_millis(1);
-/// Looks before a request waiting for a lease gives up on the storage: a little over its
-/// timeout, so that a lost answer is noticed.
-const LEASE_WAITS: u32 = 150;
+/// How long a request waiting for a lease waits before look `attempt` + 1: 1, 2, 4 and 8 ms,
+/// then 16 ms, so that a refill is seen soon after it lands while a burst of waiting requests
+/// does not re-run its chain every millisecond. `None` once about 160 ms have passed, a little
+/// over the storage's timeout, so that a lost answer is noticed.
+fn lease_wait(attempt: u32) -> Option<Duration> {
+    const LOOKS: u32 = 13;
+    (attempt < LOOKS).then(|| Duration::from_millis(1 << attempt.min(4)))
+}
 
 /// The headers `exposeHeaders` adds.
 pub(super) const EXPOSED: [&str; 3] = [
@@ -298,9 +301,9 @@ impl Policy for RateLimit {
             None => self.store.take(key, now),
             Some(leased) => match leased.take(key, now, || self.key_text(cx)) {
                 leased::Outcome::Decided(decision) => decision,
-                leased::Outcome::Wait if cx.attempt < LEASE_WAITS => {
+                leased::Outcome::Wait if lease_wait(cx.attempt).is_some() => {
                     return Verdict::Retry {
-                        after: LEASE_POLL,
+                        after: lease_wait(cx.attempt).unwrap_or_default(),
                         hold: None,
                     }
                 }
@@ -335,6 +338,18 @@ impl Policy for RateLimit {
 #[cfg(test)]
 mod tests {
     use super::super::tests::{compiled, error_of, run, with_policy};
+    use super::lease_wait;
+
+    #[test]
+    fn lease_waits_back_off_to_16_ms_and_end_a_little_after_the_storage_timeout() {
+        let waits: Vec<u64> = (0..)
+            .map_while(lease_wait)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .collect();
+        assert_eq!(&waits[..6], &[1, 2, 4, 8, 16, 16]);
+        let total: u64 = waits.iter().sum();
+        assert!((150..=200).contains(&total), "{total} ms");
+    }
 
     const BY_CLIENT: &str =
         "    rateLimits:\n      - {maximumRequests: 2, timePeriodInMilliseconds: 60000}\n    \
