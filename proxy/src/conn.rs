@@ -56,6 +56,8 @@ struct Client {
     /// response, reused across exchanges.
     up_headers: HeaderLines,
     client_headers: HeaderLines,
+    /// The request is HTTP/1.0 and asked to keep the connection: its answers must say so.
+    keep_alive_10: bool,
 }
 
 /// What the log phase records about one exchange (metrics, and the access log when one
@@ -125,6 +127,7 @@ pub(crate) async fn serve(
         meta: String::new(),
         up_headers: HeaderLines::default(),
         client_headers: HeaderLines::default(),
+        keep_alive_10: false,
     };
     loop {
         match exchange(&mut client, &listener, &worker).await {
@@ -151,6 +154,7 @@ async fn exchange(c: &mut Client, listener: &ListenerHandle, w: &Worker) -> Next
     // run must not carry the previous exchange's headers.
     c.up_headers.clear();
     c.client_headers.clear();
+    c.keep_alive_10 = false;
     let next = phases(c, listener, w).await;
     // === Phase: log ===
     let rec = std::mem::take(&mut c.rec);
@@ -387,6 +391,7 @@ fn plan_request(
     let is_head = req.is_head();
     c.rec.bytes_in = req.head_len as u64;
     c.rec.method = Some(MethodClass::of(req.method));
+    c.keep_alive_10 = req.version == 0 && req.keep_alive;
     if log {
         c.meta.clear();
         c.meta.push_str(req.method);
@@ -831,6 +836,7 @@ async fn connect(addr: SocketAddr, wait: Duration) -> Result<UpstreamConn, Proxy
 /// Writes the gateway's own response and decides the connection's fate.
 async fn refuse(c: &mut Client, w: &Worker, e: &ProxyError, is_head: bool, close: bool) -> Next {
     c.out.clear();
+    keep_alive_for_http10(c, close);
     let extra = c.client_headers.as_bytes();
     write_local_response(
         &mut c.out,
@@ -847,9 +853,18 @@ async fn refuse(c: &mut Client, w: &Worker, e: &ProxyError, is_head: bool, close
 /// Writes a policy's answer (a CORS preflight): its status and headers, no body.
 async fn answer(c: &mut Client, status: u16, is_head: bool, close: bool) -> Next {
     c.out.clear();
+    keep_alive_for_http10(c, close);
     let extra = c.client_headers.as_bytes();
     write_local_response(&mut c.out, status, "", extra, close, is_head);
     send_local(c, status, close).await
+}
+
+/// An HTTP/1.0 client whose connection stays open needs `Connection: keep-alive` to read
+/// past a response the gateway writes itself, as forwarded responses carry.
+fn keep_alive_for_http10(c: &mut Client, close: bool) {
+    if c.keep_alive_10 && !close {
+        c.client_headers.add("Connection", b"keep-alive");
+    }
 }
 
 /// Sends the response the gateway wrote into `c.out` and decides the connection's fate.

@@ -336,3 +336,29 @@ fn head_response_has_no_body_although_the_origin_declares_chunked() {
         assert_eq!(get.text(), "chunks of /g");
     })
 }
+
+#[test]
+fn http10_keep_alive_client_is_told_the_connection_stays_after_a_gateway_answer() {
+    within(TEST_LIMIT, || {
+        let origin = Origin::echo_path();
+        let config = ringwall_tests::yaml::api_to("http://127.0.0.1:0/api", &origin.url(), "/");
+        let gw = Gateway::start(&[("api.yaml", &config)], &[]);
+        let mut client = Client::connect(gw.addr("api"));
+
+        // A 404 the gateway writes itself, then a forwarded request on the same connection.
+        let missed = client.request(
+            b"GET /api-not HTTP/1.0\r\nHost: gateway.test\r\nConnection: keep-alive\r\n\r\n",
+        );
+        assert_eq!(missed.status, 404, "{missed:?}");
+        assert!(
+            header_list(&missed.headers, "connection", true).contains(&"keep-alive".into()),
+            "no `Connection: keep-alive` on the gateway's own answer: {:?}",
+            missed.headers
+        );
+        let resp = client.request(
+            b"GET /api/two HTTP/1.0\r\nHost: gateway.test\r\nConnection: keep-alive\r\n\r\n",
+        );
+        assert_eq!(resp.status, 200, "{resp:?}");
+        assert_eq!(resp.text(), "/two");
+    })
+}
