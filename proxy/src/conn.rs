@@ -400,15 +400,19 @@ fn plan_request(
     }
     // Without a body nothing of the request is left unread: the connection can go on.
     let unread_body = req.framing != Framing::Empty || !req.keep_alive;
-    let Some(routed) = gateway.route(listener, &req, resume.pick) else {
-        let head_len = req.head_len;
-        c.buf.advance(head_len);
-        return Err(Refusal {
-            error: ProxyError::NoRoute,
+    let head_len = req.head_len;
+    // The gateway answers this request itself: its head is consumed, its body (if any) is not.
+    let answered = |buf: &mut BytesMut, error, answer| {
+        buf.advance(head_len);
+        Refusal {
+            error,
             is_head,
             close: unread_body,
-            answer: false,
-        });
+            answer,
+        }
+    };
+    let Some(routed) = gateway.route(listener, &req, resume.pick) else {
+        return Err(answered(&mut c.buf, ProxyError::NoRoute, false));
     };
     let (api, route) = (routed.api_index, routed.route_index);
     c.rec.api = Some(api);
@@ -432,37 +436,25 @@ fn plan_request(
             client_headers: &mut c.client_headers,
             overrides: &mut resume.overrides,
         };
-        let (index, status, reason, answer) = match chain.request(applied, resume.from, &mut cx) {
-            Stop::Passed => (0, 0, "", false),
+        match chain.request(applied, resume.from, &mut cx) {
+            Stop::Passed | Stop::At(_, Verdict::Continue) => {}
             Stop::At(from, Verdict::Retry { after, hold }) => {
                 return Ok(Planned::Wait { from, after, hold });
             }
-            Stop::At(i, Verdict::Reject(status, reason)) => (i, status, reason, false),
-            Stop::At(i, Verdict::Answer(status)) => (i, status, "", true),
-            Stop::At(_, Verdict::Continue) => (0, 0, "", false),
-        };
-        if status != 0 {
-            c.rec.rejected_by = (!answer).then_some(index);
-            let head_len = req.head_len;
-            c.buf.advance(head_len);
-            return Err(Refusal {
-                error: ProxyError::Refused(status, reason),
-                is_head,
-                close: unread_body,
-                answer,
-            });
+            Stop::At(i, Verdict::Reject(status, reason)) => {
+                c.rec.rejected_by = Some(i);
+                let error = ProxyError::Refused(status, reason);
+                return Err(answered(&mut c.buf, error, false));
+            }
+            Stop::At(_, Verdict::Answer(status)) => {
+                let error = ProxyError::Refused(status, "");
+                return Err(answered(&mut c.buf, error, true));
+            }
         }
     }
 
     let Some(target) = routed.route else {
-        let head_len = req.head_len;
-        c.buf.advance(head_len);
-        return Err(Refusal {
-            error: ProxyError::NoRoute,
-            is_head,
-            close: unread_body,
-            answer: false,
-        });
+        return Err(answered(&mut c.buf, ProxyError::NoRoute, false));
     };
     c.out.clear();
     let strip = |name: &str| chain.is_some_and(|ch| ch.strips_request_header(applied, name));
@@ -498,7 +490,6 @@ fn plan_request(
         ),
         expect_continue: req.expect_continue,
     };
-    let head_len = req.head_len;
     c.buf.advance(head_len);
     Ok(Planned::Go(plan))
 }
