@@ -301,21 +301,18 @@ impl Policy for RateLimit {
             None => self.store.take(key, now),
             Some(leased) => match leased.take(key, now, || self.key_text(cx)) {
                 leased::Outcome::Decided(decision) => decision,
-                leased::Outcome::Wait if lease_wait(cx.attempt).is_some() => {
-                    return Verdict::Retry {
-                        after: lease_wait(cx.attempt).unwrap_or_default(),
-                        hold: None,
+                leased::Outcome::Wait => match lease_wait(cx.attempt) {
+                    Some(after) => return Verdict::Retry { after, hold: None },
+                    // Redis is up but this replica could not reserve quota in time (a burst
+                    // beyond what one refill at a time delivers): refused, since counting it
+                    // in memory would let the fleet pass more than the limit.
+                    None => {
+                        if self.expose {
+                            cx.client_headers.add("retry-after", b"1");
+                        }
+                        return Verdict::Reject(429, TOO_MANY);
                     }
-                }
-                // Redis is up but this replica could not reserve quota in time (a burst
-                // beyond what one refill at a time delivers): refused, since counting it
-                // in memory would let the fleet pass more than the limit.
-                leased::Outcome::Wait => {
-                    if self.expose {
-                        cx.client_headers.add("retry-after", b"1");
-                    }
-                    return Verdict::Reject(429, TOO_MANY);
-                }
+                },
                 leased::Outcome::Unavailable if self.fail_open => self.store.take(key, now),
                 leased::Outcome::Unavailable => return Verdict::Reject(503, UNAVAILABLE),
             },
