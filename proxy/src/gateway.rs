@@ -16,8 +16,6 @@ pub struct Gateway {
     pub listeners: Vec<Listener>,
     /// The per-request policies of each ApiInstance, indexed like `snapshot.apis`.
     pub policies: Policies,
-    /// The loader's warnings, then the policies'.
-    pub warnings: Vec<ringwall_config::ConfigError>,
     /// Metric handles for every route, registered off the hot path.
     pub metrics: crate::metrics::GatewayMetrics,
     /// The client of `sharedStorage`, kept across reloads that leave it unchanged. It
@@ -121,20 +119,18 @@ impl Gateway {
                 .sort_by_key(|&i| std::cmp::Reverse(snapshot.apis[i].base_path.len()));
         }
         let metrics = crate::metrics::GatewayMetrics::new(&snapshot);
-        let warnings = snapshot
-            .warnings
-            .iter()
-            .chain(&policies.warnings)
-            .cloned()
-            .collect();
         Self {
             snapshot,
             listeners,
             policies,
-            warnings,
             metrics,
             shared,
         }
+    }
+
+    /// The loader's warnings, then the policies'.
+    pub fn warnings(&self) -> impl Iterator<Item = &ringwall_config::ConfigError> {
+        self.snapshot.warnings.iter().chain(&self.policies.warnings)
     }
 
     /// The listener with `key` in this configuration, if it still has one.

@@ -83,7 +83,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Validate { dir } => match Gateway::load(&dir, None) {
             Ok(gateway) => {
-                for w in &gateway.warnings {
+                for w in gateway.warnings() {
                     eprintln!("warning: {w}");
                 }
                 println!("ok: {}", gateway.snapshot.summary);
@@ -168,7 +168,7 @@ fn run(
             anyhow::bail!("invalid configuration in {}", config.display());
         }
     };
-    for w in &gateway.warnings {
+    for w in gateway.warnings() {
         tracing::warn!("{w}");
     }
     server::run(

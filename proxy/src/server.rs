@@ -346,7 +346,7 @@ impl Live {
     fn try_reload(&mut self, opts: &Options) -> Result<Update, Vec<String>> {
         let gateway = Gateway::load(&opts.config_dir, Some(&self.gateway))
             .map_err(|errors| errors.0.iter().map(ToString::to_string).collect::<Vec<_>>())?;
-        for w in &gateway.warnings {
+        for w in gateway.warnings() {
             tracing::warn!("reload: {w}");
         }
         let gateway = Arc::new(gateway);
