@@ -29,6 +29,7 @@ use std::sync::Arc;
 
 use ringwall_config::{Node, Scope};
 
+use super::optional_bool;
 use super::{
     config_fields, each_item, header_name, optional_list, HeaderLines, Policy, RequestCx, Verdict,
 };
@@ -69,12 +70,8 @@ pub(super) fn build(
         scope,
         &["originGroups", "publicResource", "supportCredentials"],
     )?;
-    let mut flag = |key: &str, default: bool| match fields.get(key) {
-        None => Some(default),
-        Some(node) => scope.bool(node, &fields.path_of(key)),
-    };
-    let public = flag("publicResource", true);
-    let credentials = flag("supportCredentials", false);
+    let public = optional_bool(&fields, "publicResource", true, scope);
+    let credentials = optional_bool(&fields, "supportCredentials", false, scope);
     let groups = match fields.get("originGroups") {
         None => Some(Vec::new()),
         Some(node) => {

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use ringwall_config::{Node, Scope};
 
 use super::expr::{Attributes, Condition, Expr};
+use super::optional_bool;
 use super::{config_fields, each_item, expression, Policy, RequestCx, ResponseCx, Verdict};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -95,12 +96,8 @@ fn logging_item(node: &Node, path: &str, scope: &mut Scope<'_>) -> Option<Item> 
             })
         }
     };
-    let mut flag = |key: &str, default: bool| match data.get(key) {
-        None => Some(default),
-        Some(n) => scope.bool(n, &data.path_of(key)),
-    };
-    let first = flag("firstSection", true);
-    let second = flag("secondSection", false);
+    let first = optional_bool(&data, "firstSection", true, scope);
+    let second = optional_bool(&data, "secondSection", false, scope);
     let conditional = match data.get("conditional") {
         None => Some(None),
         Some(n) => {

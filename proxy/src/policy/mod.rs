@@ -543,6 +543,20 @@ pub fn config_fields<'p>(
     scope.map(&spec.config, &spec.config_path, accepted)
 }
 
+/// The boolean under `key`, `default` when absent; `None` when it is not a boolean
+/// (reported).
+pub fn optional_bool(
+    fields: &Fields<'_>,
+    key: &str,
+    default: bool,
+    scope: &mut Scope<'_>,
+) -> Option<bool> {
+    match fields.get(key) {
+        None => Some(default),
+        Some(node) => scope.bool(node, &fields.path_of(key)),
+    }
+}
+
 /// Every item of the sequence `node` (at `path`), each read by `read`; `None` when `node` is
 /// not a sequence or an item is invalid (each item's errors are reported).
 pub fn each_item<T>(

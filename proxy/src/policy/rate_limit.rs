@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 use ringwall_config::{item, Node, Scope};
 
 use super::expr::{Expr, HashWriter};
+use super::optional_bool;
 use super::{config_fields, expression, HeaderLines, Policy, RequestCx, Verdict};
 
 /// The static body of a refusal.
@@ -186,11 +187,11 @@ pub(super) fn build(
             })
         }
     };
-    let expose = flag(&fields, "exposeHeaders", false, scope);
-    let clusterizable = flag(&fields, "clusterizable", true, scope);
+    let expose = optional_bool(&fields, "exposeHeaders", false, scope);
+    let clusterizable = optional_bool(&fields, "clusterizable", true, scope);
     // Accepted as Flex documents it; `failOpen` is what decides here (see the README).
-    let block_on_unknown = flag(&fields, "blockOnUnknownQuota", true, scope);
-    let fail_open = flag(&fields, "failOpen", true, scope);
+    let block_on_unknown = optional_bool(&fields, "blockOnUnknownQuota", true, scope);
+    let fail_open = optional_bool(&fields, "failOpen", true, scope);
     let (limits, key, expose) = (limits?, key?, expose?);
     let (clusterizable, _, fail_open) = (clusterizable?, block_on_unknown?, fail_open?);
     let epoch = Instant::now();
@@ -213,19 +214,6 @@ pub(super) fn build(
         fail_open,
         epoch,
     }))
-}
-
-/// An optional boolean field.
-pub(super) fn flag(
-    fields: &ringwall_config::Fields<'_>,
-    key: &str,
-    default: bool,
-    scope: &mut Scope<'_>,
-) -> Option<bool> {
-    match fields.get(key) {
-        None => Some(default),
-        Some(node) => scope.bool(node, &fields.path_of(key)),
-    }
 }
 
 /// `rateLimits`: one or more `{maximumRequests, timePeriodInMilliseconds}`.

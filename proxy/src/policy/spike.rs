@@ -26,7 +26,8 @@ use std::time::{Duration, Instant};
 
 use ringwall_config::Scope;
 
-use super::rate_limit::{flag, Decision, EXPOSED, TOO_MANY};
+use super::optional_bool;
+use super::rate_limit::{Decision, EXPOSED, TOO_MANY};
 use super::{config_fields, Hold, Policy, RequestCx, Verdict};
 
 /// 8 MB of admission times.
@@ -72,7 +73,7 @@ pub(super) fn build(
     let delay = number("delayTimeInMillis", 1000, 0..=MAX_MS);
     let attempts = number("delayAttempts", 1, 0..=MAX_MS);
     let queue_limit = number("queuingLimit", 0, 0..=MAX_MS);
-    let expose = flag(&fields, "exposeHeaders", false, scope);
+    let expose = optional_bool(&fields, "exposeHeaders", false, scope);
     let (max, period, delay) = (max?, period?, delay?);
     let (attempts, queue_limit, expose) = (attempts?, queue_limit?, expose?);
     Some(Arc::new(SpikeControl {

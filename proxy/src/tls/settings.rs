@@ -21,6 +21,7 @@ use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::policy::optional_bool;
 use ringwall_config::{did_you_mean, Fields, Node, Policy, Scope};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::ResolvesClientCert;
@@ -109,10 +110,7 @@ pub fn server_tls(spec: &Policy, scope: &mut Scope<'_>) -> Option<ServerTls> {
         Some(versions) => ciphers(&fields, versions, scope),
         None => None,
     };
-    let require = match fields.get("requireClientCertificate") {
-        Some(node) => scope.bool(node, &fields.path_of("requireClientCertificate")),
-        None => Some(false),
-    };
+    let require = optional_bool(&fields, "requireClientCertificate", false, scope);
     let trusted = trusted_ca(&fields, base, scope);
     let (certificate, alpn, versions, ciphers, require, trusted) =
         (certificate?, alpn?, versions?, ciphers?, require?, trusted?);
@@ -283,10 +281,7 @@ pub fn client_tls(spec: &Policy, scope: &mut Scope<'_>) -> Option<ClientTls> {
         Some(versions) => ciphers(&fields, versions, scope),
         None => None,
     };
-    let skip = match fields.get("skipValidation") {
-        Some(node) => scope.bool(node, &fields.path_of("skipValidation")),
-        None => Some(false),
-    };
+    let skip = optional_bool(&fields, "skipValidation", false, scope);
     let trusted = trusted_ca(&fields, base, scope);
     let sni = match fields.get("sni") {
         Some(node) => server_name(node, &fields.path_of("sni"), scope).map(Some),
