@@ -21,7 +21,6 @@ use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::policy::optional_bool;
 use ringwall_config::{did_you_mean, Fields, Node, Policy, Scope};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::ResolvesClientCert;
@@ -34,6 +33,8 @@ use rustls::{
     CipherSuite, ClientConfig, DigitallySignedStruct, ProtocolVersion, RootCertStore, ServerConfig,
     SignatureScheme, SupportedCipherSuite, SupportedProtocolVersion,
 };
+
+use crate::policy::optional_bool;
 
 /// The fields of a `tls` policy's `config`.
 const INBOUND: &[&str] = &[
