@@ -26,6 +26,9 @@ use tokio_uring::net::TcpStream;
 
 /// The ciphertext read at a time: one full TLS record with its overhead.
 const INCOMING: usize = 16 * 1024 + 256;
+/// The plaintext handed to rustls at a time: one full record, so `outgoing` stays about
+/// one record long instead of growing to rustls' whole send buffer.
+const RECORD: usize = 16 * 1024;
 
 /// A TLS connection over the ring: `C` is a `rustls::ServerConnection` or a
 /// `rustls::ClientConnection`.
@@ -37,9 +40,13 @@ pub struct TlsStream<C> {
     taken: usize,
     /// Ciphertext from rustls, written by the ring.
     outgoing: Vec<u8>,
-    /// Set while a ring operation owns a buffer: when the caller drops that future (a
-    /// timeout), the stream has lost bytes and refuses further use.
-    broken: bool,
+    /// Set while a ring read owns `incoming`: when the caller drops that future (a timeout),
+    /// the stream has lost bytes and refuses to read again. Writing is unaffected, so the
+    /// caller can still say why it gives up (a 408).
+    read_broken: bool,
+    /// The same for a ring write of `outgoing`: the peer got part of a record, so nothing
+    /// more can be sent.
+    write_broken: bool,
 }
 
 /// Why a handshake failed, one label per reason for the handshake-failure metric.
@@ -192,7 +199,8 @@ where
             incoming: Vec::with_capacity(INCOMING),
             taken: 0,
             outgoing: Vec::new(),
-            broken: false,
+            read_broken: false,
+            write_broken: false,
         }
     }
 
@@ -237,20 +245,40 @@ where
     /// Appends decrypted bytes to `buf`, within its spare capacity (reserving some when it has
     /// none). `Ok(0)` once the peer has sent `close_notify`; an `UnexpectedEof` error when it
     /// closed the connection without it (a possible truncation: the caller decides).
+    ///
+    /// Everything rustls holds goes out at once, up to the spare capacity: a peer sending many
+    /// tiny records gets one return per read of the socket, not one per record, so it cannot
+    /// make the caller re-parse its buffer for every byte.
     pub async fn read(&mut self, mut buf: BytesMut) -> (io::Result<usize>, BytesMut) {
         loop {
-            match self.conn.reader().fill_buf() {
-                Ok(chunk) => {
-                    if buf.capacity() == buf.len() {
-                        buf.reserve(chunk.len().min(INCOMING));
+            if buf.capacity() == buf.len() {
+                buf.reserve(INCOMING);
+            }
+            let mut copied = 0;
+            loop {
+                match self.conn.reader().fill_buf() {
+                    Ok([]) => break,
+                    Ok(chunk) => {
+                        let n = chunk.len().min(buf.capacity() - buf.len());
+                        buf.extend_from_slice(&chunk[..n]);
+                        self.conn.reader().consume(n);
+                        copied += n;
+                        if buf.capacity() == buf.len() {
+                            break;
+                        }
                     }
-                    let n = chunk.len().min(buf.capacity() - buf.len());
-                    buf.extend_from_slice(&chunk[..n]);
-                    self.conn.reader().consume(n);
-                    return (Ok(n), buf);
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if copied == 0 => return (Err(e), buf),
+                    // The end is reported by the next read, after these bytes.
+                    Err(_) => break,
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return (Err(e), buf),
+            }
+            if copied > 0 {
+                return (Ok(copied), buf);
+            }
+            // Nothing buffered: `Ok(0)` after `close_notify`, else more ciphertext is needed.
+            if let Ok([]) = self.conn.reader().fill_buf() {
+                return (Ok(0), buf);
             }
             match self.receive().await {
                 // At EOF rustls now knows it, and the reader says how the peer closed.
@@ -271,12 +299,21 @@ where
         }
     }
 
+    /// Whether nothing received is waiting to be read: no plaintext in rustls and no
+    /// ciphertext left over from the socket. A connection going back to a pool must be, or
+    /// the next request would read this one's leftovers as its response.
+    pub fn is_drained(&mut self) -> bool {
+        self.taken == self.incoming.len()
+            && matches!(self.conn.reader().fill_buf(),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+
     /// Encrypts and writes all of `buf`.
     pub async fn write_all<B: AsRef<[u8]>>(&mut self, buf: B) -> (io::Result<()>, B) {
         let mut rest = buf.as_ref();
         while !rest.is_empty() {
-            // rustls takes what fits its send buffer (64 KiB by default), then it is written.
-            let n = match self.conn.writer().write(rest) {
+            // A record at a time, each written before the next is made.
+            let n = match self.conn.writer().write(&rest[..rest.len().min(RECORD)]) {
                 Ok(0) if !self.conn.wants_write() => {
                     let e = io::Error::new(io::ErrorKind::WriteZero, "TLS session closed");
                     return (Err(e), buf);
@@ -337,16 +374,16 @@ where
     /// Gives rustls more ciphertext, the rest of the last socket read or a new one, and
     /// processes it. `Ok(false)` when the socket is at EOF (rustls is told).
     async fn receive(&mut self) -> Result<bool, Fault> {
-        if self.broken {
+        if self.read_broken {
             return Err(Fault::Io(broken()));
         }
         if self.taken == self.incoming.len() {
             let mut incoming = mem::take(&mut self.incoming);
             incoming.clear();
             self.taken = 0;
-            self.broken = true;
+            self.read_broken = true;
             let (res, incoming) = self.io.read(incoming).await;
-            self.broken = false;
+            self.read_broken = false;
             self.incoming = incoming;
             if res? == 0 {
                 self.conn.read_tls(&mut io::empty())?;
@@ -369,16 +406,16 @@ where
 
     /// Writes out everything rustls has to send.
     async fn flush(&mut self) -> io::Result<()> {
-        if self.broken {
+        if self.write_broken {
             return Err(broken());
         }
         while self.conn.wants_write() {
             let mut outgoing = mem::take(&mut self.outgoing);
             outgoing.clear();
             self.conn.write_tls(&mut outgoing)?;
-            self.broken = true;
+            self.write_broken = true;
             let (res, outgoing) = self.io.write_all(outgoing).await;
-            self.broken = false;
+            self.write_broken = false;
             self.outgoing = outgoing;
             res?;
         }
