@@ -612,6 +612,8 @@ async fn forward(
             // Even a replayable request needs the peek: a replay covers a closed
             // connection, not one holding bytes nobody asked for, which would be taken
             // for this request's response.
+            // Pooled TLS connections were drained when put back (see the end of this
+            // function): anything since is in the socket, where the peek sees it.
             Some(up) if still_open(up.stream.socket()) => up,
             Some(_) | None => connect(key, tls, timeouts.upstream_connect)
                 .await
@@ -750,7 +752,9 @@ async fn forward(
         }
     }
 
-    if resp.reusable && up.buf.is_empty() {
+    // Bytes past the response, in our buffer or still in TLS, would be read as the next
+    // request's response.
+    if resp.reusable && up.buf.is_empty() && up.stream.is_drained() {
         w.pool.put(up);
     } else {
         abort(&up.stream);
@@ -980,7 +984,11 @@ async fn send_local(c: &mut Client, status: u16, close: bool) -> Next {
 /// Half-closes (after `close_notify` over TLS), then reads and discards for a moment, so
 /// that a client still sending gets our response rather than a reset.
 async fn linger_close(stream: &mut ClientStream) {
-    stream.close_write().await;
+    // A client that reads nothing more could hold `close_notify` up forever.
+    if timeout(LINGER, stream.close_write()).await.is_err() {
+        abort(stream);
+        return;
+    }
     let socket = stream.socket();
     let mut buf = BytesMut::with_capacity(MIN_READ);
     let drain = async {

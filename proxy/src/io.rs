@@ -31,8 +31,13 @@ pub(crate) trait Io {
     /// The socket underneath, for what TLS does not cover (peeking, shutting it down).
     fn socket(&self) -> &TcpStream;
 
+    /// Whether nothing already received waits above the socket (in TLS), so that looking at
+    /// the socket tells whether the peer sent anything more.
+    fn is_drained(&mut self) -> bool;
+
     /// Appends what arrives to `buf`, within its spare capacity. `Ok(0)` at the end of the
-    /// stream.
+    /// stream; over TLS, a peer closing without `close_notify` is an `UnexpectedEof` error
+    /// instead, a possible truncation.
     async fn read(&mut self, buf: BytesMut) -> (io::Result<usize>, BytesMut);
 
     /// Writes all of `buf`.
@@ -53,6 +58,13 @@ where
         }
     }
 
+    fn is_drained(&mut self) -> bool {
+        match self {
+            Stream::Plain(_) => true,
+            Stream::Tls(tls) => tls.is_drained(),
+        }
+    }
+
     async fn read(&mut self, buf: BytesMut) -> (io::Result<usize>, BytesMut) {
         match self {
             Stream::Plain(tcp) => {
@@ -60,13 +72,7 @@ where
                 let (res, slice) = tcp.read(buf.slice(start..)).await;
                 (res, slice.into_inner())
             }
-            Stream::Tls(tls) => match tls.read(buf).await {
-                // A peer that closes without `close_notify` ends the stream as a TCP close
-                // does: HTTP's own framing (a length, the last chunk) tells a body cut
-                // short, and most clients and servers close that way.
-                (Err(e), buf) if e.kind() == io::ErrorKind::UnexpectedEof => (Ok(0), buf),
-                done => done,
-            },
+            Stream::Tls(tls) => tls.read(buf).await,
         }
     }
 
