@@ -34,6 +34,7 @@ use rustls::{
     CipherSuite, ClientConfig, DigitallySignedStruct, ProtocolVersion, RootCertStore, ServerConfig,
     SignatureScheme, SupportedCipherSuite, SupportedProtocolVersion,
 };
+use sha2::{Digest, Sha256};
 
 use crate::policy::optional_bool;
 
@@ -190,10 +191,11 @@ pub enum ListenerError {
 }
 
 /// The configuration of a TLS port serving `sites` (the `tls` policies of its APIs, the first
-/// being the default certificate), selecting the certificate by SNI. Session tickets are
-/// sealed with keys shared by every port and kept across reloads, so a client resumes after
-/// a reload too.
-pub fn server_config(sites: &[ServerTls]) -> Result<Arc<ServerConfig>, ListenerError> {
+/// being the default certificate), selecting the certificate by SNI. `port` names the
+/// listener, for the session tickets: they are sealed with keys shared by every port and kept
+/// across reloads, so a client resumes after a reload too, but each ticket resumes only on
+/// the port that issued it and while that port verifies client certificates as it did.
+pub fn server_config(sites: &[ServerTls], port: &str) -> Result<Arc<ServerConfig>, ListenerError> {
     let first = sites.first().ok_or(ListenerError::Empty)?;
     if sites.iter().any(|s| s.context != first.context) {
         return Err(ListenerError::ContextsDiffer);
@@ -238,8 +240,63 @@ pub fn server_config(sites: &[ServerTls]) -> Result<Arc<ServerConfig>, ListenerE
     };
     let mut config = builder.with_cert_resolver(Arc::new(resolver));
     config.alpn_protocols = context.alpn.clone();
-    config.ticketer = ticketer()?;
+    config.ticketer = Arc::new(BoundTickets {
+        sealer: ticketer()?,
+        tag: ticket_tag(port, &context.client_auth),
+    });
     Ok(Arc::new(config))
+}
+
+/// What a ticket must have been issued under to resume a session: the port, and how it
+/// verifies client certificates. rustls resumes a session with the client certificate it
+/// had (or without one) whatever the configuration that resumes it says, so without this a
+/// ticket from a port that asks for none would skip `requireClientCertificate` on another,
+/// and a CA removed by a reload would still vouch for sessions it verified.
+fn ticket_tag(port: &str, auth: &ClientAuth) -> [u8; 32] {
+    let mut hash = Sha256::new();
+    hash.update((port.len() as u64).to_be_bytes());
+    hash.update(port.as_bytes());
+    let (mode, cas): (u8, &[CertificateDer<'static>]) = match auth {
+        ClientAuth::None => (0, &[]),
+        ClientAuth::Optional(cas) => (1, cas),
+        ClientAuth::Required(cas) => (2, cas),
+    };
+    hash.update([mode]);
+    for ca in cas {
+        hash.update((ca.len() as u64).to_be_bytes());
+        hash.update(ca.as_ref());
+    }
+    hash.finalize().into()
+}
+
+/// Session tickets carrying the tag of where they may resume (see [`ticket_tag`]) inside
+/// their encryption, so a client can neither read nor change it.
+#[derive(Debug)]
+struct BoundTickets {
+    sealer: Arc<dyn ProducesTickets>,
+    tag: [u8; 32],
+}
+
+impl ProducesTickets for BoundTickets {
+    fn enabled(&self) -> bool {
+        self.sealer.enabled()
+    }
+
+    fn lifetime(&self) -> u32 {
+        self.sealer.lifetime()
+    }
+
+    fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
+        let mut tagged = Vec::with_capacity(self.tag.len() + plain.len());
+        tagged.extend_from_slice(&self.tag);
+        tagged.extend_from_slice(plain);
+        self.sealer.encrypt(&tagged)
+    }
+
+    fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
+        let plain = self.sealer.decrypt(cipher)?;
+        plain.strip_prefix(&self.tag[..]).map(<[u8]>::to_vec)
+    }
 }
 
 /// The process's session-ticket sealer: it rotates its own keys (every 6 hours).

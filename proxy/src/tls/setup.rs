@@ -108,7 +108,11 @@ fn listener(
     if !valid {
         return None;
     }
-    match server_config(&sites) {
+    let port = match &listener.key.port0_api {
+        Some(api) => format!("{} {api}", listener.addr),
+        None => listener.addr.to_string(),
+    };
+    match server_config(&sites, &port) {
         Ok(config) => Some(config),
         Err(e) => {
             let message = format!("listener {}: {e}", listener.addr);

@@ -14,6 +14,7 @@ use rcgen::{
     KeyPair, KeyUsagePurpose,
 };
 use rustls::{ClientConnection, ProtocolVersion, ServerConnection, StreamOwned};
+use tokio::time::timeout;
 use tokio_uring::net::TcpListener;
 
 use super::*;
@@ -367,21 +368,21 @@ fn a_port_shares_one_context() {
     let a = certificate(&pki.leaf("a", &["a.test"], "a", false));
     let b = certificate(&pki.leaf("b", &["b.test"], "b", false));
     let same = [inbound_ok(&a), inbound_ok(&b)];
-    assert!(server_config(&same).is_ok());
+    assert!(server_config(&same, "port").is_ok());
     let differ = [
         inbound_ok(&a),
         inbound_ok(&format!("{b}\nminversion: '1.3'")),
     ];
     assert_eq!(
-        server_config(&differ).err(),
+        server_config(&differ, "port").err(),
         Some(ListenerError::ContextsDiffer)
     );
     let twice = [inbound_ok(&a), inbound_ok(&a)];
     assert_eq!(
-        server_config(&twice).err(),
+        server_config(&twice, "port").err(),
         Some(ListenerError::DuplicateName("a.test".into()))
     );
-    assert_eq!(server_config(&[]).err(), Some(ListenerError::Empty));
+    assert_eq!(server_config(&[], "port").err(), Some(ListenerError::Empty));
 }
 
 // === handshakes over the ring ===
@@ -393,6 +394,8 @@ struct Seen {
     names: Vec<String>,
     alpn: Option<Vec<u8>>,
     version: Option<ProtocolVersion>,
+    /// The handshake resumed an earlier session.
+    resumed: bool,
 }
 
 /// What the server saw of a completed handshake.
@@ -471,6 +474,7 @@ fn handshake(
                 names: presented_names(&stream.conn),
                 alpn: stream.conn.alpn_protocol().map(<[u8]>::to_vec),
                 version: stream.conn.protocol_version(),
+                resumed: stream.conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
             };
             // Waits for the server to close, so its last flight is read.
             let _ = stream.read(&mut [0; 16]);
@@ -495,6 +499,14 @@ fn handshake(
 }
 
 fn server(configs: &[String], unknown: UnknownServerName) -> Arc<rustls::ServerConfig> {
+    server_on("port", configs, unknown)
+}
+
+fn server_on(
+    port: &str,
+    configs: &[String],
+    unknown: UnknownServerName,
+) -> Arc<rustls::ServerConfig> {
     let field = match unknown {
         UnknownServerName::Default => "",
         UnknownServerName::Refuse => "\nunknownServerName: refuse",
@@ -503,7 +515,7 @@ fn server(configs: &[String], unknown: UnknownServerName) -> Arc<rustls::ServerC
         .iter()
         .map(|c| inbound_ok(&format!("{c}{field}")))
         .collect();
-    server_config(&sites).expect("server config")
+    server_config(&sites, port).expect("server config")
 }
 
 fn trusting(pki: &Pki, extra: &str) -> ClientTls {
@@ -576,7 +588,7 @@ fn alpn_is_negotiated() {
 
     // The stream negotiates whatever the configuration lists, `h2` included.
     let sites = [inbound_ok(&a)];
-    let mut h2 = (*server_config(&sites).expect("config")).clone();
+    let mut h2 = (*server_config(&sites, "port").expect("config")).clone();
     h2.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let (accepted, _) = handshake(
         Arc::new(h2),
@@ -915,4 +927,147 @@ fn closed_and_garbled_handshakes_have_reasons() {
         }
         peer.join().expect("client thread");
     });
+}
+
+/// Runs `server` on the ring against one rustls client thread running `client`, after both
+/// completed a handshake for `a.test`.
+fn exchange<T: Send + 'static>(
+    client: impl FnOnce(StreamOwned<ClientConnection, std::net::TcpStream>) -> T + Send + 'static,
+    server: impl AsyncFnOnce(TlsStream<ServerConnection>),
+) -> T {
+    let pki = Pki::new("CA");
+    let a = certificate(&pki.leaf("a", &["a.test"], "a", false));
+    let config = self::server(&[a], UnknownServerName::Default);
+    let tls = trusting(&pki, "");
+    tokio_uring::start(async move {
+        let listener = TcpListener::bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let peer = std::thread::spawn(move || client(connect(addr, &tls, "a.test").expect("hs")));
+        let (io, _) = listener.accept().await.expect("accept");
+        let mut stream = TlsStream::new(io, ServerConnection::new(config).expect("conn"));
+        stream.handshake(WAIT).await.expect("handshake");
+        server(stream).await;
+        peer.join().expect("client thread")
+    })
+}
+
+#[test]
+fn tiny_records_come_out_together() {
+    let (sent, got) = mpsc::channel();
+    exchange(
+        move |mut stream| {
+            for _ in 0..2000 {
+                stream.conn.writer().write_all(b"x").expect("record");
+            }
+            // Every record in one burst.
+            let mut wire = Vec::new();
+            while stream.conn.wants_write() {
+                stream.conn.write_tls(&mut wire).expect("tls");
+            }
+            stream.sock.write_all(&wire).expect("write");
+            let _ = got.recv();
+        },
+        async move |mut tls| {
+            let (res, buf) = tls.read(BytesMut::with_capacity(4096)).await;
+            let n = res.expect("read");
+            // One socket read holds hundreds of 22-byte records; one byte each would let a
+            // client make the caller re-parse its buffer for every byte.
+            assert!(n > 100, "one read returned {n} byte(s)");
+            assert_eq!(&buf[..], &vec![b'x'; n][..]);
+            let _ = sent.send(());
+        },
+    );
+}
+
+#[test]
+fn a_timed_out_read_leaves_writing_possible() {
+    let answer = exchange(
+        |mut stream| {
+            let mut line = String::new();
+            let _ = stream.read_to_string(&mut line);
+            line
+        },
+        async |mut tls| {
+            let read = tls.read(BytesMut::with_capacity(64));
+            assert!(timeout(Duration::from_millis(100), read).await.is_err());
+            let (res, _) = tls
+                .write_all(&b"HTTP/1.1 408 Request Timeout\r\n"[..])
+                .await;
+            res.expect("the write side still works");
+            tls.shutdown().await.expect("close_notify");
+            let (res, _) = tls.read(BytesMut::with_capacity(64)).await;
+            assert!(res.is_err(), "the read side lost bytes and stays closed");
+        },
+    );
+    assert_eq!(answer, "HTTP/1.1 408 Request Timeout\r\n");
+}
+
+#[test]
+fn leftover_records_are_not_drained() {
+    exchange(
+        |mut stream| {
+            // A head, then a stray record, arriving together.
+            stream.conn.writer().write_all(b"head").expect("record");
+            let mut wire = Vec::new();
+            while stream.conn.wants_write() {
+                stream.conn.write_tls(&mut wire).expect("tls");
+            }
+            stream.conn.writer().write_all(b"stray").expect("record");
+            while stream.conn.wants_write() {
+                stream.conn.write_tls(&mut wire).expect("tls");
+            }
+            stream.sock.write_all(&wire).expect("write");
+            let mut rest = Vec::new();
+            let _ = stream.read_to_end(&mut rest);
+        },
+        async |mut tls| {
+            let (res, buf) = tls.read(BytesMut::with_capacity(4)).await;
+            assert_eq!((res.expect("read"), &buf[..]), (4, &b"head"[..]));
+            assert!(!tls.is_drained(), "a record is still buffered");
+            let (res, buf) = tls.read(BytesMut::with_capacity(64)).await;
+            assert_eq!((res.expect("read"), &buf[..]), (5, &b"stray"[..]));
+            assert!(tls.is_drained());
+            let _ = tls.shutdown().await;
+        },
+    );
+}
+
+#[test]
+fn a_session_resumes_only_where_client_certificates_are_checked_alike() {
+    let pki = Pki::new("CA");
+    let a = certificate(&pki.leaf("a", &["a.test"], "a", false));
+    let open = server_on("A", std::slice::from_ref(&a), UnknownServerName::Default);
+    let required = format!(
+        "{a}\nrequireClientCertificate: true\ntrustedCA: '{}'",
+        pki.ca_path().display()
+    );
+    // One client, one session cache, and no client certificate.
+    let client = trusting(&pki, "");
+    let same = || ClientTls {
+        config: Arc::clone(&client.config),
+        sni: None,
+        id: 0,
+    };
+    let (accepted, seen) = handshake(Arc::clone(&open), same(), "a.test");
+    assert!(accepted.is_ok() && !seen.expect("first").resumed);
+    let (_, seen) = handshake(Arc::clone(&open), same(), "a.test");
+    assert!(
+        seen.expect("second").resumed,
+        "the port resumes its own sessions"
+    );
+
+    // Another port asking for a client certificate: a full handshake, which fails.
+    let other = server_on(
+        "B",
+        std::slice::from_ref(&required),
+        UnknownServerName::Default,
+    );
+    let (accepted, _) = handshake(other, same(), "a.test");
+    assert_eq!(accepted.err(), Some(HandshakeFailure::CertificateRequired));
+    // The same port after a reload that began to ask for one.
+    let (_, seen) = handshake(Arc::clone(&open), same(), "a.test");
+    assert!(seen.expect("third").resumed);
+    let reloaded = server_on("A", &[required], UnknownServerName::Default);
+    let (accepted, _) = handshake(reloaded, same(), "a.test");
+    assert_eq!(accepted.err(), Some(HandshakeFailure::CertificateRequired));
 }
