@@ -77,6 +77,9 @@ pub struct Reply {
     /// A pause between the chunks of a chunked body: a slow stream.
     pub pace: Option<Duration>,
     pub action: Action,
+    /// Close the connection after answering without announcing it (no `Connection: close`),
+    /// as an upstream's idle timeout does.
+    pub close_after: bool,
 }
 
 impl Reply {
@@ -88,6 +91,7 @@ impl Reply {
             delay: None,
             pace: None,
             action: Action::Respond,
+            close_after: false,
         }
     }
 
@@ -125,13 +129,19 @@ impl Reply {
         self
     }
 
-    /// Waits this long before answering.
+    /// Closes the connection after this response, without a `Connection: close`.
+    pub fn then_close(mut self) -> Reply {
+        self.close_after = true;
+        self
+    }
+
     /// Pauses `pace` between chunks of a chunked body.
     pub fn pace(mut self, pace: Duration) -> Reply {
         self.pace = Some(pace);
         self
     }
 
+    /// Waits this long before answering.
     pub fn delay(mut self, delay: Duration) -> Reply {
         self.delay = Some(delay);
         self
@@ -158,6 +168,8 @@ impl Transport for Box<dyn Transport + Send> {
 struct Shared {
     handler: Box<Handler>,
     accepted: AtomicUsize,
+    /// Connections closed after an answer (announced or not).
+    closed: AtomicUsize,
     requests: Mutex<Vec<Request>>,
     arrived: Condvar,
     stop: AtomicBool,
@@ -184,6 +196,7 @@ impl Origin {
         let shared = Arc::new(Shared {
             handler: Box::new(handler),
             accepted: AtomicUsize::new(0),
+            closed: AtomicUsize::new(0),
             requests: Default::default(),
             arrived: Condvar::new(),
             stop: AtomicBool::new(false),
@@ -218,6 +231,12 @@ impl Origin {
     /// How many connections it has accepted.
     pub fn connections(&self) -> usize {
         self.shared.accepted.load(Ordering::SeqCst)
+    }
+
+    /// How many connections it has closed after answering (`Connection: close`, or
+    /// [`Reply::then_close`]); counted once the close is sent.
+    pub fn closed(&self) -> usize {
+        self.shared.closed.load(Ordering::SeqCst)
     }
 
     /// Every request received so far, in arrival order.
@@ -336,9 +355,11 @@ fn serve<S: Transport>(stream: S, conn_id: usize, shared: &Shared) {
             || (req.version == 0
                 && !wire::header_list(&req.headers, "connection", true)
                     .contains(&"keep-alive".into()))
-            || wire::header_list(&resp.headers, "connection", true).contains(&"close".into());
+            || wire::header_list(&resp.headers, "connection", true).contains(&"close".into())
+            || resp.close_after;
         if close {
             let _ = conn.close_write();
+            shared.closed.fetch_add(1, Ordering::SeqCst);
             return;
         }
     }

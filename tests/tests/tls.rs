@@ -213,7 +213,9 @@ fn alpn_negotiates_http11_and_refuses_a_client_that_offers_only_h2() {
         let config = tls_api("a", "https://127.0.0.1:0", &origin.url(), &tls);
         let gw = Gateway::start(&[("api.yaml", &config)], &[]);
         let addr = gw.addr("a");
-        gw.wait_stderr("h2", Duration::from_secs(5));
+        let stderr = gw.wait_stderr("spec.config.alpn", Duration::from_secs(5));
+        let warning = stderr.lines().find(|l| l.contains("spec.config.alpn"));
+        assert!(warning.is_some_and(|w| w.contains("h2")), "{stderr}");
 
         let h2 = TlsClient::new(&pki, "a.test").alpn(&["h2"]).connect(addr);
         let err = h2.err().expect("a client offering only h2 is refused");
@@ -266,14 +268,14 @@ fn tls12_and_tls13_are_each_negotiated_and_logged() {
 
         let lines = access_lines(gw, logs.path());
         assert_eq!(lines.len(), 2, "{lines:?}");
-        assert_fields(
-            &lines[0],
-            &["\"tls_version\":\"1.2\"", "\"tls_sni\":\"a.test\""],
-        );
-        assert_fields(
-            &lines[1],
-            &["\"tls_version\":\"1.3\"", "\"tls_sni\":\"a.test\""],
-        );
+        // Each worker writes its own lines: find each exchange by its path.
+        for version in ["1.2", "1.3"] {
+            let path = format!("\"path\":\"/v{version}\"");
+            let line = lines.iter().find(|l| l.contains(&path));
+            let line = line.unwrap_or_else(|| panic!("no line for {path}: {lines:?}"));
+            let tls_version = format!("\"tls_version\":\"{version}\"");
+            assert_fields(line, &[&tls_version, "\"tls_sni\":\"a.test\""]);
+        }
     })
 }
 
@@ -326,11 +328,12 @@ fn version_bounds_refuse_clients_outside_them() {
 
 // === termination: client certificates ===
 
-/// ApiInstance `a` requiring a client certificate from `pki`, with the verified subject
-/// injected as `x-client-subject`, and `extra` documents.
-fn mtls_config(pki: &Pki, cert: &Leaf, upstream: &str, extra: &[&str]) -> String {
+/// ApiInstance `a` verifying client certificates against `pki` (and requiring one when
+/// `require`), with the verified subject injected as `x-client-subject`, and `extra`
+/// documents.
+fn mtls_config(pki: &Pki, cert: &Leaf, upstream: &str, require: bool, extra: &[&str]) -> String {
     let tls = format!(
-        "{}requireClientCertificate: true\n{}",
+        "{}requireClientCertificate: {require}\n{}",
         cert.certificate_paths(),
         pem_field("", "trustedCA", &pki.ca_pem())
     );
@@ -355,7 +358,7 @@ fn a_verified_client_subject_reaches_policies_and_the_access_log() {
         let alice = pki.leaf("alice", &[], true);
         let origin = Origin::echo_path();
         let logs = tempfile::tempdir().expect("log dir");
-        let config = mtls_config(&pki, &a, &origin.url(), &[&access_log(logs.path())]);
+        let config = mtls_config(&pki, &a, &origin.url(), true, &[&access_log(logs.path())]);
         let gw = Gateway::start(&[("api.yaml", &config)], &[]);
 
         let client = TlsClient::new(&pki, "a.test").identity(&alice);
@@ -387,7 +390,7 @@ fn a_missing_or_foreign_client_certificate_is_refused() {
         let mallory = other.leaf("mallory", &[], true);
         let origin = Origin::echo_path();
         let gw = Gateway::start(
-            &[("api.yaml", &mtls_config(&pki, &a, &origin.url(), &[]))],
+            &[("api.yaml", &mtls_config(&pki, &a, &origin.url(), true, &[]))],
             &[],
         );
         let addr = gw.addr("a");
@@ -422,6 +425,33 @@ fn a_missing_or_foreign_client_certificate_is_refused() {
     })
 }
 
+#[test]
+fn an_optional_client_certificate_is_verified_when_presented() {
+    within(TEST_LIMIT, || {
+        let pki = Pki::new("test CA");
+        let a = pki.leaf("a", &["a.test"], false);
+        let alice = pki.leaf("alice", &[], true);
+        let mallory = Pki::new("another CA").leaf("mallory", &[], true);
+        let origin = Origin::echo_path();
+        let config = mtls_config(&pki, &a, &origin.url(), false, &[]);
+        let gw = Gateway::start(&[("api.yaml", &config)], &[]);
+        let addr = gw.addr("a");
+        let client = TlsClient::new(&pki, "a.test");
+
+        let anonymous = client.get(addr, "/anonymous");
+        assert_eq!(anonymous.expect("no certificate is fine").status, 200);
+        let alice = client.clone().identity(&alice).get(addr, "/alice");
+        assert_eq!(alice.expect("alice is let in").status, 200);
+        let requests = origin.requests();
+        assert_eq!(requests.len(), 2);
+        assert_eq!(requests[1].header("x-client-subject"), Some("CN=alice"));
+
+        let foreign = client.identity(&mallory).get(addr, "/mallory");
+        foreign.expect_err("a certificate that is presented is verified");
+        assert_eq!(origin.request_count(), 2);
+    })
+}
+
 // === upstreams ===
 
 #[test]
@@ -431,7 +461,12 @@ fn upstream_tls_is_verified_for_the_service_host_or_the_sni_name() {
         let cert = pki.leaf("origin", &["localhost", "origin.test"], false);
         let origin = TlsOrigin::start(&cert, None, |req| Reply::ok(req.path.clone()));
         let sni = format!("{}sni: origin.test\n", trusted(&pki));
+        // An IP address is verified as one, and sent as no SNI at all.
+        let ip_cert = pki.leaf("ip-origin", &["127.0.0.1"], false);
+        let ip_origin = TlsOrigin::start(&ip_cert, None, |req| Reply::ok(req.path.clone()));
+        let old = format!("{}maxversion: \"1.2\"\n", trusted(&pki));
         let config = documents(&[
+            &api_to_tls_service("ip", "by-ip", &ip_origin.https("127.0.0.1"), Some(&old)),
             &api_to_tls_service(
                 "host",
                 "by-host",
@@ -452,6 +487,12 @@ fn upstream_tls_is_verified_for_the_service_host_or_the_sni_name() {
         let names: Vec<_> = seen.iter().map(|n| n.sni.as_deref()).collect();
         assert_eq!(names, [Some("localhost"), Some("origin.test")], "{seen:?}");
         assert!(seen.iter().all(|n| n.client_certificate.is_none()));
+
+        let resp = plain_get(gw.addr("ip"), "/by-ip");
+        assert_eq!((resp.status, resp.text().as_str()), (200, "/by-ip"));
+        let seen = ip_origin.negotiated();
+        assert_eq!(seen.len(), 1, "{:?}", ip_origin.handshakes());
+        assert_eq!((seen[0].sni.as_deref(), seen[0].version), (None, "1.2"));
     })
 }
 
@@ -588,6 +629,44 @@ fn upstream_tls_connections_are_pooled_and_sessions_resumed() {
             [false, true],
             "the second connection resumes: {seen:?}"
         );
+    })
+}
+
+#[test]
+fn an_upstream_tls_connection_closed_after_answering_is_not_reused() {
+    within(TEST_LIMIT, || {
+        let pki = Pki::new("origin CA");
+        let cert = pki.leaf("origin", &["localhost"], false);
+        // Every connection ends after one answer, with close_notify and no header saying so.
+        let origin = TlsOrigin::start(&cert, None, |req| {
+            Reply::ok(format!("{} {} {}", req.method, req.path, req.body.len())).then_close()
+        });
+        let outbound = trusted(&pki);
+        let config = api_to_tls_service("api", "svc", &origin.https("localhost"), Some(&outbound));
+        let gw = Gateway::start(&[("api.yaml", &config)], &[]);
+        let mut client = Client::connect(gw.addr("api"));
+
+        let exchanges = [
+            ("GET /1 HTTP/1.1\r\nHost: gw\r\n\r\n", "GET /1 0"),
+            // Not replayable: only a connection known to be open may carry it.
+            (
+                "POST /2 HTTP/1.1\r\nHost: gw\r\nContent-Length: 4\r\n\r\nbody",
+                "POST /2 4",
+            ),
+            ("GET /3 HTTP/1.1\r\nHost: gw\r\n\r\n", "GET /3 0"),
+        ];
+        for (i, (raw, want)) in exchanges.into_iter().enumerate() {
+            let resp = client.request(raw.as_bytes());
+            assert_eq!((resp.status, resp.text().as_str()), (200, want));
+            // The close is on its way to the gateway before the next request leaves.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while origin.closed() <= i {
+                assert!(Instant::now() < deadline, "the origin never closed");
+                // Poll interval only: what is awaited is the origin's close.
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        assert_eq!(origin.connections(), 3);
     })
 }
 
