@@ -27,9 +27,9 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{
-    AlertDescription, ClientConfig, ClientConnection, ConnectionCommon, DigitallySignedStruct,
-    HandshakeKind, ProtocolVersion, RootCertStore, ServerConfig, ServerConnection, SignatureScheme,
-    SupportedProtocolVersion,
+    AlertDescription, CipherSuite, ClientConfig, ClientConnection, ConnectionCommon,
+    DigitallySignedStruct, HandshakeKind, ProtocolVersion, RootCertStore, ServerConfig,
+    ServerConnection, SignatureScheme, SupportedProtocolVersion,
 };
 
 use crate::client::{Client, Response};
@@ -242,6 +242,8 @@ pub struct TlsClient {
     sni: bool,
     alpn: Vec<Vec<u8>>,
     versions: Vec<&'static SupportedProtocolVersion>,
+    /// Only these suites (all of rustls' when empty).
+    suites: Vec<CipherSuite>,
     identity: Option<(String, String)>,
 }
 
@@ -264,6 +266,7 @@ impl TlsClient {
             sni: true,
             alpn: vec![b"http/1.1".to_vec()],
             versions: rustls::ALL_VERSIONS.to_vec(),
+            suites: Vec::new(),
             identity: None,
         }
     }
@@ -290,6 +293,12 @@ impl TlsClient {
         self
     }
 
+    /// Offers only these cipher suites.
+    pub fn suites(mut self, suites: &[CipherSuite]) -> TlsClient {
+        self.suites = suites.to_vec();
+        self
+    }
+
     /// Presents `leaf` as the client certificate.
     pub fn identity(mut self, leaf: &Leaf) -> TlsClient {
         self.identity = Some((leaf.crt_pem.clone(), leaf.key_pem.clone()));
@@ -297,7 +306,13 @@ impl TlsClient {
     }
 
     pub fn config(&self) -> Arc<ClientConfig> {
-        let builder = ClientConfig::builder_with_provider(provider())
+        let mut offered = ring::default_provider();
+        if !self.suites.is_empty() {
+            offered
+                .cipher_suites
+                .retain(|s| self.suites.contains(&s.suite()));
+        }
+        let builder = ClientConfig::builder_with_provider(Arc::new(offered))
             .with_protocol_versions(&self.versions)
             .expect("versions the provider supports");
         let builder = match &self.trust {
@@ -447,6 +462,10 @@ impl Client<TlsStream> {
     /// `"1.2"` or `"1.3"`.
     pub fn version(&self) -> &'static str {
         version_name(self.tls().protocol_version())
+    }
+
+    pub fn cipher_suite(&self) -> Option<CipherSuite> {
+        self.tls().negotiated_cipher_suite().map(|s| s.suite())
     }
 
     /// `GET path` with `Host: host` on this connection.

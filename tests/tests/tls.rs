@@ -99,6 +99,7 @@ fn sni_picks_each_apis_certificate_and_other_names_get_the_first() {
             pki.leaf("a", &["a.test"], false),
             pki.leaf("b", &["b.test"], false),
         );
+        let wild = pki.leaf("wild", &["*.wild.test"], false);
         let origin = Origin::echo_path();
         let port = free_port().port();
         // b's files sit beside the YAML and are named relative to it.
@@ -115,6 +116,12 @@ fn sni_picks_each_apis_certificate_and_other_names_get_the_first() {
                 &format!("https://127.0.0.1:{port}/b"),
                 &origin.url(),
                 b_tls,
+            ),
+            &tls_api(
+                "wild",
+                &format!("https://127.0.0.1:{port}/w"),
+                &origin.url(),
+                &wild.certificate_paths(),
             ),
         ]);
         let gw = Gateway::start(
@@ -134,6 +141,8 @@ fn sni_picks_each_apis_certificate_and_other_names_get_the_first() {
         let mut to_b = TlsClient::new(&pki, "b.test").client(addr);
         assert_eq!(to_b.served_certificate(), b.der(), "SNI b.test");
         assert_eq!(to_b.get_from("b.test", "/b/two").text(), "/two");
+        let to_wild = TlsClient::new(&pki, "x.wild.test").client(addr);
+        assert_eq!(to_wild.served_certificate(), wild.der(), "SNI x.wild.test");
 
         // No SNI (and no ALPN, as a bare client sends): the first API's certificate.
         let bare = TlsClient::new(&pki, "a.test").without_sni().alpn(&[]);
@@ -149,8 +158,8 @@ fn sni_picks_each_apis_certificate_and_other_names_get_the_first() {
             assert_eq!(req.header("x-forwarded-proto"), Some("https"), "{req:?}");
         }
         let handshakes = [("side", "client"), ("version", "1.3")];
-        let counted = gw.metric_until(HANDSHAKES, &handshakes, |v| v >= 4.0);
-        assert_eq!(counted, 4.0);
+        let counted = gw.metric_until(HANDSHAKES, &handshakes, |v| v >= 5.0);
+        assert_eq!(counted, 5.0);
     })
 }
 
@@ -323,6 +332,45 @@ fn version_bounds_refuse_clients_outside_them() {
         assert_eq!(old.version(), "1.2", "maxversion 1.2 negotiates 1.2");
 
         assert_eq!(client_failures(&gw, "protocol_version", 2.0), 2.0);
+    })
+}
+
+#[test]
+fn ciphers_restrict_the_suites_of_the_versions_they_name() {
+    within(TEST_LIMIT, || {
+        use rustls::CipherSuite::*;
+        let pki = Pki::new("test CA");
+        let a = pki.leaf("a", &["a.test"], false);
+        let origin = Origin::echo_path();
+        // A TLS 1.3 suite by its IANA name: TLS 1.2 keeps every suite.
+        let tls = a.certificate_paths() + "ciphers: [TLS_CHACHA20_POLY1305_SHA256]\n";
+        let config = tls_api("a", "https://127.0.0.1:0", &origin.url(), &tls);
+        let gw = Gateway::start(&[("api.yaml", &config)], &[]);
+        let addr = gw.addr("a");
+        let client = TlsClient::new(&pki, "a.test").only("1.3");
+
+        let aes = client
+            .clone()
+            .suites(&[TLS13_AES_128_GCM_SHA256, TLS13_AES_256_GCM_SHA384]);
+        let err = aes.connect(addr).err().expect("no suite in common");
+        assert_eq!(
+            alert(&err),
+            Some(AlertDescription::HandshakeFailure),
+            "{err}"
+        );
+        assert_eq!(client_failures(&gw, "no_shared_cipher", 1.0), 1.0);
+
+        let mut chacha = client.client(addr);
+        assert_eq!(chacha.cipher_suite(), Some(TLS13_CHACHA20_POLY1305_SHA256));
+        assert_eq!(chacha.get_from("a.test", "/c").text(), "/c");
+        let old = TlsClient::new(&pki, "a.test").only("1.2");
+        let old = old.suites(&[TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256]);
+        assert_eq!(
+            old.get(addr, "/o")
+                .expect("TLS 1.2 keeps its suites")
+                .text(),
+            "/o"
+        );
     })
 }
 
@@ -670,7 +718,85 @@ fn an_upstream_tls_connection_closed_after_answering_is_not_reused() {
     })
 }
 
+#[test]
+fn a_stalled_upstream_handshake_is_a_504_after_the_connect_timeout() {
+    within(TEST_LIMIT, || {
+        // Connections complete in the kernel's backlog, and the ClientHello is never answered.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = silent.local_addr().expect("addr").port();
+        let outbound = "skipValidation: true\n";
+        let config = documents(&[
+            &api_to_tls_service(
+                "api",
+                "svc",
+                &format!("https://localhost:{port}"),
+                Some(outbound),
+            ),
+            &configuration("timeouts", "timeouts:\n  upstreamConnectSeconds: 0.5\n"),
+        ]);
+        let gw = Gateway::start(&[("api.yaml", &config)], &[]);
+
+        let started = Instant::now();
+        assert_eq!(plain_get(gw.addr("api"), "/").status, 504);
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(450) && took < Duration::from_secs(5),
+            "answered after {took:?} with a 0.5 s connect timeout"
+        );
+        let labels = [("side", "upstream"), ("reason", "timeout")];
+        assert_eq!(gw.metric_until(FAILURES, &labels, |v| v >= 1.0), 1.0);
+    })
+}
+
 // === reload, timeouts, real clients, big bodies ===
+
+#[test]
+fn clients_resume_their_sessions_across_connections_and_reloads() {
+    within(TEST_LIMIT, || {
+        let pki = Pki::new("test CA");
+        let a = pki.leaf("a", &["a.test"], false);
+        let origin = Origin::echo_path();
+        let address = format!("https://127.0.0.1:{}", free_port().port());
+        let config = |base: &str| {
+            tls_api(
+                "a",
+                &format!("{address}{base}"),
+                &origin.url(),
+                &a.certificate_paths(),
+            )
+        };
+        let mut gw = Gateway::start(&[("api.yaml", &config(""))], &[]);
+        let addr = gw.addr("a");
+        let mut base = String::new();
+
+        for version in ["1.2", "1.3"] {
+            let client = TlsClient::new(&pki, "a.test").only(version);
+            // One configuration, so one session cache, as a browser keeps.
+            let sessions = client.config();
+            let mut kinds = Vec::new();
+            for i in 0..4 {
+                if i == 2 {
+                    base = format!("/v{version}");
+                    let verdict = gw.save("api.yaml", &config(&base));
+                    assert!(verdict.starts_with("reloaded "), "{verdict}");
+                }
+                let mut conn = client
+                    .connect_with(sessions.clone(), addr)
+                    .expect("handshake");
+                // TLS 1.3 tickets come after the handshake: a response reads them in.
+                assert_eq!(conn.get_from("a.test", &format!("{base}/x")).text(), "/x");
+                kinds.push(conn.tls().handshake_kind());
+            }
+            use rustls::HandshakeKind::{Full, Resumed};
+            // Connections may land on either worker; the second after the reload too.
+            assert_eq!(
+                kinds,
+                [Some(Full), Some(Resumed), Some(Resumed), Some(Resumed)],
+                "TLS {version}"
+            );
+        }
+    })
+}
 
 #[test]
 fn a_new_certificate_reaches_new_connections_and_live_ones_keep_working() {
@@ -977,6 +1103,29 @@ fn https_listeners_need_a_tls_policy_and_one_tls_context_per_port() {
         assert!(
             stderr.lines().any(|l| l.contains("api.yaml:")),
             "the error names the file: {stderr}"
+        );
+
+        // Two certificates on one port claiming the same name: SNI could not choose.
+        let twin = pki.leaf("twin", &["a.test"], false);
+        let same_name = documents(&[
+            &tls_api(
+                "a",
+                &format!("https://127.0.0.1:{port}/a"),
+                upstream,
+                &a.certificate_paths(),
+            ),
+            &tls_api(
+                "twin",
+                &format!("https://127.0.0.1:{port}/twin"),
+                upstream,
+                &twin.certificate_paths(),
+            ),
+        ]);
+        let (code, stderr) = validate(&[("api.yaml", &same_name)]);
+        assert_eq!(code, Some(1), "{stderr}");
+        assert!(
+            stderr.contains("a.test"),
+            "the error names the name: {stderr}"
         );
     })
 }
