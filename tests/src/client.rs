@@ -6,7 +6,7 @@ use std::io;
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use crate::wire::{self, Conn, Framing, Headers};
+use crate::wire::{self, Conn, Framing, Headers, Transport};
 
 /// One parsed response.
 #[derive(Debug, Clone)]
@@ -34,8 +34,10 @@ impl Response {
     }
 }
 
-pub struct Client {
-    conn: Conn,
+/// A client over plain TCP, or over TLS (`Client<tls::TlsStream>`, made by
+/// [`crate::tls::TlsClient`]).
+pub struct Client<S = TcpStream> {
+    conn: Conn<S>,
 }
 
 impl Client {
@@ -46,13 +48,26 @@ impl Client {
 
     pub fn try_connect(addr: SocketAddr) -> io::Result<Client> {
         let stream = TcpStream::connect_timeout(&addr, wire::IO_TIMEOUT)?;
+        Client::over(stream)
+    }
+}
+
+impl<S: Transport> Client<S> {
+    /// A client on an established transport.
+    pub fn over(transport: S) -> io::Result<Client<S>> {
         Ok(Client {
-            conn: Conn::new(stream)?,
+            conn: Conn::new(transport)?,
         })
     }
 
+    /// The socket underneath.
     pub fn stream(&self) -> &TcpStream {
         self.conn.stream()
+    }
+
+    /// The transport (for TLS: what the handshake negotiated).
+    pub fn transport(&self) -> &S {
+        self.conn.transport()
     }
 
     /// Writes `bytes` as they are.

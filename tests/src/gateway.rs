@@ -426,6 +426,34 @@ impl Gateway {
         }
     }
 
+    /// The admin listener's `/metrics` text.
+    pub fn metrics(&self) -> String {
+        crate::Client::connect(self.admin_addr())
+            .get("/metrics")
+            .text()
+    }
+
+    /// Scrapes until `want` accepts the value of series `name` with exactly `labels` (0 while
+    /// absent: counters appear on their first increment), or 5 s pass; returns the last value
+    /// seen. Handshakes and exchanges are counted just after the client saw them end, so a
+    /// single scrape could come too early.
+    pub fn metric_until(
+        &self,
+        name: &str,
+        labels: &[(&str, &str)],
+        want: impl Fn(f64) -> bool,
+    ) -> f64 {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let value = metric(&self.metrics(), name, labels).unwrap_or(0.0);
+            if want(value) || Instant::now() > deadline {
+                return value;
+            }
+            // Poll interval only: what is awaited is the counter itself.
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Waits for the gateway to exit; panics with its stderr if it is still running after
     /// `timeout` (and kills it).
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
@@ -456,4 +484,48 @@ impl Drop for Gateway {
             let _ = self.child.wait();
         }
     }
+}
+
+/// The value of series `name` whose labels are exactly `labels` (in any order) in the
+/// Prometheus text `metrics`.
+pub fn metric(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        let rest = line.strip_prefix(name)?;
+        let (found, value) = match rest.strip_prefix('{') {
+            Some(inner) => {
+                let (labels, value) = inner.split_once("} ")?;
+                (parse_labels(labels)?, value)
+            }
+            None => (Vec::new(), rest.strip_prefix(' ')?),
+        };
+        let same = found.len() == labels.len()
+            && labels
+                .iter()
+                .all(|(k, v)| found.iter().any(|(fk, fv)| fk == k && fv == v));
+        same.then(|| value.trim().parse().ok()).flatten()
+    })
+}
+
+/// `k="v",k2="v2"` as pairs, unescaping `\\`, `\"` and `\n`.
+fn parse_labels(text: &str) -> Option<Vec<(String, String)>> {
+    let mut pairs = Vec::new();
+    let mut rest = text;
+    while !rest.is_empty() {
+        let (key, after) = rest.split_once("=\"")?;
+        let mut value = String::new();
+        let mut chars = after.char_indices();
+        let end = loop {
+            match chars.next()? {
+                (i, '"') => break i,
+                (_, '\\') => match chars.next()?.1 {
+                    'n' => value.push('\n'),
+                    c => value.push(c),
+                },
+                (_, c) => value.push(c),
+            }
+        };
+        pairs.push((key.trim_start_matches(',').to_string(), value));
+        rest = &after[end + 1..];
+    }
+    Some(pairs)
 }

@@ -11,6 +11,7 @@ pub mod gateway;
 pub mod netns;
 pub mod origin;
 pub mod redis;
+pub mod tls;
 pub mod wire;
 pub mod yaml;
 
@@ -18,7 +19,7 @@ pub mod yaml;
 mod tests;
 
 pub use client::{Client, Response};
-pub use gateway::{config_dir, ringwall_bin, run_cli, Gateway};
+pub use gateway::{config_dir, metric, ringwall_bin, run_cli, Gateway};
 pub use origin::{
     closed_port, free_port, full_accept_queue, ClosedPort, FullQueue, Gate, Origin, Reply,
 };

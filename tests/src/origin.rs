@@ -16,7 +16,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::wire::{self, Conn, Framing, Headers};
+use crate::wire::{self, Conn, Framing, Headers, Transport};
 
 /// A request as the origin received it.
 #[derive(Debug, Clone)]
@@ -77,6 +77,9 @@ pub struct Reply {
     /// A pause between the chunks of a chunked body: a slow stream.
     pub pace: Option<Duration>,
     pub action: Action,
+    /// Close the connection after answering without announcing it (no `Connection: close`),
+    /// as an upstream's idle timeout does.
+    pub close_after: bool,
 }
 
 impl Reply {
@@ -88,6 +91,7 @@ impl Reply {
             delay: None,
             pace: None,
             action: Action::Respond,
+            close_after: false,
         }
     }
 
@@ -125,13 +129,19 @@ impl Reply {
         self
     }
 
-    /// Waits this long before answering.
+    /// Closes the connection after this response, without a `Connection: close`.
+    pub fn then_close(mut self) -> Reply {
+        self.close_after = true;
+        self
+    }
+
     /// Pauses `pace` between chunks of a chunked body.
     pub fn pace(mut self, pace: Duration) -> Reply {
         self.pace = Some(pace);
         self
     }
 
+    /// Waits this long before answering.
     pub fn delay(mut self, delay: Duration) -> Reply {
         self.delay = Some(delay);
         self
@@ -140,9 +150,26 @@ impl Reply {
 
 type Handler = dyn Fn(&Request) -> Reply + Send + Sync;
 
+/// Turns accepted connection `conn_id` into the transport requests are read from (a TLS
+/// handshake, in crate::tls); `None` ends the connection.
+pub(crate) type Accept =
+    dyn Fn(TcpStream, usize) -> Option<Box<dyn Transport + Send>> + Send + Sync;
+
+impl Transport for Box<dyn Transport + Send> {
+    fn tcp(&self) -> &TcpStream {
+        (**self).tcp()
+    }
+
+    fn close_write(&mut self) -> std::io::Result<()> {
+        (**self).close_write()
+    }
+}
+
 struct Shared {
     handler: Box<Handler>,
     accepted: AtomicUsize,
+    /// Connections closed after an answer (announced or not).
+    closed: AtomicUsize,
     requests: Mutex<Vec<Request>>,
     arrived: Condvar,
     stop: AtomicBool,
@@ -156,11 +183,20 @@ pub struct Origin {
 
 impl Origin {
     pub fn start(handler: impl Fn(&Request) -> Reply + Send + Sync + 'static) -> Origin {
+        Origin::start_with(None, handler)
+    }
+
+    /// An origin whose connections go through `accept` first (None: plain TCP).
+    pub(crate) fn start_with(
+        accept: Option<Box<Accept>>,
+        handler: impl Fn(&Request) -> Reply + Send + Sync + 'static,
+    ) -> Origin {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind an origin on 127.0.0.1:0");
         let addr = listener.local_addr().expect("origin local_addr");
         let shared = Arc::new(Shared {
             handler: Box::new(handler),
             accepted: AtomicUsize::new(0),
+            closed: AtomicUsize::new(0),
             requests: Default::default(),
             arrived: Condvar::new(),
             stop: AtomicBool::new(false),
@@ -168,7 +204,7 @@ impl Origin {
         let accept_shared = shared.clone();
         thread::Builder::new()
             .name(format!("origin-{}", addr.port()))
-            .spawn(move || accept_loop(listener, accept_shared))
+            .spawn(move || accept_loop(listener, accept.map(Arc::from), accept_shared))
             .expect("spawn origin accept thread");
         Origin { addr, shared }
     }
@@ -195,6 +231,12 @@ impl Origin {
     /// How many connections it has accepted.
     pub fn connections(&self) -> usize {
         self.shared.accepted.load(Ordering::SeqCst)
+    }
+
+    /// How many connections it has closed after answering (`Connection: close`, or
+    /// [`Reply::then_close`]); counted once the close is sent.
+    pub fn closed(&self) -> usize {
+        self.shared.closed.load(Ordering::SeqCst)
     }
 
     /// Every request received so far, in arrival order.
@@ -253,7 +295,7 @@ impl Drop for Origin {
     }
 }
 
-fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+fn accept_loop(listener: TcpListener, accept: Option<Arc<Accept>>, shared: Arc<Shared>) {
     for stream in listener.incoming() {
         if shared.stop.load(Ordering::SeqCst) {
             return;
@@ -261,14 +303,24 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         let Ok(stream) = stream else { continue };
         let conn_id = shared.accepted.fetch_add(1, Ordering::SeqCst);
         let conn_shared = shared.clone();
+        let accept = accept.clone();
+        // The TLS handshake runs on the connection's thread, so a stalled one holds up
+        // nothing else.
         let _ = thread::Builder::new()
             .name(format!("origin-conn-{conn_id}"))
-            .spawn(move || serve(stream, conn_id, &conn_shared));
+            .spawn(move || match accept {
+                None => serve(stream, conn_id, &conn_shared),
+                Some(accept) => {
+                    if let Some(transport) = accept(stream, conn_id) {
+                        serve(transport, conn_id, &conn_shared);
+                    }
+                }
+            });
     }
 }
 
 /// Serves one connection until the peer closes, an error, or a close the exchange asks for.
-fn serve(stream: TcpStream, conn_id: usize, shared: &Shared) {
+fn serve<S: Transport>(stream: S, conn_id: usize, shared: &Shared) {
     let Ok(mut conn) = Conn::new(stream) else {
         return;
     };
@@ -303,15 +355,20 @@ fn serve(stream: TcpStream, conn_id: usize, shared: &Shared) {
             || (req.version == 0
                 && !wire::header_list(&req.headers, "connection", true)
                     .contains(&"keep-alive".into()))
-            || wire::header_list(&resp.headers, "connection", true).contains(&"close".into());
+            || wire::header_list(&resp.headers, "connection", true).contains(&"close".into())
+            || resp.close_after;
         if close {
-            let _ = conn.stream().shutdown(Shutdown::Write);
+            let _ = conn.close_write();
+            shared.closed.fetch_add(1, Ordering::SeqCst);
             return;
         }
     }
 }
 
-fn read_request(conn: &mut Conn, conn_id: usize) -> std::io::Result<Option<Request>> {
+fn read_request<S: Transport>(
+    conn: &mut Conn<S>,
+    conn_id: usize,
+) -> std::io::Result<Option<Request>> {
     let Some(head) = conn.read_head()? else {
         return Ok(None);
     };
@@ -356,7 +413,11 @@ fn read_request(conn: &mut Conn, conn_id: usize) -> std::io::Result<Option<Reque
     }))
 }
 
-fn write_response(conn: &mut Conn, req: &Request, resp: &Reply) -> std::io::Result<()> {
+fn write_response<S: Transport>(
+    conn: &mut Conn<S>,
+    req: &Request,
+    resp: &Reply,
+) -> std::io::Result<()> {
     let mut head = format!("HTTP/1.1 {} {}\r\n", resp.status, reason(resp.status));
     for (name, value) in &resp.headers {
         head.push_str(&format!("{name}: {value}\r\n"));

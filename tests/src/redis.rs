@@ -1,19 +1,16 @@
 //! A real `redis-server` (installed by `cargo xtask setup`) on a free loopback port, for the
 //! shared-storage tests: started, stopped and started again on the same port, killed on drop.
 //! Ready means it answered `PING` (a TLS-only one: that it accepts connections, which it does
-//! once loaded). Also a Redis Sentinel, a Redis Cluster of real nodes, and certificates made
-//! at test time for TLS.
+//! once loaded). Also a Redis Sentinel and a Redis Cluster of real nodes. Certificates for
+//! TLS come from [`crate::tls::Pki`].
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose,
-};
+use crate::tls::{Leaf, Pki};
 
 pub struct RedisServer {
     child: Option<Child>,
@@ -308,56 +305,5 @@ impl Drop for RedisCluster {
             let _ = node.kill();
             let _ = node.wait();
         }
-    }
-}
-
-/// A CA made at test time, and the directory its certificates are written to.
-pub struct Pki {
-    ca: CertifiedIssuer<'static, KeyPair>,
-    dir: tempfile::TempDir,
-}
-
-/// A certificate and its key, as PEM files.
-pub struct Leaf {
-    pub crt: PathBuf,
-    pub key: PathBuf,
-}
-
-impl Pki {
-    pub fn new(name: &str) -> Pki {
-        let dir = tempfile::tempdir().expect("pki dir");
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let key = KeyPair::generate().expect("key");
-        let ca = CertifiedIssuer::self_signed(params, key).expect("CA");
-        std::fs::write(dir.path().join("ca.pem"), ca.pem()).expect("write CA");
-        Pki { ca, dir }
-    }
-
-    pub fn ca_path(&self) -> PathBuf {
-        self.dir.path().join("ca.pem")
-    }
-
-    /// A server certificate for `names`, or (`client`) a client certificate.
-    pub fn leaf(&self, file: &str, names: &[&str], client: bool) -> Leaf {
-        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        let mut params = CertificateParams::new(names).expect("params");
-        params.distinguished_name.push(DnType::CommonName, file);
-        params.extended_key_usages = vec![if client {
-            ExtendedKeyUsagePurpose::ClientAuth
-        } else {
-            ExtendedKeyUsagePurpose::ServerAuth
-        }];
-        let key = KeyPair::generate().expect("key");
-        let cert = params.signed_by(&key, &self.ca).expect("sign");
-        let leaf = Leaf {
-            crt: self.dir.path().join(format!("{file}.crt")),
-            key: self.dir.path().join(format!("{file}.key")),
-        };
-        std::fs::write(&leaf.crt, cert.pem()).expect("write crt");
-        std::fs::write(&leaf.key, key.serialize_pem()).expect("write key");
-        leaf
     }
 }

@@ -199,3 +199,122 @@ fn net_lab_connects_client_addresses_to_the_gateway_host_only() {
     // The lab's addresses do not exist in this (the test's own) namespace.
     assert!(TcpListener::bind((GATEWAY_IP, 0)).is_err());
 }
+
+#[test]
+fn metric_reads_a_series_by_its_labels_in_any_order() {
+    let text = "# TYPE x counter\nx{side=\"client\",reason=\"timeout\"} 2\n\
+                x{reason=\"closed\",side=\"client\"} 3\nx{side=\"client\"} 7\ny 1.5\n\
+                z{path=\"a\\\"b,c\"} 4\n";
+    assert_eq!(
+        metric(text, "x", &[("reason", "closed"), ("side", "client")]),
+        Some(3.0)
+    );
+    assert_eq!(
+        metric(text, "x", &[("side", "client"), ("reason", "timeout")]),
+        Some(2.0)
+    );
+    assert_eq!(metric(text, "x", &[("side", "client")]), Some(7.0));
+    assert_eq!(metric(text, "x", &[("side", "upstream")]), None);
+    assert_eq!(metric(text, "y", &[]), Some(1.5));
+    assert_eq!(metric(text, "z", &[("path", "a\"b,c")]), Some(4.0));
+}
+
+mod tls {
+    //! The TLS client against the TLS origin, no gateway in between: what the gateway's TLS
+    //! tests rely on the harness to see (certificates, versions, resumption, client
+    //! certificates) is seen.
+
+    use super::*;
+    use crate::tls::*;
+
+    #[test]
+    fn client_and_origin_negotiate_and_carry_big_bodies() {
+        within(TEST_LIMIT, || {
+            let pki = Pki::new("harness CA");
+            let cert = pki.leaf("origin", &["origin.test"], false);
+            let origin = TlsOrigin::start(&cert, None, |req| Reply::ok(req.body.clone()));
+            let client = TlsClient::new(&pki, "origin.test");
+
+            let mut conn = client.client(origin.addr());
+            assert_eq!(conn.served_certificate(), cert.der());
+            assert_eq!(conn.alpn().as_deref(), Some("http/1.1"));
+            assert_eq!(conn.version(), "1.3");
+            let body = Rng::new(11).bytes(1 << 20);
+            let mut raw = format!(
+                "POST / HTTP/1.1\r\nHost: origin.test\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )
+            .into_bytes();
+            raw.extend_from_slice(&body);
+            assert_same_bytes(&conn.request(&raw).body, &body, "echo over TLS");
+
+            let old = client.clone().only("1.2").client(origin.addr());
+            assert_eq!(old.version(), "1.2");
+            let seen = origin.negotiated();
+            assert_eq!(seen.len(), 2, "{seen:?}");
+            assert_eq!(seen[0].sni.as_deref(), Some("origin.test"));
+            assert_eq!(seen[0].alpn.as_deref(), Some("http/1.1"));
+            assert_eq!((seen[0].version, seen[1].version), ("1.3", "1.2"));
+            assert!(!seen[0].resumed && !seen[1].resumed, "{seen:?}");
+        })
+    }
+
+    #[test]
+    fn the_origin_tells_a_resumed_session_from_a_full_one() {
+        within(TEST_LIMIT, || {
+            let pki = Pki::new("harness CA");
+            let cert = pki.leaf("origin", &["origin.test"], false);
+            let origin = TlsOrigin::start(&cert, None, |_| Reply::ok("hi"));
+            for version in ["1.2", "1.3"] {
+                let client = TlsClient::new(&pki, "origin.test").only(version);
+                let config = client.config();
+                for _ in 0..2 {
+                    let mut conn = client
+                        .connect_with(config.clone(), origin.addr())
+                        .expect("tls");
+                    // TLS 1.3 tickets come after the handshake: a response reads them in.
+                    assert_eq!(conn.get_from("origin.test", "/").status, 200);
+                }
+            }
+            let resumed: Vec<bool> = origin.negotiated().iter().map(|n| n.resumed).collect();
+            assert_eq!(resumed, [false, true, false, true]);
+        })
+    }
+
+    #[test]
+    fn an_origin_requiring_a_client_certificate_records_it_or_refuses() {
+        within(TEST_LIMIT, || {
+            let pki = Pki::new("harness CA");
+            let cert = pki.leaf("origin", &["origin.test"], false);
+            let alice = pki.leaf("alice", &[], true);
+            let origin = TlsOrigin::start(&cert, Some(&pki), |_| Reply::ok("hi"));
+            let client = TlsClient::new(&pki, "origin.test");
+
+            let resp = client.clone().identity(&alice).get(origin.addr(), "/");
+            assert_eq!(resp.expect("with a certificate").status, 200);
+            let err = client
+                .get(origin.addr(), "/")
+                .expect_err("without a certificate");
+            assert_eq!(
+                alert(&err),
+                Some(rustls::AlertDescription::CertificateRequired),
+                "{err}"
+            );
+            let seen = origin.handshakes();
+            assert_eq!(seen.len(), 2, "{seen:?}");
+            let first = seen[0].outcome.as_ref().expect("first handshake");
+            assert_eq!(first.client_certificate.as_ref(), Some(&alice.der()));
+            assert!(seen[1].outcome.is_err(), "{seen:?}");
+            assert_eq!(origin.request_count(), 1);
+        })
+    }
+
+    #[test]
+    fn a_partial_client_hello_is_a_tls_record() {
+        let hello = client_hello("a.test");
+        // Handshake record, TLS 1.0 compatibility version, length that covers the rest.
+        assert_eq!(hello[0], 0x16);
+        let len = usize::from(u16::from_be_bytes([hello[3], hello[4]]));
+        assert_eq!(hello.len(), 5 + len);
+    }
+}

@@ -85,18 +85,37 @@ pub fn invalid(msg: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg.into())
 }
 
+/// What a [`Conn`] reads and writes: a TCP socket, or a TLS session over one
+/// (crate::tls). Timeouts and shutdowns go to the socket underneath.
+pub trait Transport: Read + Write {
+    /// The socket underneath.
+    fn tcp(&self) -> &TcpStream;
+
+    /// Ends the sending side; TLS sends its close_notify first, so the peer sees a clean end.
+    fn close_write(&mut self) -> io::Result<()> {
+        self.tcp().shutdown(std::net::Shutdown::Write)
+    }
+}
+
+impl Transport for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+
 /// A socket with a read buffer.
-pub struct Conn {
-    stream: TcpStream,
+pub struct Conn<S = TcpStream> {
+    stream: S,
     buf: Vec<u8>,
     pos: usize,
 }
 
-impl Conn {
-    pub fn new(stream: TcpStream) -> io::Result<Conn> {
-        stream.set_read_timeout(Some(IO_TIMEOUT))?;
-        stream.set_write_timeout(Some(IO_TIMEOUT))?;
-        stream.set_nodelay(true)?;
+impl<S: Transport> Conn<S> {
+    pub fn new(stream: S) -> io::Result<Conn<S>> {
+        let tcp = stream.tcp();
+        tcp.set_read_timeout(Some(IO_TIMEOUT))?;
+        tcp.set_write_timeout(Some(IO_TIMEOUT))?;
+        tcp.set_nodelay(true)?;
         Ok(Conn {
             stream,
             buf: Vec::new(),
@@ -105,7 +124,16 @@ impl Conn {
     }
 
     pub fn stream(&self) -> &TcpStream {
+        self.stream.tcp()
+    }
+
+    /// The transport itself (the TLS session, for what it negotiated).
+    pub fn transport(&self) -> &S {
         &self.stream
+    }
+
+    pub fn close_write(&mut self) -> io::Result<()> {
+        self.stream.close_write()
     }
 
     pub fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
@@ -264,10 +292,11 @@ impl Conn {
         // A zero timeout means "block forever" to std.
         let _ = self
             .stream
+            .tcp()
             .set_read_timeout(Some(within.max(Duration::from_millis(1))));
         let mut byte = [0u8; 4096];
         let res = self.stream.read(&mut byte);
-        let _ = self.stream.set_read_timeout(Some(IO_TIMEOUT));
+        let _ = self.stream.tcp().set_read_timeout(Some(IO_TIMEOUT));
         match res {
             Ok(0) => Ok(true),
             Ok(n) => Err(byte[..n].to_vec()),

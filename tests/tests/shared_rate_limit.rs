@@ -8,7 +8,8 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use ringwall_tests::redis::{Pki, RedisCluster, RedisSentinel, RedisServer};
+use ringwall_tests::redis::{RedisCluster, RedisSentinel, RedisServer};
+use ringwall_tests::tls::Pki;
 use ringwall_tests::yaml::{configuration, documents, policy_binding, simple_api};
 use ringwall_tests::*;
 
