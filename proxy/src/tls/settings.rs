@@ -723,37 +723,43 @@ fn root_store(cas: &[CertificateDer<'static>]) -> RootCertStore {
     store
 }
 
-/// `alpn` of a `tls` policy: `http/1.1` when absent; `h2` dropped with a warning.
+/// `alpn` of a `tls` policy: `http/1.1` when absent.
 fn alpn(fields: &Fields<'_>, scope: &mut Scope<'_>) -> Option<Vec<Vec<u8>>> {
+    http11_alpn(fields, scope, &[HTTP11])
+}
+
+/// `alpn` of a `tls-outbound` policy; none offered when absent.
+fn optional_alpn(fields: &Fields<'_>, scope: &mut Scope<'_>) -> Option<Vec<Vec<u8>>> {
+    http11_alpn(fields, scope, &[])
+}
+
+/// `alpn` as listed (`default` when absent) less `h2`, dropped with a warning: Ringwall
+/// speaks HTTP/1.1 on both sides, so neither a client nor an upstream may pick HTTP/2.
+fn http11_alpn(
+    fields: &Fields<'_>,
+    scope: &mut Scope<'_>,
+    default: &[&[u8]],
+) -> Option<Vec<Vec<u8>>> {
     let Some(node) = fields.get("alpn") else {
-        return Some(vec![HTTP11.to_vec()]);
+        return Some(default.iter().map(|p| p.to_vec()).collect());
     };
     let path = fields.path_of("alpn");
     let protocols = protocols(node, &path, scope)?;
     let mut kept = Vec::with_capacity(protocols.len());
     for (protocol, line) in protocols {
         if protocol == "h2" {
-            let message = "`h2` is not offered: Ringwall serves HTTP/1.1";
+            let message = "`h2` is not offered: Ringwall speaks HTTP/1.1";
             scope.warn(line, &path, message);
         } else {
             kept.push(protocol.into_bytes());
         }
     }
     if kept.is_empty() {
-        let message = "no protocol Ringwall serves: list `http/1.1`, or leave `alpn` out";
+        let message = "no protocol Ringwall speaks: list `http/1.1`, or leave `alpn` out";
         scope.error(node.line, &path, message);
         return None;
     }
     Some(kept)
-}
-
-/// `alpn` of a `tls-outbound` policy, offered as given; none when absent.
-fn optional_alpn(fields: &Fields<'_>, scope: &mut Scope<'_>) -> Option<Vec<Vec<u8>>> {
-    let Some(node) = fields.get("alpn") else {
-        return Some(Vec::new());
-    };
-    let protocols = protocols(node, &fields.path_of("alpn"), scope)?;
-    Some(protocols.into_iter().map(|(p, _)| p.into_bytes()).collect())
 }
 
 /// A list of ALPN protocol names (1 to 255 bytes each), with their lines.

@@ -315,6 +315,31 @@ fn config_errors_name_the_field() {
 }
 
 #[test]
+fn upstreams_are_never_offered_h2() {
+    let (tls, diag) = outbound(
+        "skipValidation: true\nalpn: [h2, http/1.1]",
+        "alpn: [http/1.1]",
+    );
+    assert_eq!(
+        diag.warnings.first().map(|w| w.message.as_str()),
+        Some("`h2` is not offered: Ringwall speaks HTTP/1.1")
+    );
+    assert_eq!(
+        tls.expect("settings").config.alpn_protocols,
+        [b"http/1.1".to_vec()]
+    );
+    assert!(
+        outbound_error("skipValidation: true\nalpn: [h2]").ends_with(
+            "spec.config.alpn: no protocol Ringwall speaks: list `http/1.1`, or leave `alpn` out"
+        )
+    );
+    assert!(outbound_ok("skipValidation: true")
+        .config
+        .alpn_protocols
+        .is_empty());
+}
+
+#[test]
 fn warnings_keep_the_settings() {
     let pki = Pki::new("CA");
     let leaf = pki.leaf("a", &["a.test"], "a", false);
@@ -324,7 +349,7 @@ fn warnings_keep_the_settings() {
     let line = TLS_LINE + 1;
     assert_eq!(
         first(&diag, true),
-        format!("{line}: spec.config.alpn: `h2` is not offered: Ringwall serves HTTP/1.1")
+        format!("{line}: spec.config.alpn: `h2` is not offered: Ringwall speaks HTTP/1.1")
     );
     assert_eq!(
         diag.warnings[1].message,
@@ -558,6 +583,18 @@ fn sni_selects_the_certificate() {
     assert_eq!(accepted.err(), Some(HandshakeFailure::UnknownServerName));
 }
 
+/// A client trusting `pki` offering `protocols` (`h2` included, which `tls-outbound` never
+/// offers).
+fn offering(pki: &Pki, protocols: &[&[u8]]) -> ClientTls {
+    let mut config = (*trusting(pki, "").config).clone();
+    config.alpn_protocols = protocols.iter().map(|p| p.to_vec()).collect();
+    ClientTls {
+        config: Arc::new(config),
+        sni: None,
+        id: 0,
+    }
+}
+
 #[test]
 fn alpn_is_negotiated() {
     let pki = Pki::new("CA");
@@ -566,7 +603,7 @@ fn alpn_is_negotiated() {
 
     let (accepted, seen) = handshake(
         Arc::clone(&config),
-        trusting(&pki, "alpn: [h2, http/1.1]"),
+        offering(&pki, &[b"h2", b"http/1.1"]),
         "a.test",
     );
     assert_eq!(
@@ -578,7 +615,7 @@ fn alpn_is_negotiated() {
         Some(&b"http/1.1"[..])
     );
 
-    let (accepted, seen) = handshake(Arc::clone(&config), trusting(&pki, "alpn: [h2]"), "a.test");
+    let (accepted, seen) = handshake(Arc::clone(&config), offering(&pki, &[b"h2"]), "a.test");
     assert!(seen.is_err());
     assert_eq!(accepted.err(), Some(HandshakeFailure::NoSharedAlpn));
 
@@ -592,7 +629,7 @@ fn alpn_is_negotiated() {
     h2.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let (accepted, _) = handshake(
         Arc::new(h2),
-        trusting(&pki, "alpn: [h2, http/1.1]"),
+        offering(&pki, &[b"h2", b"http/1.1"]),
         "a.test",
     );
     assert_eq!(accepted.expect("server").alpn.as_deref(), Some(&b"h2"[..]));
