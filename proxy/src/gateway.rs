@@ -90,7 +90,7 @@ impl Gateway {
         let env = policy::Env { shared };
         let policies = policy::compile(&snapshot, previous.map(|g| &g.policies), &env)?;
         let listeners = listeners(&snapshot);
-        let tls = crate::tls::setup::build(&snapshot, &listeners)?;
+        let tls = crate::tls::setup::build(&snapshot, &listeners, previous.map(|g| &g.tls))?;
         let metrics = crate::metrics::GatewayMetrics::new(&snapshot);
         Ok(Self {
             snapshot,

@@ -681,6 +681,44 @@ fn upstream_tls_connections_are_pooled_and_sessions_resumed() {
 }
 
 #[test]
+fn a_reload_keeps_pooled_upstream_tls_connections_unless_their_settings_change() {
+    within(TEST_LIMIT, || {
+        let pki = Pki::new("origin CA");
+        let cert = pki.leaf("origin", &["localhost"], false);
+        let origin = TlsOrigin::start(&cert, None, |req| Reply::ok(req.path.clone()));
+        let with = |outbound: &str| {
+            api_to_tls_service("api", "svc", &origin.https("localhost"), Some(outbound))
+        };
+        let config = with(&trusted(&pki));
+        let mut gw = Gateway::start(&[("api.yaml", &config)], &[]);
+        let mut client = Client::connect(gw.addr("api"));
+        assert_eq!(client.get("/1").text(), "/1");
+
+        // A reload that leaves the Service alone keeps its pooled connection.
+        let timeouts = configuration("timeouts", "timeouts:\n  streamIdleSeconds: 60\n");
+        let verdict = gw.save("other.yaml", &timeouts);
+        assert!(verdict.starts_with("reloaded "), "{verdict}");
+        assert_eq!(client.get("/2").text(), "/2");
+        assert_eq!(
+            origin.connections(),
+            1,
+            "the pooled connection survived the reload"
+        );
+
+        // New TLS settings for the Service: a new connection made with them.
+        let verdict = gw.save(
+            "api.yaml",
+            &with(&format!("{}alpn: [http/1.1]\n", trusted(&pki))),
+        );
+        assert!(verdict.starts_with("reloaded "), "{verdict}");
+        assert_eq!(client.get("/3").text(), "/3");
+        assert_eq!(origin.connections(), 2);
+        let alpn: Vec<_> = origin.negotiated().iter().map(|n| n.alpn.clone()).collect();
+        assert_eq!(alpn, [None, Some("http/1.1".to_owned())]);
+    })
+}
+
+#[test]
 fn an_upstream_tls_connection_closed_after_answering_is_not_reused() {
     within(TEST_LIMIT, || {
         let pki = Pki::new("origin CA");

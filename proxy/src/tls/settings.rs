@@ -348,6 +348,10 @@ pub struct ClientTls {
     /// Unique in the process: pooled connections made with this configuration are kept
     /// apart from those of any other.
     pub id: u64,
+    /// A digest of the certificates it was built from (its own, and the CAs it trusts): with
+    /// an unchanged `config`, equal digests mean an equal configuration, which a reload keeps
+    /// with its sessions and pooled connections.
+    pub material: [u8; 32],
 }
 
 /// The next [`ClientTls::id`]; 0 is left for plain connections.
@@ -373,6 +377,7 @@ impl ClientTls {
                 config: Arc::new(config),
                 sni: None,
                 id: next_id(),
+                material: [0; 32],
             })
         });
         Arc::clone(tls)
@@ -446,14 +451,20 @@ pub fn client_tls(spec: &Policy, scope: &mut Scope<'_>) -> Option<ClientTls> {
             return None;
         }
     };
-    let builder = match (skip, trusted) {
+    let builder = match (skip, &trusted) {
         (true, _) => builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(NoVerification(provider))),
-        (false, Some(cas)) => builder.with_root_certificates(root_store(&cas)),
+        (false, Some(cas)) => builder.with_root_certificates(root_store(cas)),
         // As in Flex: without `trustedCA`, the operating system's CAs.
         (false, None) => builder.with_root_certificates(system_roots().0),
     };
+    let mut material = Sha256::new();
+    let certs = certificate.iter().flat_map(|key| key.cert.iter());
+    for cert in certs.chain(trusted.iter().flatten()) {
+        material.update((cert.len() as u64).to_be_bytes());
+        material.update(cert.as_ref());
+    }
     let mut config = match certificate {
         None => builder.with_no_client_auth(),
         Some(key) => builder.with_client_cert_resolver(Arc::new(ClientCertificate(Arc::new(key)))),
@@ -463,6 +474,7 @@ pub fn client_tls(spec: &Policy, scope: &mut Scope<'_>) -> Option<ClientTls> {
         config: Arc::new(config),
         sni,
         id: next_id(),
+        material: material.finalize().into(),
     })
 }
 

@@ -1,12 +1,14 @@
 //! The TLS of one configuration: a rustls server configuration for each listener that
 //! terminates TLS, and the client side of each route whose upstream is `https://`. Built
 //! with the gateway at every load, off the hot path; connections already open keep the
-//! configuration they were made with, so a reload never drops them.
+//! configuration they were made with, so a reload never drops them. Certificates are read
+//! again at every load; an upstream's client side is kept when they and its settings are
+//! unchanged.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use ringwall_config::{ConfigError, Diagnostics, LoadErrors, Scope, Snapshot, Upstream};
+use ringwall_config::{ConfigError, Diagnostics, LoadErrors, Node, Scope, Snapshot, Upstream};
 use rustls::pki_types::ServerName;
 use rustls::ServerConfig;
 
@@ -29,18 +31,34 @@ pub struct TlsSetup {
     pub listeners: Vec<Option<Arc<ServerConfig>>>,
     /// Indexed by ApiInstance then route; `None` for an `http://` upstream.
     pub routes: Vec<Vec<Option<Arc<UpstreamTls>>>>,
+    /// Each `https://` upstream's, by name, for the next reload to keep.
+    upstreams: HashMap<String, Kept>,
     pub warnings: Vec<ConfigError>,
 }
 
+/// An upstream's TLS with what it was made from.
+struct Kept {
+    config: Option<Node>,
+    host: String,
+    tls: Arc<UpstreamTls>,
+}
+
 /// Reads every `tls` and `tls-outbound` policy of `snapshot` into rustls configurations.
-/// Fails when one is invalid, or when the ApiInstances of a listener disagree.
-pub fn build(snapshot: &Snapshot, listeners: &[Listener]) -> Result<TlsSetup, LoadErrors> {
+/// Fails when one is invalid, or when the ApiInstances of a listener disagree. An upstream
+/// whose settings and certificates are those it had in `previous` keeps its [`UpstreamTls`],
+/// and with it its pooled connections and the sessions they resume.
+pub fn build(
+    snapshot: &Snapshot,
+    listeners: &[Listener],
+    previous: Option<&TlsSetup>,
+) -> Result<TlsSetup, LoadErrors> {
     let mut diag = Diagnostics::default();
     let listeners = listeners
         .iter()
         .map(|l| listener(snapshot, l, &mut diag))
         .collect();
-    let mut upstreams: HashMap<&str, Option<Arc<UpstreamTls>>> = HashMap::new();
+    let mut built: HashMap<*const Upstream, Option<Arc<UpstreamTls>>> = HashMap::new();
+    let mut upstreams = HashMap::new();
     let mut system = false;
     let routes = snapshot
         .apis
@@ -54,9 +72,19 @@ pub fn build(snapshot: &Snapshot, listeners: &[Listener]) -> Result<TlsSetup, Lo
                         return None;
                     }
                     system |= up.tls.is_none();
-                    upstreams
-                        .entry(&up.name)
-                        .or_insert_with(|| upstream(up, &mut diag))
+                    built
+                        .entry(Arc::as_ptr(up))
+                        .or_insert_with(|| {
+                            let old = previous.and_then(|p| p.upstreams.get(&up.name));
+                            let tls = upstream(up, old, &mut diag)?;
+                            let kept = Kept {
+                                config: up.tls.as_ref().map(|p| p.config.clone()),
+                                host: up.host.clone(),
+                                tls: Arc::clone(&tls),
+                            };
+                            upstreams.insert(up.name.clone(), kept);
+                            Some(tls)
+                        })
                         .clone()
                 })
                 .collect()
@@ -79,6 +107,7 @@ pub fn build(snapshot: &Snapshot, listeners: &[Listener]) -> Result<TlsSetup, Lo
     Ok(TlsSetup {
         listeners,
         routes,
+        upstreams,
         warnings: diag.warnings,
     })
 }
@@ -122,12 +151,22 @@ fn listener(
     }
 }
 
-/// The TLS of connections to the `https://` upstream `up`.
-fn upstream(up: &Upstream, diag: &mut Diagnostics) -> Option<Arc<UpstreamTls>> {
+/// The TLS of connections to the `https://` upstream `up`: `old`'s when it was made from
+/// the same settings and certificates.
+fn upstream(up: &Upstream, old: Option<&Kept>, diag: &mut Diagnostics) -> Option<Arc<UpstreamTls>> {
     let client = match &up.tls {
         Some(spec) => Arc::new(client_tls(spec, &mut Scope::for_policy(diag, spec))?),
         None => ClientTls::system(),
     };
+    if let Some(old) = old {
+        let config = up.tls.as_ref().map(|p| &p.config);
+        if old.config.as_ref() == config
+            && old.host == up.host
+            && old.tls.client.material == client.material
+        {
+            return Some(Arc::clone(&old.tls));
+        }
+    }
     let name = match &client.sni {
         Some(name) => name.clone(),
         None => match ServerName::try_from(up.host.clone()) {

@@ -592,6 +592,7 @@ fn offering(pki: &Pki, protocols: &[&[u8]]) -> ClientTls {
         config: Arc::new(config),
         sni: None,
         id: 0,
+        material: [0; 32],
     }
 }
 
@@ -1084,6 +1085,7 @@ fn a_session_resumes_only_where_client_certificates_are_checked_alike() {
         config: Arc::clone(&client.config),
         sni: None,
         id: 0,
+        material: [0; 32],
     };
     let (accepted, seen) = handshake(Arc::clone(&open), same(), "a.test");
     assert!(accepted.is_ok() && !seen.expect("first").resumed);
