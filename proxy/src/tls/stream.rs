@@ -352,13 +352,13 @@ where
         self.conn.protocol_version()
     }
 
-    /// The subject DN of the peer's verified certificate (`CN=client, O=Example`), for
-    /// policies and the access log; `None` when the peer presented none. It parses the
+    /// The subject DN of the peer's verified certificate, for policies and the access log;
+    /// `None` when the peer presented none. See [`distinguished_name`]. It parses the
     /// certificate: call it once per connection.
     pub fn peer_subject(&self) -> Option<String> {
         let leaf = self.conn.peer_certificates()?.first()?;
         let (_, cert) = x509_parser::parse_x509_certificate(leaf).ok()?;
-        Some(cert.subject().to_string())
+        Some(distinguished_name(cert.subject()))
     }
 
     /// The socket, for what TLS does not cover (the peer address, socket options).
@@ -427,5 +427,97 @@ impl TlsStream<ServerConnection> {
     /// The name the client asked for (SNI).
     pub fn server_name(&self) -> Option<&str> {
         self.conn.server_name()
+    }
+}
+
+/// A name as RFC 4514 writes it, most specific part first as Java's `X500Principal` does
+/// (`CN=client, O=Example, C=FR`, with `, ` between parts as Mule shows `subjectDN`). Values
+/// are escaped, so a common name such as `x, O=Admins` cannot pass for another part of the
+/// name; a value that is not a string is `#` and its DER in hex.
+pub fn distinguished_name(name: &x509_parser::x509::X509Name<'_>) -> String {
+    use std::fmt::Write;
+    let registry = x509_parser::objects::oid_registry();
+    let mut out = String::new();
+    for (i, rdn) in name
+        .iter_rdn()
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .enumerate()
+    {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        for (j, attr) in rdn.iter().enumerate() {
+            if j > 0 {
+                out.push('+');
+            }
+            match x509_parser::objects::oid2abbrev(attr.attr_type(), registry) {
+                Ok(abbrev) => out.push_str(abbrev),
+                Err(_) => {
+                    let _ = write!(out, "{}", attr.attr_type());
+                }
+            }
+            out.push('=');
+            match attr.as_str() {
+                Ok(value) => escape_dn_value(value, &mut out),
+                Err(_) => {
+                    out.push('#');
+                    for byte in attr.attr_value().as_bytes() {
+                        let _ = write!(out, "{byte:02X}");
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// RFC 4514, section 2.4: the characters that would end or change the value are escaped.
+fn escape_dn_value(value: &str, out: &mut String) {
+    use std::fmt::Write;
+    let last = value.chars().count().saturating_sub(1);
+    for (i, c) in value.chars().enumerate() {
+        match c {
+            '"' | '+' | ',' | ';' | '<' | '>' | '\\' | '=' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '#' | ' ' if i == 0 => {
+                out.push('\\');
+                out.push(c);
+            }
+            ' ' if i == last => out.push_str("\\ "),
+            c if c.is_control() => {
+                let mut utf8 = [0; 4];
+                for byte in c.encode_utf8(&mut utf8).bytes() {
+                    let _ = write!(out, "\\{byte:02X}");
+                }
+            }
+            c => out.push(c),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape_dn_value;
+
+    fn escaped(value: &str) -> String {
+        let mut out = String::new();
+        escape_dn_value(value, &mut out);
+        out
+    }
+
+    #[test]
+    fn dn_values_escape_what_would_change_the_name() {
+        assert_eq!(escaped("plain name"), "plain name");
+        assert_eq!(escaped("a,b+c=d;e"), r"a\,b\+c\=d\;e");
+        assert_eq!(escaped(r#"<"q"\>"#), r#"\<\"q\"\\\>"#);
+        assert_eq!(escaped("#lead"), r"\#lead");
+        assert_eq!(escaped("mid#dle"), "mid#dle");
+        assert_eq!(escaped(" both "), r"\ both\ ");
+        assert_eq!(escaped("nul\0tab\t"), r"nul\00tab\09");
+        assert_eq!(escaped("café"), "café");
     }
 }

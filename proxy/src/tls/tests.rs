@@ -64,6 +64,8 @@ impl Pki {
     fn leaf(&self, file: &str, names: &[&str], cn: &str, client: bool) -> Leaf {
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         let mut params = CertificateParams::new(names).expect("params");
+        // Encoded most general first, as CAs issue them.
+        params.distinguished_name = rcgen::DistinguishedName::new();
         params
             .distinguished_name
             .push(DnType::OrganizationName, "Ringwall");
@@ -721,6 +723,14 @@ fn client_certificates_are_verified() {
 
     let (accepted, _) = handshake(Arc::clone(&config), trusting(&pki, ""), "a.test");
     assert_eq!(accepted.err(), Some(HandshakeFailure::CertificateRequired));
+
+    // A common name cannot pass for another part of the name.
+    let sly = pki.leaf("sly", &[], "x, O=Admins", true);
+    let (accepted, _) = handshake(Arc::clone(&config), with(&sly), "a.test");
+    assert_eq!(
+        accepted.expect("server").subject.as_deref(),
+        Some("CN=x\\, O\\=Admins, O=Ringwall")
+    );
 
     let (accepted, _) = handshake(Arc::clone(&config), with(&untrusted), "a.test");
     assert_eq!(accepted.err(), Some(HandshakeFailure::UnknownCa));
