@@ -1,5 +1,5 @@
-//! The bench's arithmetic and its outputs: medians per (peer, mode, connections), the
-//! Ringwall/nginx and Ringwall/HAProxy ratios (the figures that mean something on a noisy
+//! The bench's arithmetic and its outputs: medians per (scenario, peer, mode, connections),
+//! the Ringwall/nginx and Ringwall/HAProxy ratios (the figures that mean something on a noisy
 //! shared machine, because both sides are measured in the same run), the printed tables and
 //! the JSON document.
 
@@ -9,9 +9,10 @@ use serde_json::{json, Value};
 
 use crate::wrk::WrkReport;
 
-/// One wrk run.
+/// One wrk run (or one run of the handshake client, in wrk's shape).
 #[derive(Debug, Clone)]
 pub struct Run {
+    pub scenario: String,
     pub peer: String,
     pub mode: String,
     pub conns: u32,
@@ -19,9 +20,10 @@ pub struct Run {
     pub report: WrkReport,
 }
 
-/// The runs of one (peer, mode, connections), summarised.
+/// The runs of one (scenario, peer, mode, connections), summarised.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Row {
+    pub scenario: String,
     pub peer: String,
     pub mode: String,
     pub conns: u32,
@@ -35,9 +37,10 @@ pub struct Row {
     pub errors: u64,
 }
 
-/// Ringwall's figures divided by a peer's, for one (mode, connections).
+/// Ringwall's figures divided by a peer's, for one (scenario, mode, connections).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Ratio {
+    pub scenario: String,
     pub mode: String,
     pub conns: u32,
     pub baseline: String,
@@ -65,20 +68,27 @@ pub fn spread_pct(values: &[f64]) -> f64 {
     }
 }
 
-/// One row per (peer, mode, connections), in the order first run.
+/// One row per (scenario, peer, mode, connections), in the order first run.
 pub fn summarize(runs: &[Run]) -> Vec<Row> {
-    let mut keys: Vec<(&str, &str, u32)> = Vec::new();
+    let mut keys: Vec<(&str, &str, &str, u32)> = Vec::new();
     for run in runs {
-        let key = (run.peer.as_str(), run.mode.as_str(), run.conns);
+        let key = (
+            run.scenario.as_str(),
+            run.peer.as_str(),
+            run.mode.as_str(),
+            run.conns,
+        );
         if !keys.contains(&key) {
             keys.push(key);
         }
     }
     keys.into_iter()
-        .map(|(peer, mode, conns)| {
+        .map(|(scenario, peer, mode, conns)| {
             let group: Vec<&WrkReport> = runs
                 .iter()
-                .filter(|r| r.peer == peer && r.mode == mode && r.conns == conns)
+                .filter(|r| {
+                    r.scenario == scenario && r.peer == peer && r.mode == mode && r.conns == conns
+                })
                 .map(|r| &r.report)
                 .collect();
             let of = |field: fn(&WrkReport) -> f64| -> Vec<f64> {
@@ -86,6 +96,7 @@ pub fn summarize(runs: &[Run]) -> Vec<Row> {
             };
             let rps = of(|r| r.requests_per_sec);
             Row {
+                scenario: scenario.to_owned(),
                 peer: peer.to_owned(),
                 mode: mode.to_owned(),
                 conns,
@@ -100,17 +111,21 @@ pub fn summarize(runs: &[Run]) -> Vec<Row> {
         .collect()
 }
 
-/// Ringwall against nginx and HAProxy for every (mode, connections) where both ran.
+/// Ringwall against nginx and HAProxy for every (scenario, mode, connections) where both ran.
 pub fn ratios(rows: &[Row]) -> Vec<Ratio> {
     let mut ratios = Vec::new();
     for ringwall in rows.iter().filter(|r| r.peer == "ringwall") {
         for baseline in ["nginx", "haproxy"] {
             let Some(base) = rows.iter().find(|r| {
-                r.peer == baseline && r.mode == ringwall.mode && r.conns == ringwall.conns
+                r.peer == baseline
+                    && r.scenario == ringwall.scenario
+                    && r.mode == ringwall.mode
+                    && r.conns == ringwall.conns
             }) else {
                 continue;
             };
             ratios.push(Ratio {
+                scenario: ringwall.scenario.clone(),
                 mode: ringwall.mode.clone(),
                 conns: ringwall.conns,
                 baseline: baseline.to_owned(),
@@ -178,6 +193,7 @@ pub fn to_json(settings: Value, runs: &[Run]) -> Value {
     json!({
         "settings": settings,
         "runs": runs.iter().map(|run| json!({
+            "scenario": run.scenario,
             "peer": run.peer,
             "mode": run.mode,
             "conns": run.conns,
@@ -190,6 +206,7 @@ pub fn to_json(settings: Value, runs: &[Run]) -> Value {
             "non_2xx": run.report.non_2xx,
         })).collect::<Vec<_>>(),
         "medians": rows.iter().map(|row| json!({
+            "scenario": row.scenario,
             "peer": row.peer,
             "mode": row.mode,
             "conns": row.conns,
@@ -203,6 +220,7 @@ pub fn to_json(settings: Value, runs: &[Run]) -> Value {
         // NaN (a zero baseline) becomes null.
         "ratios": ratios.iter().map(|ratio| json!({
             "ratio": format!("ringwall/{}", ratio.baseline),
+            "scenario": ratio.scenario,
             "mode": ratio.mode,
             "conns": ratio.conns,
             "requests_per_sec": ratio.requests_per_sec,
@@ -217,6 +235,7 @@ mod tests {
 
     fn run(peer: &str, conns: u32, rps: f64, p99_us: f64, errors: u64) -> Run {
         Run {
+            scenario: "plain".to_owned(),
             peer: peer.to_owned(),
             mode: "pinned".to_owned(),
             conns,
@@ -283,6 +302,41 @@ mod tests {
     }
 
     #[test]
+    fn scenarios_are_summarised_and_compared_apart() {
+        let in_tls = |mut run: Run| {
+            run.scenario = "tls-handshake".to_owned();
+            run
+        };
+        let rows = summarize(&[
+            run("nginx", 64, 100.0, 40.0, 0),
+            run("ringwall", 64, 150.0, 30.0, 0),
+            in_tls(run("nginx", 64, 10.0, 400.0, 0)),
+            in_tls(run("ringwall", 64, 5.0, 800.0, 0)),
+            in_tls(run("ringwall", 64, 7.0, 600.0, 0)),
+        ]);
+        assert_eq!(rows.len(), 4, "one row per scenario and peer");
+        assert_eq!(
+            (rows[3].scenario.as_str(), rows[3].runs),
+            ("tls-handshake", 2)
+        );
+        assert_eq!(rows[3].requests_per_sec, 6.0);
+        let ratios = ratios(&rows);
+        assert_eq!(ratios.len(), 2, "no HAProxy: one ratio per scenario");
+        assert_eq!(
+            (ratios[0].scenario.as_str(), ratios[0].requests_per_sec),
+            ("plain", 1.5)
+        );
+        assert_eq!(
+            (
+                ratios[1].scenario.as_str(),
+                ratios[1].requests_per_sec,
+                ratios[1].p99
+            ),
+            ("tls-handshake", 0.6, 1.75)
+        );
+    }
+
+    #[test]
     fn json_holds_every_run_and_the_summaries() {
         let runs = [
             run("nginx", 64, 100.0, 40.0, 0),
@@ -292,6 +346,8 @@ mod tests {
         assert_eq!(doc["runs"].as_array().unwrap().len(), 2);
         assert_eq!(doc["medians"][1]["peer"], "ringwall");
         assert_eq!(doc["ratios"][0]["requests_per_sec"], 0.5);
+        assert_eq!(doc["ratios"][0]["scenario"], "plain");
+        assert_eq!(doc["runs"][1]["scenario"], "plain");
         assert_eq!(doc["settings"]["duration_s"], 1);
     }
 }
