@@ -160,6 +160,7 @@ fn policy_chain(c: &mut Criterion) {
                     let mut cx = RequestCx {
                         req: &req,
                         peer: "192.0.2.1:40000".parse().expect("addr"),
+                        tls: None,
                         attempt: 0,
                         upstream_headers: &mut up,
                         client_headers: &mut client,
@@ -170,6 +171,7 @@ fn policy_chain(c: &mut Criterion) {
                         status: 200,
                         headers: &response_headers,
                         peer: "192.0.2.1:40000".parse().expect("addr"),
+                        tls: None,
                         client_headers: &mut client,
                     };
                     chain.response(applied, usize::MAX, &mut cx);

@@ -1,7 +1,7 @@
 //! The `http://host:port/path` addresses of listeners (ApiInstance) and upstreams (Service).
 //!
-//! Only the subset Flex writes is accepted: a scheme, a host (IPv6 in brackets), an optional
-//! port (80 when absent) and a path; user info, queries and fragments are errors. Listeners must
+//! Only the subset Flex writes is accepted: `http` or `https`, a host (IPv6 in brackets), an
+//! optional port (80, or 443 for `https`, when absent) and a path; user info, queries and fragments are errors. Listeners must
 //! name an IP so that what is bound is exactly what was written; upstream names are resolved
 //! once, at load, so a typo fails validation instead of the first request.
 
@@ -64,6 +64,7 @@ fn parse_url(text: &str) -> Result<Url<'_>, String> {
         return Err(format!("`{text}` has no host"));
     }
     let port = match port {
+        None if scheme.eq_ignore_ascii_case("https") => 443,
         None => 80,
         Some(port) => port
             .parse::<u16>()
@@ -110,16 +111,31 @@ pub(crate) fn destination_path(path: &str) -> Result<String, String> {
     }
 }
 
-/// An ApiInstance's `spec.address`: the socket to bind and the base path.
-pub(crate) fn parse_listen(text: &str) -> Result<(SocketAddr, String), String> {
-    let url = parse_url(text)?;
-    match url.scheme.to_ascii_lowercase().as_str() {
-        "http" => {}
-        "https" => {
-            return Err("https listeners need the `tls` policy, which is not supported yet".into())
-        }
-        other => return Err(format!("unsupported scheme `{other}`; expected `http://`")),
+/// Whether a scheme is `https` (`true`) or `http` (`false`).
+fn is_https(scheme: &str) -> Result<bool, String> {
+    match scheme.to_ascii_lowercase().as_str() {
+        "http" => Ok(false),
+        "https" => Ok(true),
+        other => Err(format!(
+            "unsupported scheme `{other}`; expected `http://` or `https://`"
+        )),
     }
+}
+
+/// An ApiInstance's `spec.address`.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Listen {
+    pub addr: SocketAddr,
+    /// "" or `/base`, without a trailing slash.
+    pub base_path: String,
+    /// `https://`: the listener terminates TLS (with the `tls` policy of its port).
+    pub https: bool,
+}
+
+/// An ApiInstance's `spec.address`: the socket to bind, the base path and the scheme.
+pub(crate) fn parse_listen(text: &str) -> Result<Listen, String> {
+    let url = parse_url(text)?;
+    let https = is_https(url.scheme)?;
     let ip = if url.host.eq_ignore_ascii_case("localhost") {
         IpAddr::V4(Ipv4Addr::LOCALHOST)
     } else {
@@ -130,7 +146,11 @@ pub(crate) fn parse_listen(text: &str) -> Result<(SocketAddr, String), String> {
             )
         })?
     };
-    Ok((SocketAddr::new(ip, url.port), url.path))
+    Ok(Listen {
+        addr: SocketAddr::new(ip, url.port),
+        base_path: url.path,
+        https,
+    })
 }
 
 /// A Service's `spec.address`, resolved.
@@ -139,17 +159,14 @@ pub(crate) struct UpstreamAddress {
     pub addrs: Vec<SocketAddr>,
     pub authority: String,
     pub path: String,
+    pub https: bool,
+    /// The host as written, without IPv6 brackets: the TLS server name by default.
+    pub host: String,
 }
 
 pub(crate) fn parse_upstream(text: &str, resolve: &Resolve<'_>) -> Result<UpstreamAddress, String> {
     let url = parse_url(text)?;
-    match url.scheme.to_ascii_lowercase().as_str() {
-        "http" => {}
-        "https" => {
-            return Err("TLS to upstreams (`tls-outbound`) is not supported yet".into());
-        }
-        other => return Err(format!("unsupported scheme `{other}`; expected `http://`")),
-    }
+    let https = is_https(url.scheme)?;
     let addrs = match url.host.parse::<IpAddr>() {
         Ok(ip) => vec![SocketAddr::new(ip, url.port)],
         Err(_) => match resolve(url.host, url.port) {
@@ -162,6 +179,8 @@ pub(crate) fn parse_upstream(text: &str, resolve: &Resolve<'_>) -> Result<Upstre
         addrs,
         authority: url.authority.to_owned(),
         path: url.path,
+        https,
+        host: url.host.to_owned(),
     })
 }
 
@@ -178,7 +197,7 @@ mod tests {
 
     #[test]
     fn listen_addresses() {
-        let v4 = |s: &str| parse_listen(s).map(|(a, p)| (a.to_string(), p));
+        let v4 = |s: &str| parse_listen(s).map(|l| (l.addr.to_string(), l.base_path));
         assert_eq!(
             v4("http://0.0.0.0:8081"),
             Ok(("0.0.0.0:8081".into(), "".into()))
@@ -197,7 +216,15 @@ mod tests {
             Ok(("127.0.0.1:8080".into(), "".into()))
         );
         let err = |s: &str| parse_listen(s).err().unwrap_or_default();
-        assert!(err("https://0.0.0.0:443").contains("`tls` policy"));
+        assert_eq!(
+            parse_listen("https://127.0.0.1/api"),
+            Ok(Listen {
+                addr: "127.0.0.1:443".parse().expect("addr"),
+                base_path: "/api".into(),
+                https: true,
+            })
+        );
+        assert!(!parse_listen("http://127.0.0.1").expect("http").https);
         assert!(err("http://example.com:80").contains("must be an IP address"));
         assert!(err("http://0.0.0.0:99999").contains("not a port number"));
         assert!(err("http://0.0.0.0:80/a?b").contains("must not contain '?'"));
@@ -205,6 +232,7 @@ mod tests {
         assert!(err("http://::1:80").contains("brackets"));
         assert!(err("http://u:p@1.2.3.4").contains("user names"));
         assert!(err("ftp://1.2.3.4").contains("unsupported scheme `ftp`"));
+        assert!(err("ftp://1.2.3.4").contains("`https://`"));
     }
 
     #[test]
@@ -227,10 +255,19 @@ mod tests {
         assert_eq!(up.addrs.len(), 1);
         let err = parse_upstream("http://nowhere:1", &no_dns).expect_err("unresolvable");
         assert!(err.starts_with("cannot resolve `nowhere`"), "{err}");
-        let err = parse_upstream("https://1.2.3.4", &no_dns).expect_err("tls");
+        let up = parse_upstream("https://1.2.3.4", &no_dns).expect("https");
+        assert!(up.https);
+        assert_eq!(up.addrs, vec!["1.2.3.4:443".parse().expect("addr")]);
         assert_eq!(
-            err,
-            "TLS to upstreams (`tls-outbound`) is not supported yet"
+            (up.host.as_str(), up.authority.as_str()),
+            ("1.2.3.4", "1.2.3.4")
+        );
+        let up = parse_upstream("https://[::1]:8443", &no_dns).expect("v6");
+        assert_eq!(up.host, "::1");
+        assert!(
+            !parse_upstream("http://1.2.3.4", &no_dns)
+                .expect("http")
+                .https
         );
     }
 

@@ -23,6 +23,14 @@ pub struct ApiInstance {
     pub listen: SocketAddr,
     /// "" or `/base`, without a trailing slash.
     pub base_path: String,
+    /// The address is `https://`. Whether the listener terminates TLS is decided per
+    /// listener: it does when any ApiInstance on it binds `tls` (Flex applies TLS per port).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub https: bool,
+    /// The `tls` policy bound to this ApiInstance: its certificate, and the TLS settings of
+    /// its listener. Never in `policies`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<Policy>,
     /// Inline-service routes first, then route bindings by `order`. Tried in order; the first
     /// that matches wins; none is a 404.
     pub routes: Vec<Route>,
@@ -89,7 +97,18 @@ pub struct Upstream {
     pub authority: String,
     /// "" or `/path`, without a trailing slash.
     pub path: String,
-    /// Policies bound to the Service (`targetRef.kind: Service`), by `order`.
+    /// The address is `https://`: connections to it are TLS.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub https: bool,
+    /// The host as written in the address (no IPv6 brackets): the TLS server name sent and
+    /// verified, unless `tls-outbound` names another.
+    #[serde(skip)]
+    pub host: String,
+    /// The `tls-outbound` policy bound to the Service; without it an `https://` upstream is
+    /// verified against the system's CAs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<Policy>,
+    /// Other policies bound to the Service (`targetRef.kind: Service`), by `order`.
     pub policies: Vec<Policy>,
 }
 
@@ -191,6 +210,8 @@ mod tests {
             name: "a".into(),
             listen: "127.0.0.1:0".parse().expect("addr"),
             base_path: base_path.into(),
+            https: false,
+            tls: None,
             routes: Vec::new(),
             policies: Vec::new(),
             connection_rules: ConnectionRules::default(),

@@ -51,6 +51,11 @@ pub fn is_known_policy(name: &str) -> bool {
     POLICIES.contains(&name)
 }
 
+/// Inbound TLS: the certificate and TLS settings of an ApiInstance's listener.
+pub(crate) const TLS: &str = "tls";
+/// Outbound TLS: how a Service's `https://` connections are made.
+pub(crate) const TLS_OUTBOUND: &str = "tls-outbound";
+
 /// Runs first whatever its `order`: a preflight must be answered before anything rejects it.
 pub(crate) const CORS: &str = "cors-flex";
 
@@ -81,6 +86,10 @@ pub(crate) enum PolicyKind {
     Route(RouteConfig),
     /// Decided on the peer address: becomes part of [`crate::ConnectionRules`].
     Connection(ConnectionPolicy),
+    /// `tls` or `tls-outbound`: a connection's TLS settings, kept apart from the per-request
+    /// policies ([`crate::ApiInstance::tls`], [`crate::Upstream::tls`]). The proxy reads the
+    /// `config`.
+    Tls,
 }
 
 /// The `config` of `route` / `route-weighted`.
@@ -132,6 +141,11 @@ pub(crate) fn parse_policy(
         return None;
     }
     if let Some(node) = rules_node {
+        if name == TLS || name == TLS_OUTBOUND {
+            let message = format!("{name} applies to whole connections and cannot have `rules`");
+            scope.error(node.line, &fields.path_of("rules"), message);
+            return None;
+        }
         if is_connection_policy(&name) && !per_request_ip_policy(&name, &config, true) {
             let message =
                 format!("{name} applies to whole connections and cannot be limited by `rules`");
@@ -191,6 +205,7 @@ fn check_config(
     match name {
         "route" => route_config(config, path, false, scope).map(PolicyKind::Route),
         "route-weighted" => route_config(config, path, true, scope).map(PolicyKind::Route),
+        TLS | TLS_OUTBOUND => Some(PolicyKind::Tls),
         // An IP list on a header, or for some requests only, needs the request: the kernel sees
         // addresses and ports, never a path.
         _ if per_request_ip_policy(name, config, has_rules) => Some(PolicyKind::PerRequest),

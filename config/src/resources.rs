@@ -6,10 +6,9 @@
 //! resource with errors is still returned, with the broken parts missing, so that references to
 //! it do not produce a second, misleading error.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
-use crate::address::{parse_listen, parse_upstream, Resolve};
+use crate::address::{parse_listen, parse_upstream, Listen, Resolve};
 use crate::error::{child, did_you_mean, item, Scope};
 use crate::model::{path_prefix, Route, Upstream};
 use crate::node::Node;
@@ -69,8 +68,8 @@ impl Meta {
 #[derive(Debug)]
 pub(crate) struct RawApi {
     pub meta: Meta,
-    /// Listen address, base path and the line of `spec.address`.
-    pub listen: Option<(SocketAddr, String, usize)>,
+    /// The parsed `spec.address` and its line.
+    pub listen: Option<(Listen, usize)>,
     /// Routes to inline services, complete.
     pub routes: Vec<Route>,
     pub inline_upstreams: Vec<Arc<Upstream>>,
@@ -227,7 +226,7 @@ fn api_instance(
         let path = f.path_of("address");
         if let Some(text) = scope.str(node, &path) {
             match parse_listen(text) {
-                Ok((addr, base)) => api.listen = Some((addr, base, node.line)),
+                Ok(listen) => api.listen = Some((listen, node.line)),
                 Err(e) => scope.error(node.line, &path, e),
             }
         }
@@ -364,6 +363,9 @@ fn upstream(
             addrs: address.addrs,
             authority: address.authority,
             path: address.path,
+            https: address.https,
+            host: address.host,
+            tls: None,
             policies: Vec::new(),
         }),
         Err(e) => {

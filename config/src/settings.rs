@@ -50,6 +50,12 @@ pub struct Timeouts {
     /// `streamIdleSeconds`: idle client keep-alive, default 300 s.
     #[serde(rename = "streamIdleSeconds", serialize_with = "crate::view::seconds")]
     pub stream_idle: Duration,
+    /// `tlsHandshakeSeconds` (Ringwall's): a client's whole TLS handshake, default 10 s.
+    #[serde(
+        rename = "tlsHandshakeSeconds",
+        serialize_with = "crate::view::seconds"
+    )]
+    pub tls_handshake: Duration,
 }
 
 impl Default for Timeouts {
@@ -59,6 +65,7 @@ impl Default for Timeouts {
             upstream_response: Duration::from_secs(15),
             upstream_idle: Duration::from_secs(60),
             stream_idle: Duration::from_secs(300),
+            tls_handshake: Duration::from_secs(10),
         }
     }
 }
@@ -156,15 +163,17 @@ fn timeouts(node: &Node, path: &str, timeouts: &mut Timeouts, scope: &mut Scope<
             "upstreamResponseSeconds",
             "upstreamConnectionIdleSeconds",
             "streamIdleSeconds",
+            "tlsHandshakeSeconds",
         ],
     ) else {
         return;
     };
-    let fields: [(&str, &mut Duration); 4] = [
+    let fields: [(&str, &mut Duration); 5] = [
         ("upstreamConnectSeconds", &mut timeouts.upstream_connect),
         ("upstreamResponseSeconds", &mut timeouts.upstream_response),
         ("upstreamConnectionIdleSeconds", &mut timeouts.upstream_idle),
         ("streamIdleSeconds", &mut timeouts.stream_idle),
+        ("tlsHandshakeSeconds", &mut timeouts.tls_handshake),
     ];
     for (key, slot) in fields {
         if let Some(d) = f.get(key).and_then(|n| seconds(n, &f.path_of(key), scope)) {

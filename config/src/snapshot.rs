@@ -16,7 +16,7 @@ use serde::Serialize;
 use crate::connection::{ConnectionPolicy, ConnectionRules, ALLOWLIST, RATE_LIMIT};
 use crate::error::{ConfigError, Diagnostics, Scope};
 use crate::model::{path_prefix, ApiInstance, Policy, Route, Upstream};
-use crate::policy::{PolicyKind, PolicySpec, CORS};
+use crate::policy::{PolicyKind, PolicySpec, CORS, TLS_OUTBOUND};
 use crate::resources::{Kind, Meta, RawApi, RawBinding, RawService, Resources};
 use crate::settings::Settings;
 
@@ -137,6 +137,7 @@ pub(crate) fn link(res: Resources, files: usize, diag: &mut Diagnostics) -> Snap
         }
     }
     check_listeners(&linked, diag);
+    check_tls_listeners(&linked, diag);
     let listener_rules = listener_rules(&linked, diag);
 
     let mut upstreams = services.upstreams;
@@ -189,15 +190,36 @@ fn attach_bindings(
                 scope.error(target.line, "spec.targetRef.name", message);
                 continue;
             };
-            if !matches!(spec.kind, PolicyKind::PerRequest) {
+            let outbound = spec.name == TLS_OUTBOUND;
+            if !outbound && !matches!(spec.kind, PolicyKind::PerRequest) {
                 let message = format!("`{}` must target an ApiInstance", spec.name);
                 scope.error(target.line, "spec.targetRef", message);
                 continue;
             }
-            if let Some(upstream) = &mut service.upstream {
-                let name = binding.meta.name.clone();
+            let Some(upstream) = &mut service.upstream else {
+                continue;
+            };
+            let name = binding.meta.name.clone();
+            if !outbound {
                 upstream.policies.push(policy(name, &binding.meta, spec));
+            } else if !upstream.https {
+                let message = format!(
+                    "Service `{}` has an `http://` address: `tls-outbound` needs `https://`",
+                    target.name
+                );
+                scope.error(target.line, "spec.targetRef.name", message);
+            } else if let Some(first) = &upstream.tls {
+                let message = format!(
+                    "Service `{}` already has a `tls-outbound` policy, {} ({}:{})",
+                    target.name, first.resource, first.file, first.line
+                );
+                scope.error(spec.line, &spec.name_field, message);
+            } else {
+                upstream.tls = Some(policy(name, &binding.meta, spec));
             }
+        } else if spec.name == TLS_OUTBOUND {
+            let message = "`tls-outbound` must target a Service (`targetRef.kind: Service`)";
+            scope.error(target.line, "spec.targetRef", message);
         } else if apis.iter().any(|a| a.meta.name == target.name) {
             bound.entry(target.name).or_default().push(Bound {
                 binding: binding.meta.name.clone(),
@@ -247,6 +269,7 @@ fn build_api(
     });
     let mut routes: Vec<(i64, Route)> = Vec::new();
     let mut enforced = Vec::new();
+    let mut tls: Option<Policy> = None;
     let mut connection = ConnectionFold::default();
     for Bound {
         binding,
@@ -267,6 +290,24 @@ fn build_api(
                     field: &spec.name_field,
                 };
                 connection.add(&raw.meta, origin, rule, diag);
+                continue;
+            }
+            PolicyKind::Tls if spec.name == TLS_OUTBOUND => {
+                let message = "`tls-outbound` must be bound to a Service (a PolicyBinding with \
+                               `targetRef.kind: Service`)";
+                scope_of(diag, &meta).error(spec.line, &spec.name_field, message);
+                continue;
+            }
+            PolicyKind::Tls => {
+                if let Some(first) = &tls {
+                    let message = format!(
+                        "ApiInstance `{}` already has a `tls` policy, {} ({}:{})",
+                        raw.meta.name, first.binding, first.file, first.line
+                    );
+                    scope_of(diag, &meta).error(spec.line, &spec.name_field, message);
+                } else {
+                    tls = Some(policy(binding, &meta, spec));
+                }
                 continue;
             }
             PolicyKind::Route(route) => route,
@@ -292,11 +333,13 @@ fn build_api(
     routes.sort_by_key(|&(order, _)| order);
     enforced.sort_by_key(|p| (p.name != CORS, p.order));
 
-    let (listen, base_path, address_line) = raw.listen?;
+    let (listen, address_line) = raw.listen?;
     let mut api = ApiInstance {
         name: raw.meta.name.clone(),
-        listen,
-        base_path,
+        listen: listen.addr,
+        base_path: listen.base_path,
+        https: listen.https,
+        tls,
         routes: raw.routes,
         policies: enforced,
         connection_rules: connection.rules,
@@ -434,6 +477,44 @@ fn check_listeners(apis: &[(Meta, usize, ApiInstance)], diag: &mut Diagnostics) 
                 continue;
             };
             scope_of(diag, meta).error(*line, "spec.address", message);
+        }
+    }
+}
+
+/// TLS is a property of the listener, as in Flex where it applies per port: a listener
+/// terminates TLS when any of its ApiInstances binds `tls`. An `https://` ApiInstance on a
+/// listener without one cannot be served; an `http://` one on a TLS listener is served over
+/// TLS, which its address does not say (a warning).
+fn check_tls_listeners(apis: &[(Meta, usize, ApiInstance)], diag: &mut Diagnostics) {
+    for (meta, line, api) in apis {
+        let shares = |other: &ApiInstance| {
+            other.listen == api.listen && (api.listen.port() != 0 || other.name == api.name)
+        };
+        let with_tls = apis
+            .iter()
+            .find(|(_, _, other)| shares(other) && other.tls.is_some());
+        match (api.https, with_tls) {
+            (true, None) => {
+                let message = format!(
+                    "`https://` needs a `tls` policy (its certificate) bound to this ApiInstance \
+                     or to another one on {}",
+                    api.listen
+                );
+                scope_of(diag, meta).error(*line, "spec.address", message);
+            }
+            (false, Some((other_meta, _, _))) => {
+                let by = if other_meta.name == meta.name {
+                    "its own `tls` policy".to_owned()
+                } else {
+                    format!("the `tls` policy of {}", other_meta.label())
+                };
+                let message = format!(
+                    "served over TLS because of {by} on {}: write `https://`",
+                    api.listen
+                );
+                scope_of(diag, meta).warn(*line, "spec.address", message);
+            }
+            _ => {}
         }
     }
 }

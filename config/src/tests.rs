@@ -252,6 +252,8 @@ fn every_known_policy_the_loader_does_not_interpret_reaches_the_proxy() {
         "ip-allowlist-flex",
         "ip-blocklist-flex",
         "connection-rate-limit",
+        "tls",
+        "tls-outbound",
     ];
     for &name in POLICIES.iter().filter(|n| !interpreted.contains(n)) {
         let binding = format!(
@@ -393,7 +395,7 @@ fn inline_route_policies_and_env_substitution() {
 fn configuration_sections_parse_and_merge() {
     let timeouts = configuration(
         "timeouts",
-        "  timeouts:\n    upstreamConnectSeconds: 0.5\n    upstreamResponseSeconds: 30\n  \
+        "  timeouts:\n    upstreamConnectSeconds: 0.5\n    upstreamResponseSeconds: 30\n    tlsHandshakeSeconds: 2\n  \
          limits:\n    maxRequestHeaderBytes: 1024\n    maxRequestBodyBytes: 1000000\n",
     );
     let storage = configuration(
@@ -414,6 +416,7 @@ fn configuration_sections_parse_and_merge() {
     );
     assert_eq!(settings.timeouts.upstream_response, Duration::from_secs(30));
     assert_eq!(settings.timeouts.stream_idle, Duration::from_secs(300));
+    assert_eq!(settings.timeouts.tls_handshake, Duration::from_secs(2));
     assert_eq!(settings.limits.max_header_bytes, 1024);
     assert_eq!(settings.limits.max_body_bytes, Some(1_000_000));
     assert!(settings.proxy_protocol);
@@ -1144,7 +1147,8 @@ fn listener_errors() {
     let e = error(&api("a", "https://0.0.0.0:8443"));
     assert_eq!(
         e.to_string(),
-        "t.yaml:6: ApiInstance/a: spec.address: https listeners need the `tls` policy, which is not supported yet"
+        "t.yaml:6: ApiInstance/a: spec.address: `https://` needs a `tls` policy (its certificate) \
+         bound to this ApiInstance or to another one on 0.0.0.0:8443"
     );
     let e = error(&api("a", "http://gateway.local:80"));
     assert!(e.message.contains("must be an IP address"), "{e}");
@@ -1182,13 +1186,13 @@ fn listener_errors() {
 fn upstream_errors() {
     let text = format!(
         "{}---\n{}",
-        service("s", "https://127.0.0.1:443"),
+        service("s", "ws://127.0.0.1:443"),
         api("a", "http://127.0.0.1:0")
     );
     let e = error(&text);
     assert_eq!(
         e.to_string(),
-        "t.yaml:6: Service/s: spec.address: TLS to upstreams (`tls-outbound`) is not supported yet"
+        "t.yaml:6: Service/s: spec.address: unsupported scheme `ws`; expected `http://` or `https://`"
     );
     let text = format!(
         "{}---\n{}",
@@ -1331,7 +1335,7 @@ fn missing_environment_variables_are_errors() {
 #[test]
 fn every_error_of_a_load_is_reported() {
     let broken_api =
-        api("a", "https://0.0.0.0:1").replace("  services:", "  extra: 1\n  services:");
+        api("a", "gopher://0.0.0.0:1").replace("  services:", "  extra: 1\n  services:");
     let errors = errors(&[
         ("a.yaml", &broken_api),
         ("b.yaml", "key: [unclosed\n"),
@@ -1556,4 +1560,186 @@ fn policy_config_is_redacted_when_serialised() {
         serde_json::json!({"username": "alice", "password": "***"})
     );
     assert_eq!(json["binding"], "basic");
+}
+
+// === TLS ===
+
+fn tls_binding(name: &str, target: &str) -> String {
+    binding(
+        name,
+        target,
+        "tls",
+        "  config:\n    certificate: {key: k.pem, crt: c.pem}\n",
+    )
+}
+
+fn outbound_binding(target: &str) -> String {
+    binding(
+        "out",
+        target,
+        "tls-outbound",
+        "  config:\n    skipValidation: true\n",
+    )
+    .replace(
+        &format!("    name: {target}\n  policyRef"),
+        &format!("    kind: Service\n    name: {target}\n  policyRef"),
+    )
+}
+
+#[test]
+fn an_https_api_instance_takes_its_tls_policy_apart_from_the_per_request_ones() {
+    let snapshot = ok(&[
+        ("a.yaml", &api("a", "https://127.0.0.1:8443/api")),
+        ("b.yaml", &tls_binding("a-tls", "a")),
+    ]);
+    let a = &snapshot.apis[0];
+    assert!(a.https);
+    assert!(a.policies.is_empty(), "{:?}", a.policies);
+    let tls = a.tls.as_ref().expect("the tls policy");
+    assert_eq!((tls.name.as_str(), tls.binding.as_str()), ("tls", "a-tls"));
+    assert_eq!(tls.config_path, "spec.config");
+    assert!(snapshot.warnings.is_empty(), "{:?}", snapshot.warnings);
+}
+
+#[test]
+fn https_without_a_tls_policy_on_the_listener_is_an_error_at_the_address() {
+    let text = api("a", "https://127.0.0.1:8443");
+    let e = error(&text);
+    assert_eq!(
+        (e.line, e.field.as_deref()),
+        (line_of(&text, "address: https"), Some("spec.address"))
+    );
+    assert!(e.message.contains("needs a `tls` policy"), "{}", e.message);
+    // Port 0 gives each ApiInstance a port of its own: another one's certificate is no help.
+    let errors = errors(&[
+        ("a.yaml", &api("a", "https://127.0.0.1:0")),
+        (
+            "b.yaml",
+            &api("b", "https://127.0.0.1:0").replace("  services:\n    up", "  services:\n    up2"),
+        ),
+        ("c.yaml", &tls_binding("b-tls", "b")),
+    ]);
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert_eq!(errors[0].resource.as_deref(), Some("ApiInstance/a"));
+}
+
+#[test]
+fn tls_applies_to_the_whole_listener_and_says_so_for_http_addresses() {
+    let other = api("b", "http://127.0.0.1:8443/b");
+    let snapshot = ok(&[
+        ("a.yaml", &api("a", "https://127.0.0.1:8443/a")),
+        ("b.yaml", &other),
+        ("c.yaml", &tls_binding("a-tls", "a")),
+    ]);
+    let warning = snapshot
+        .warnings
+        .iter()
+        .find(|w| w.resource.as_deref() == Some("ApiInstance/b"))
+        .expect("a warning on b");
+    assert_eq!(warning.line, line_of(&other, "address:"));
+    assert!(
+        warning
+            .message
+            .contains("served over TLS because of the `tls` policy of ApiInstance/a"),
+        "{}",
+        warning.message
+    );
+    // Another port is not concerned.
+    let snapshot = ok(&[
+        ("a.yaml", &api("a", "https://127.0.0.1:8443/a")),
+        ("b.yaml", &api("b", "http://127.0.0.1:8080/b")),
+        ("c.yaml", &tls_binding("a-tls", "a")),
+    ]);
+    assert!(snapshot.warnings.is_empty(), "{:?}", snapshot.warnings);
+}
+
+#[test]
+fn tls_policy_errors() {
+    let a = api("a", "https://127.0.0.1:8443");
+    // Rules make no sense for a whole connection.
+    let ruled = tls_binding("t", "a") + "  rules:\n    - path: /x\n";
+    let e = error(&format!(
+        "{}---\n{ruled}",
+        api("a", "http://127.0.0.1:8443")
+    ));
+    assert_eq!(e.field.as_deref(), Some("spec.rules"));
+    assert_eq!(
+        e.message,
+        "tls applies to whole connections and cannot have `rules`"
+    );
+    // One per ApiInstance.
+    let errors = errors(&[
+        ("a.yaml", &a),
+        ("t.yaml", &tls_binding("t1", "a")),
+        ("u.yaml", &tls_binding("t2", "a")),
+    ]);
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert!(
+        errors[0]
+            .message
+            .starts_with("ApiInstance `a` already has a `tls` policy, t1 (t.yaml:"),
+        "{}",
+        errors[0].message
+    );
+    // Inbound TLS on a Service, outbound TLS on an ApiInstance.
+    let s = service("s", "https://127.0.0.1:9443");
+    let wrong = tls_binding("t", "s").replace(
+        "    name: s\n  policyRef",
+        "    kind: Service\n    name: s\n  policyRef",
+    );
+    let e = error(&format!("{s}---\n{wrong}"));
+    assert_eq!(e.message, "`tls` must target an ApiInstance");
+    let wrong = binding("o", "a", "tls-outbound", "");
+    let e = error(&format!("{a}---\n{}---\n{wrong}", tls_binding("t", "a")));
+    assert_eq!(e.field.as_deref(), Some("spec.targetRef"));
+    assert!(e.message.contains("must target a Service"), "{}", e.message);
+    let inline = format!("{a}  policies:\n    - policyRef:\n        name: tls-outbound\n");
+    let e = error(&format!("{inline}---\n{}", tls_binding("t", "a")));
+    assert!(
+        e.message.contains("must be bound to a Service"),
+        "{}",
+        e.message
+    );
+}
+
+#[test]
+fn tls_outbound_attaches_to_an_https_service() {
+    let route = route_binding("r", "", "    destinationRef:\n      name: s\n");
+    let snapshot = ok(&[
+        ("s.yaml", &service("s", "https://orders.internal/v1")),
+        ("a.yaml", &api("a", "http://127.0.0.1:0")),
+        ("r.yaml", &route),
+        ("o.yaml", &outbound_binding("s")),
+    ]);
+    let s = &snapshot.services[0];
+    assert!(s.https);
+    assert_eq!(
+        (s.host.as_str(), s.addrs[0].port()),
+        ("orders.internal", 443)
+    );
+    assert_eq!(s.tls.as_ref().map(|p| p.binding.as_str()), Some("out"));
+    assert!(s.policies.is_empty());
+    let e = error(&format!(
+        "{}---\n{}",
+        service("s", "http://127.0.0.1:9000"),
+        outbound_binding("s")
+    ));
+    assert_eq!(
+        e.message,
+        "Service `s` has an `http://` address: `tls-outbound` needs `https://`"
+    );
+    let errors = errors(&[
+        ("s.yaml", &service("s", "https://127.0.0.1:9443")),
+        ("o.yaml", &outbound_binding("s")),
+        (
+            "p.yaml",
+            &outbound_binding("s").replace("name: out", "name: out2"),
+        ),
+    ]);
+    assert!(
+        errors.iter().any(|e| e.message.starts_with(
+            "Service `s` already has a `tls-outbound` policy, PolicyBinding/out (o.yaml:"
+        )),
+        "{errors:#?}"
+    );
 }

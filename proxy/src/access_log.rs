@@ -71,6 +71,9 @@ pub struct Entry<'a> {
     pub route: Option<&'a str>,
     /// The policy that answered instead of the upstream, if one did.
     pub rejected_by: Option<&'a str>,
+    /// The client's TLS session: logged as `tls_version`, `tls_sni` and
+    /// `tls_client_subject`, fields a plain connection's lines leave out.
+    pub tls: Option<&'a crate::tls::Session>,
 }
 
 /// Appends `entry` to `out` as one JSON object and a newline. Allocates only if `out` has
@@ -110,6 +113,14 @@ pub fn format_line(entry: &Entry, out: &mut Vec<u8>) {
     push_opt_str(out, entry.route);
     out.extend_from_slice(b",\"rejected_by\":");
     push_opt_str(out, entry.rejected_by);
+    if let Some(tls) = entry.tls {
+        out.extend_from_slice(b",\"tls_version\":");
+        push_str(out, tls.version);
+        out.extend_from_slice(b",\"tls_sni\":");
+        push_opt_str(out, tls.sni.as_deref());
+        out.extend_from_slice(b",\"tls_client_subject\":");
+        push_opt_str(out, tls.client_subject.as_deref());
+    }
     out.extend_from_slice(b"}\n");
 }
 
@@ -611,6 +622,7 @@ mod tests {
             api: Some("orders"),
             route: Some("orders-route"),
             rejected_by: None,
+            tls: None,
         }
     }
 
@@ -707,6 +719,36 @@ mod tests {
         assert!(text.ends_with(
             "\"upstream\":null,\"api\":null,\"route\":null,\"rejected_by\":\"ip-allowlist\"}\n"
         ));
+    }
+
+    #[test]
+    fn tls_connections_add_their_session() {
+        let session = crate::tls::Session {
+            version: "1.3",
+            sni: Some("api.example.com".into()),
+            client_subject: Some("CN=client \"7\", O=Example".into()),
+        };
+        let text = line(&Entry {
+            tls: Some(&session),
+            ..entry()
+        });
+        assert!(
+            text.ends_with(
+                "\"rejected_by\":null,\"tls_version\":\"1.3\",\"tls_sni\":\"api.example.com\",\
+                 \"tls_client_subject\":\"CN=client \\\"7\\\", O=Example\"}\n"
+            ),
+            "{text}"
+        );
+        let anonymous = crate::tls::Session {
+            version: "1.2",
+            ..Default::default()
+        };
+        let text = line(&Entry {
+            tls: Some(&anonymous),
+            ..entry()
+        });
+        assert!(text
+            .ends_with("\"tls_version\":\"1.2\",\"tls_sni\":null,\"tls_client_subject\":null}\n"));
     }
 
     #[test]

@@ -13,7 +13,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Buf, BytesMut};
 use tokio::time::timeout;
-use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
 
 use crate::access_log::Entry;
@@ -23,9 +22,11 @@ use crate::http::chunked::ChunkedDecoder;
 use crate::http::request::{self, Forward};
 use crate::http::response::{self, ToClient};
 use crate::http::{write_local_response, Framing, CONTINUE};
+use crate::io::{ClientStream, Io, Stream};
 use crate::metrics::MethodClass;
 use crate::policy::{Chain, HeaderLines, Hold, Overrides, RequestCx, ResponseCx, Stop, Verdict};
-use crate::pool::{peek, still_open, Peek, UpstreamConn};
+use crate::pool::{peek, still_open, Peek, PoolKey, UpstreamConn};
+use crate::tls::{HandshakeFailure, Session, TlsStream, UpstreamTls};
 use crate::worker::{ListenerHandle, Worker};
 
 /// Initial size of each connection's read and write buffers.
@@ -43,8 +44,10 @@ const MIN_RETRY_DELAY: Duration = Duration::from_millis(1);
 const LINGER: Duration = Duration::from_secs(1);
 
 struct Client {
-    stream: TcpStream,
+    stream: ClientStream,
     peer: SocketAddr,
+    /// What the TLS handshake settled, on a TLS listener.
+    tls: Option<Session>,
     buf: BytesMut,
     out: BytesMut,
     /// The exchange under way, for the log phase.
@@ -118,9 +121,29 @@ pub(crate) async fn serve(
     let _active = worker.track_connection();
     // Responses are written whole; Nagle would only delay them.
     let _ = stream.set_nodelay(true);
+    // === Phase: TLS handshake ===
+    // On the configuration current at accept: a reload changes the certificates of the
+    // connections that come after it.
+    let (stream, tls) = {
+        let gateway = worker.gateway();
+        let config = gateway
+            .index_of(&listener.key)
+            .and_then(|i| gateway.listener_tls(i))
+            .cloned();
+        let wait = gateway.snapshot.settings.timeouts.tls_handshake;
+        drop(gateway);
+        match config {
+            None => (Stream::Plain(stream), None),
+            Some(config) => match accept_tls(stream, config, wait, &worker).await {
+                Some((tls, session)) => (Stream::Tls(tls), Some(session)),
+                None => return,
+            },
+        }
+    };
     let mut client = Client {
         stream,
         peer,
+        tls,
         buf: BytesMut::with_capacity(BUF_SIZE),
         out: BytesMut::with_capacity(BUF_SIZE),
         rec: Record::default(),
@@ -140,11 +163,54 @@ pub(crate) async fn serve(
                 break;
             }
             Next::Linger => {
-                linger_close(&client.stream).await;
+                linger_close(&mut client.stream).await;
                 break;
             }
         }
     }
+}
+
+/// Runs the server side of a TLS handshake within `wait`, counting its outcome. `None`
+/// when it failed (the connection is closed) or the gateway began draining meanwhile.
+async fn accept_tls(
+    stream: TcpStream,
+    config: Arc<rustls::ServerConfig>,
+    wait: Duration,
+    w: &Worker,
+) -> Option<(Box<TlsStream<rustls::ServerConnection>>, Session)> {
+    let conn = match rustls::ServerConnection::new(config) {
+        Ok(conn) => conn,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot start a TLS session");
+            let _ = stream.shutdown(Shutdown::Both);
+            return None;
+        }
+    };
+    let mut tls = Box::new(TlsStream::new(stream, conn));
+    let done = tokio::select! {
+        done = tls.handshake(wait) => done,
+        () = w.draining() => {
+            abort_tls(&tls);
+            return None;
+        }
+    };
+    match done {
+        Ok(()) => {
+            let session = Session::of(&tls);
+            crate::metrics::tls_handshake(crate::metrics::TlsSide::Client, session.version);
+            Some((tls, session))
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "client TLS handshake failed");
+            crate::metrics::tls_failure(crate::metrics::TlsSide::Client, e.reason);
+            abort_tls(&tls);
+            None
+        }
+    }
+}
+
+fn abort_tls(tls: &TlsStream<rustls::ServerConnection>) {
+    let _ = tls.get_ref().shutdown(Shutdown::Both);
 }
 
 async fn exchange(c: &mut Client, listener: &ListenerHandle, w: &Worker) -> Next {
@@ -195,6 +261,7 @@ async fn exchange(c: &mut Client, listener: &ListenerHandle, w: &Worker) -> Next
                 .api
                 .zip(rec.rejected_by)
                 .and_then(|(a, i)| gateway.policies.chains.get(a)?.name(i)),
+            tls: c.tls.as_ref(),
         });
     }
     next
@@ -246,7 +313,7 @@ async fn phases(c: &mut Client, listener: &ListenerHandle, w: &Worker) -> Next {
                     }
                     // A client that left while its request waited gives its place up now
                     // rather than after every attempt (pipelined bytes are not a departure).
-                    if peek(&c.stream) == Peek::Closed {
+                    if peek(c.stream.socket()) == Peek::Closed {
                         return Next::Close;
                     }
                     continue;
@@ -270,7 +337,7 @@ async fn phases(c: &mut Client, listener: &ListenerHandle, w: &Worker) -> Next {
         }
         let stream_idle = gateway.snapshot.settings.timeouts.stream_idle;
         drop(gateway);
-        let read = read_more(&c.stream, &mut c.buf, stream_idle);
+        let read = read_more(&mut c.stream, &mut c.buf, stream_idle);
         let n = if idle {
             tokio::select! {
                 n = read => n,
@@ -431,6 +498,7 @@ fn plan_request(
         let mut cx = RequestCx {
             req: &req,
             peer: c.peer,
+            tls: c.tls.as_ref(),
             attempt: resume.attempt,
             upstream_headers: &mut c.up_headers,
             client_headers: &mut c.client_headers,
@@ -465,7 +533,7 @@ fn plan_request(
             rest: routed.rest,
             upstream_authority: &target.upstream.authority,
             peer: c.peer.ip(),
-            scheme: "http",
+            scheme: if c.tls.is_some() { "https" } else { "http" },
             extra: c.up_headers.as_bytes(),
             strip: if applied == 0 {
                 &request::keep_all
@@ -526,6 +594,11 @@ async fn forward(
     };
     let before = |e| Failure::BeforeResponse(e, !has_body);
     c.rec.upstream = Some(addr);
+    let tls = gateway.upstream_tls(plan.api, plan.route);
+    let key = PoolKey {
+        addr,
+        tls: tls.map_or(0, |t| t.id),
+    };
 
     // Replaying is safe only for a bodiless idempotent request on a pooled
     // connection that turned out to be closed.
@@ -535,12 +608,12 @@ async fn forward(
             .overrides
             .upstream_idle
             .unwrap_or(timeouts.upstream_idle);
-        let mut up = match w.pool.take(addr, pooled_idle) {
+        let mut up = match w.pool.take(key, pooled_idle) {
             // Even a replayable request needs the peek: a replay covers a closed
             // connection, not one holding bytes nobody asked for, which would be taken
             // for this request's response.
-            Some(up) if still_open(&up.stream) => up,
-            Some(_) | None => connect(addr, timeouts.upstream_connect)
+            Some(up) if still_open(up.stream.socket()) => up,
+            Some(_) | None => connect(key, tls, timeouts.upstream_connect)
                 .await
                 .map_err(before)?,
         };
@@ -551,7 +624,7 @@ async fn forward(
 
         // === Phase: request head and body upstream ===
         let head = std::mem::take(&mut c.out);
-        let (res, head) = write_all(&up.stream, head, response_timeout).await;
+        let (res, head) = write_all(&mut up.stream, head, response_timeout).await;
         c.out = head;
         match res {
             Ok(()) => {}
@@ -570,7 +643,7 @@ async fn forward(
         }
         if has_body {
             if plan.expect_continue {
-                let (res, _) = write_all(&c.stream, CONTINUE, stream_idle).await;
+                let (res, _) = write_all(&mut c.stream, CONTINUE, stream_idle).await;
                 if let Err(f) = res {
                     abort(&up.stream);
                     return Err(Failure::AfterResponse(f.client()));
@@ -578,8 +651,8 @@ async fn forward(
                 c.rec.bytes_out += CONTINUE.len() as u64;
             }
             let relayed = relay(
-                &c.stream,
-                &up.stream,
+                &mut c.stream,
+                &mut up.stream,
                 &mut c.buf,
                 plan.framing,
                 RelayOpts {
@@ -606,6 +679,7 @@ async fn forward(
             chain: gateway.policies.chains.get(plan.api),
             applied: plan.applied,
             peer: c.peer,
+            tls: c.tls.as_ref(),
             lines: &mut c.client_headers,
         };
         match read_response_head(
@@ -645,7 +719,7 @@ async fn forward(
     }
     let head = std::mem::take(&mut c.out);
     let written = head.len() as u64;
-    let (res, head) = write_all(&c.stream, head, stream_idle).await;
+    let (res, head) = write_all(&mut c.stream, head, stream_idle).await;
     c.out = head;
     c.out.clear();
     if let Err(e) = res {
@@ -656,8 +730,8 @@ async fn forward(
 
     if !body_done {
         let relayed = relay(
-            &up.stream,
-            &c.stream,
+            &mut up.stream,
+            &mut c.stream,
             &mut up.buf,
             resp.framing,
             RelayOpts {
@@ -700,6 +774,7 @@ struct ResponsePolicies<'a> {
     chain: Option<&'a Chain>,
     applied: u64,
     peer: SocketAddr,
+    tls: Option<&'a Session>,
     /// Header lines for the client: the request phase's, then the response phase's.
     lines: &'a mut HeaderLines,
 }
@@ -746,6 +821,7 @@ async fn read_response_head(
                             status: r.status,
                             headers: r.headers,
                             peer: policies.peer,
+                            tls: policies.tls,
                             client_headers: policies.lines,
                         };
                         chain.response(applied, usize::MAX, &mut cx);
@@ -780,7 +856,7 @@ async fn read_response_head(
             }
         }
         let left = deadline.saturating_duration_since(Instant::now());
-        match read_more(&up.stream, &mut up.buf, left).await {
+        match read_more(&mut up.stream, &mut up.buf, left).await {
             Ok(0) if !received => return Err(ProxyError::UpstreamClosed),
             Ok(0) => return Err(ProxyError::BadResponse(response::BadResponse::Malformed)),
             Ok(_) => received = true,
@@ -793,12 +869,19 @@ async fn read_response_head(
     }
 }
 
-/// Opens a new upstream connection. The connect runs on the runtime's epoll reactor
-/// rather than on the ring: a connect op on the ring owns its socket until the kernel
-/// gives up (minutes of SYN retries), so a timed-out connect there would leave the
-/// socket connecting; here dropping the future closes it. Only new connections pay
-/// this; pooled ones are reused as they are.
-async fn connect(addr: SocketAddr, wait: Duration) -> Result<UpstreamConn, ProxyError> {
+/// Opens a new upstream connection, with its TLS handshake for an `https://` upstream
+/// (both within `wait`). The connect runs on the runtime's epoll reactor rather than on
+/// the ring: a connect op on the ring owns its socket until the kernel gives up (minutes
+/// of SYN retries), so a timed-out connect there would leave the socket connecting; here
+/// dropping the future closes it. Only new connections pay this; pooled ones are reused
+/// as they are.
+async fn connect(
+    key: PoolKey,
+    tls: Option<&Arc<UpstreamTls>>,
+    wait: Duration,
+) -> Result<UpstreamConn, ProxyError> {
+    let deadline = Instant::now() + wait;
+    let addr = key.addr;
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()
     } else {
@@ -816,10 +899,31 @@ async fn connect(addr: SocketAddr, wait: Duration) -> Result<UpstreamConn, Proxy
     std.set_nonblocking(false).map_err(ProxyError::Connect)?;
     let stream = TcpStream::from_std(std);
     let _ = stream.set_nodelay(true);
+    let stream = match tls {
+        None => Stream::Plain(stream),
+        Some(tls) => {
+            let conn =
+                rustls::ClientConnection::new(Arc::clone(&tls.client.config), tls.name.clone())
+                    .map_err(|e| ProxyError::Connect(io::Error::other(e)))?;
+            let mut stream = Box::new(TlsStream::new(stream, conn));
+            let left = deadline.saturating_duration_since(Instant::now());
+            if let Err(e) = stream.handshake(left).await {
+                crate::metrics::tls_failure(crate::metrics::TlsSide::Upstream, e.reason);
+                let _ = stream.get_ref().shutdown(Shutdown::Both);
+                return Err(match e.reason {
+                    HandshakeFailure::Timeout => ProxyError::ConnectTimeout,
+                    _ => ProxyError::UpstreamTls(e),
+                });
+            }
+            let version = crate::tls::version_label(stream.version());
+            crate::metrics::tls_handshake(crate::metrics::TlsSide::Upstream, version);
+            Stream::Tls(stream)
+        }
+    };
     Ok(UpstreamConn {
         stream,
         buf: BytesMut::with_capacity(BUF_SIZE),
-        addr,
+        key,
         reused: false,
     })
 }
@@ -863,7 +967,7 @@ async fn send_local(c: &mut Client, status: u16, close: bool) -> Next {
     c.rec.status = status;
     c.rec.bytes_out += c.out.len() as u64;
     let out = std::mem::take(&mut c.out);
-    let (res, out) = write_all(&c.stream, out, Duration::from_secs(5)).await;
+    let (res, out) = write_all(&mut c.stream, out, Duration::from_secs(5)).await;
     c.out = out;
     c.out.clear();
     match (res, close) {
@@ -873,16 +977,18 @@ async fn send_local(c: &mut Client, status: u16, close: bool) -> Next {
     }
 }
 
-/// Half-closes, then reads and discards for a moment, so that a client still sending
-/// gets our response rather than a reset.
-async fn linger_close(stream: &TcpStream) {
-    let _ = stream.shutdown(Shutdown::Write);
+/// Half-closes (after `close_notify` over TLS), then reads and discards for a moment, so
+/// that a client still sending gets our response rather than a reset.
+async fn linger_close(stream: &mut ClientStream) {
+    stream.close_write().await;
+    let socket = stream.socket();
     let mut buf = BytesMut::with_capacity(MIN_READ);
     let drain = async {
         let mut total = 0usize;
         loop {
             buf.clear();
-            let (res, b) = stream.read(buf).await;
+            // Over TLS these are records nobody decrypts: only their end matters.
+            let (res, b) = socket.read(buf).await;
             buf = b;
             match res {
                 Ok(0) | Err(_) => break,
@@ -899,8 +1005,8 @@ async fn linger_close(stream: &TcpStream) {
 
 /// Shuts a socket down so that any read or write still in flight on it completes now
 /// and the descriptor is released when the stream is dropped.
-fn abort(stream: &TcpStream) {
-    let _ = stream.shutdown(Shutdown::Both);
+fn abort(stream: &impl Io) {
+    let _ = stream.socket().shutdown(Shutdown::Both);
 }
 
 // === Body relay ===
@@ -951,8 +1057,8 @@ impl RelayError {
 /// `dst`, framing included, to `written` as it goes, so a body cut short still counts
 /// what crossed; `opts.limit` applies to the body's data.
 async fn relay(
-    src: &TcpStream,
-    dst: &TcpStream,
+    src: &mut impl Io,
+    dst: &mut impl Io,
     buf: &mut BytesMut,
     framing: Framing,
     opts: RelayOpts,
@@ -1047,15 +1153,18 @@ impl Fail {
 }
 
 /// Reads into the spare capacity of `buf`, growing it when little is left.
-async fn read_more(stream: &TcpStream, buf: &mut BytesMut, wait: Duration) -> Result<usize, Fail> {
+async fn read_more(
+    stream: &mut impl Io,
+    buf: &mut BytesMut,
+    wait: Duration,
+) -> Result<usize, Fail> {
     if buf.capacity() - buf.len() < MIN_READ {
         buf.reserve(BUF_SIZE);
     }
     let owned = std::mem::take(buf);
-    let start = owned.len();
-    match timeout(wait, stream.read(owned.slice(start..))).await {
-        Ok((res, slice)) => {
-            *buf = slice.into_inner();
+    match timeout(wait, stream.read(owned)).await {
+        Ok((res, owned)) => {
+            *buf = owned;
             res.map_err(Fail::Io)
         }
         // The buffer stays with the abandoned read; the caller aborts the stream.
@@ -1063,11 +1172,10 @@ async fn read_more(stream: &TcpStream, buf: &mut BytesMut, wait: Duration) -> Re
     }
 }
 
-async fn write_all<B: tokio_uring::buf::BoundedBuf + Default>(
-    stream: &TcpStream,
-    buf: B,
-    wait: Duration,
-) -> (Result<(), Fail>, B) {
+async fn write_all<B>(stream: &mut impl Io, buf: B, wait: Duration) -> (Result<(), Fail>, B)
+where
+    B: tokio_uring::buf::BoundedBuf + AsRef<[u8]> + Default,
+{
     match timeout(wait, stream.write_all(buf)).await {
         Ok((res, buf)) => (res.map_err(Fail::Io), buf),
         Err(_) => (Err(Fail::Timeout), B::default()),

@@ -33,6 +33,8 @@ pub enum ProxyError {
     Connect(io::Error),
     #[error("upstream connect timed out")]
     ConnectTimeout,
+    #[error("upstream {0}")]
+    UpstreamTls(crate::tls::HandshakeError),
     #[error("upstream connection failed: {0}")]
     UpstreamIo(io::Error),
     #[error("upstream closed the connection before responding")]
@@ -60,6 +62,7 @@ impl ProxyError {
             ProxyError::NoRoute => Side::Internal,
             ProxyError::Connect(_)
             | ProxyError::ConnectTimeout
+            | ProxyError::UpstreamTls(_)
             | ProxyError::UpstreamIo(_)
             | ProxyError::UpstreamClosed
             | ProxyError::UpstreamTimeout
@@ -78,6 +81,7 @@ impl ProxyError {
             ProxyError::Client(_) => 400,
             ProxyError::ClientTimeout => 408,
             ProxyError::Connect(_)
+            | ProxyError::UpstreamTls(_)
             | ProxyError::UpstreamIo(_)
             | ProxyError::UpstreamClosed
             | ProxyError::BadResponse(_)

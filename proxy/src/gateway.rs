@@ -10,6 +10,7 @@ use ringwall_config::{ApiInstance, LoadErrors, Route, Snapshot};
 
 use crate::http::request::Request;
 use crate::policy::{self, Policies};
+use crate::tls::{TlsSetup, UpstreamTls};
 
 pub struct Gateway {
     pub snapshot: Arc<Snapshot>,
@@ -21,6 +22,8 @@ pub struct Gateway {
     /// The client of `sharedStorage`, kept across reloads that leave it unchanged. It
     /// connects when started (by the server) or first used, so `validate` never does.
     pub shared: Option<crate::shared::Handle>,
+    /// The TLS of each listener (indexed like `listeners`) and of each route's upstream.
+    pub tls: TlsSetup,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -86,56 +89,41 @@ impl Gateway {
         });
         let env = policy::Env { shared };
         let policies = policy::compile(&snapshot, previous.map(|g| &g.policies), &env)?;
-        Ok(Self::with_policies(snapshot, policies, env.shared))
-    }
-
-    fn with_policies(
-        snapshot: Arc<Snapshot>,
-        policies: Policies,
-        shared: Option<crate::shared::Handle>,
-    ) -> Self {
-        let mut listeners: Vec<Listener> = Vec::new();
-        for (i, api) in snapshot.apis.iter().enumerate() {
-            // Port 0 asks for a port of the system's choosing: each such ApiInstance
-            // gets a listener of its own.
-            let shared = api.listen.port() != 0;
-            match listeners
-                .iter_mut()
-                .find(|l| shared && l.addr == api.listen)
-            {
-                Some(l) => l.apis.push(i),
-                None => listeners.push(Listener {
-                    key: ListenerKey {
-                        addr: api.listen,
-                        port0_api: (!shared).then(|| api.name.clone()),
-                    },
-                    addr: api.listen,
-                    apis: vec![i],
-                }),
-            }
-        }
-        for l in &mut listeners {
-            l.apis
-                .sort_by_key(|&i| std::cmp::Reverse(snapshot.apis[i].base_path.len()));
-        }
+        let listeners = listeners(&snapshot);
+        let tls = crate::tls::setup::build(&snapshot, &listeners)?;
         let metrics = crate::metrics::GatewayMetrics::new(&snapshot);
-        Self {
+        Ok(Self {
             snapshot,
             listeners,
             policies,
             metrics,
-            shared,
-        }
+            shared: env.shared,
+            tls,
+        })
     }
 
-    /// The loader's warnings, then the policies'.
+    /// The loader's warnings, then the policies' and the TLS settings'.
     pub fn warnings(&self) -> impl Iterator<Item = &ringwall_config::ConfigError> {
-        self.snapshot.warnings.iter().chain(&self.policies.warnings)
+        self.snapshot
+            .warnings
+            .iter()
+            .chain(&self.policies.warnings)
+            .chain(&self.tls.warnings)
     }
 
     /// The listener with `key` in this configuration, if it still has one.
     pub fn index_of(&self, key: &ListenerKey) -> Option<usize> {
         self.listeners.iter().position(|l| l.key == *key)
+    }
+
+    /// The server TLS configuration of the listener at `index`; `None` for a plain one.
+    pub fn listener_tls(&self, index: usize) -> Option<&Arc<rustls::ServerConfig>> {
+        self.tls.listeners.get(index)?.as_ref()
+    }
+
+    /// How to reach route `route` of ApiInstance `api` over TLS; `None` for `http://`.
+    pub fn upstream_tls(&self, api: usize, route: usize) -> Option<&Arc<UpstreamTls>> {
+        self.tls.routes.get(api)?.get(route)?.as_ref()
     }
 
     /// The ApiInstance with the longest base path the request falls under, then its
@@ -186,6 +174,35 @@ impl Gateway {
             rest,
         })
     }
+}
+
+/// Each listening address with its ApiInstances, longest base path first.
+fn listeners(snapshot: &Snapshot) -> Vec<Listener> {
+    let mut listeners: Vec<Listener> = Vec::new();
+    for (i, api) in snapshot.apis.iter().enumerate() {
+        // Port 0 asks for a port of the system's choosing: each such ApiInstance
+        // gets a listener of its own.
+        let shared = api.listen.port() != 0;
+        match listeners
+            .iter_mut()
+            .find(|l| shared && l.addr == api.listen)
+        {
+            Some(l) => l.apis.push(i),
+            None => listeners.push(Listener {
+                key: ListenerKey {
+                    addr: api.listen,
+                    port0_api: (!shared).then(|| api.name.clone()),
+                },
+                addr: api.listen,
+                apis: vec![i],
+            }),
+        }
+    }
+    for l in &mut listeners {
+        l.apis
+            .sort_by_key(|&i| std::cmp::Reverse(snapshot.apis[i].base_path.len()));
+    }
+    listeners
 }
 
 /// The path rules are matched against: percent-encoded unreserved characters decoded

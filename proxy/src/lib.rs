@@ -13,6 +13,7 @@ pub mod conn;
 pub mod error;
 pub mod gateway;
 pub mod http;
+pub mod io;
 pub mod metrics;
 pub mod policy;
 pub mod pool;

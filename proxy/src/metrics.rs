@@ -37,6 +37,8 @@ pub const CONFIG_RELOADS: &str = "ringwall_config_reloads_total";
 pub const CONFIG_GENERATION: &str = "ringwall_config_generation";
 pub const CONNECTION_RULES: &str = "ringwall_connection_rules_total";
 pub const POLICY_DECISIONS: &str = "ringwall_policy_decisions_total";
+pub const TLS_HANDSHAKES: &str = "ringwall_tls_handshakes_total";
+pub const TLS_HANDSHAKE_FAILURES: &str = "ringwall_tls_handshake_failures_total";
 
 /// Request duration buckets, in seconds: a cached answer is under a millisecond, a slow
 /// upstream is seconds, and the default response timeout is 15 s.
@@ -223,7 +225,7 @@ impl UpstreamMetrics {
     /// the request's status.
     pub fn failed(&self, e: &ProxyError) {
         match e {
-            ProxyError::Connect(_) => self.connect_errors.increment(1),
+            ProxyError::Connect(_) | ProxyError::UpstreamTls(_) => self.connect_errors.increment(1),
             ProxyError::ConnectTimeout => self.connect_timeouts.increment(1),
             ProxyError::UpstreamTimeout => self.response_timeouts.increment(1),
             _ => {}
@@ -433,6 +435,36 @@ impl Exporter {
     }
 }
 
+// === TLS handshakes ===
+
+/// Which end of the gateway a handshake was with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsSide {
+    Client,
+    Upstream,
+}
+
+impl TlsSide {
+    fn label(self) -> &'static str {
+        match self {
+            TlsSide::Client => "client",
+            TlsSide::Upstream => "upstream",
+        }
+    }
+}
+
+/// Counts a completed handshake. The counter is looked up by its labels each time: a
+/// handshake costs far more than the lookup, and the labels are few.
+pub fn tls_handshake(side: TlsSide, version: &'static str) {
+    metrics::counter!(TLS_HANDSHAKES, "side" => side.label(), "version" => version).increment(1);
+}
+
+/// Counts a failed handshake by its reason.
+pub fn tls_failure(side: TlsSide, reason: crate::tls::HandshakeFailure) {
+    metrics::counter!(TLS_HANDSHAKE_FAILURES, "side" => side.label(), "reason" => reason.as_str())
+        .increment(1);
+}
+
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
     describe_counter!(
@@ -458,6 +490,14 @@ fn describe() {
     describe_counter!(
         POLICY_DECISIONS,
         "Per-request policy decisions: pass, reject, or answer (a CORS preflight)"
+    );
+    describe_counter!(
+        TLS_HANDSHAKES,
+        "TLS handshakes completed, with clients and with upstreams, by version"
+    );
+    describe_counter!(
+        TLS_HANDSHAKE_FAILURES,
+        "TLS handshakes that failed, with clients and with upstreams, by reason"
     );
     describe_counter!(CONFIG_RELOADS, "Configuration reloads, by result");
     describe_gauge!(

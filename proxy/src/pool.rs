@@ -10,14 +10,24 @@ use bytes::BytesMut;
 use hashbrown::HashMap;
 use tokio_uring::net::TcpStream;
 
-/// Idle connections kept per upstream address and worker.
+use crate::io::UpstreamStream;
+
+/// Idle connections kept per upstream (address and TLS settings) and worker.
 const MAX_IDLE_PER_ADDR: usize = 256;
+
+/// Which idle connections can carry a request: those to the same address, made with the
+/// same TLS settings (0 for plain TCP, else [`crate::tls::UpstreamTls::id`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    pub addr: SocketAddr,
+    pub tls: u64,
+}
 
 /// An upstream connection with the read buffer that lives as long as it does.
 pub struct UpstreamConn {
-    pub stream: TcpStream,
+    pub stream: UpstreamStream,
     pub buf: BytesMut,
-    pub addr: SocketAddr,
+    pub key: PoolKey,
     /// Came from the pool rather than from a fresh connect.
     pub reused: bool,
 }
@@ -29,15 +39,15 @@ struct Idle {
 
 #[derive(Default)]
 pub struct Pool {
-    idle: RefCell<HashMap<SocketAddr, Vec<Idle>>>,
+    idle: RefCell<HashMap<PoolKey, Vec<Idle>>>,
 }
 
 impl Pool {
-    /// The most recently used idle connection to `addr` that has not outlived
+    /// The most recently used idle connection for `key` that has not outlived
     /// `max_idle`; older ones are closed on the way.
-    pub fn take(&self, addr: SocketAddr, max_idle: Duration) -> Option<UpstreamConn> {
+    pub fn take(&self, key: PoolKey, max_idle: Duration) -> Option<UpstreamConn> {
         let mut idle = self.idle.borrow_mut();
-        let list = idle.get_mut(&addr)?;
+        let list = idle.get_mut(&key)?;
         let now = Instant::now();
         while let Some(entry) = list.pop() {
             if now.duration_since(entry.since) <= max_idle {
@@ -51,7 +61,7 @@ impl Pool {
 
     pub fn put(&self, conn: UpstreamConn) {
         let mut idle = self.idle.borrow_mut();
-        let list = idle.entry(conn.addr).or_default();
+        let list = idle.entry(conn.key).or_default();
         if list.len() >= MAX_IDLE_PER_ADDR {
             // The oldest goes: it is the likeliest to be closed by the upstream soon.
             list.remove(0);

@@ -116,6 +116,7 @@ fn a_warm_chain_allocates_nothing_per_request() {
         let mut cx = RequestCx {
             req: &req,
             peer: "192.0.2.1:4000".parse().expect("addr"),
+            tls: None,
             attempt: 0,
             upstream_headers: &mut up,
             client_headers: &mut client,
@@ -126,6 +127,7 @@ fn a_warm_chain_allocates_nothing_per_request() {
             status: 200,
             headers: &response_headers,
             peer: "192.0.2.1:4000".parse().expect("addr"),
+            tls: None,
             client_headers: &mut client,
         };
         chain.response(applied, usize::MAX, &mut cx);

@@ -13,6 +13,8 @@
 //! - `attributes.remoteAddress`: the connection's peer IP address (without the port, so that
 //!   it can key a limit);
 //! - `attributes.statusCode`, in the response phase;
+//! - `attributes.clientCertificate.subjectDN`: the subject of the client's verified TLS
+//!   certificate (`CN=client, O=Example`), as Mule's HTTP listener names it;
 //! - `(<one of the above> splitBy "<separator>")[i]`, `i` negative from the end, to take one
 //!   hop of `X-Forwarded-For`;
 //! - string literals, and `++` joining any of these.
@@ -47,6 +49,10 @@ pub trait Attributes {
     fn status_code(&self) -> Option<u16> {
         None
     }
+    /// The subject DN of the client's verified TLS certificate.
+    fn client_subject(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// A compiled expression: one or more terms joined by `++`.
@@ -77,6 +83,7 @@ enum Attr {
     QueryString,
     RemoteAddress,
     StatusCode,
+    ClientSubject,
 }
 
 /// The value of one term.
@@ -135,7 +142,8 @@ impl Value<'_> {
 
 const SUPPORTED: &str = "supported: attributes.headers['name'], attributes.queryParams['name'], \
      attributes.method, attributes.requestPath, attributes.queryString, \
-     attributes.remoteAddress, attributes.statusCode, (... splitBy \",\")[i], string literals \
+     attributes.remoteAddress, attributes.statusCode, attributes.clientCertificate.subjectDN, \
+     (... splitBy \",\")[i], string literals \
      and ++";
 
 impl Expr {
@@ -268,6 +276,7 @@ impl Attr {
             Attr::QueryString => Value::Str(attrs.query()?),
             Attr::RemoteAddress => Value::Ip(attrs.remote_ip()?),
             Attr::StatusCode => Value::Status(attrs.status_code()?),
+            Attr::ClientSubject => Value::Str(attrs.client_subject()?),
         })
     }
 }
@@ -444,6 +453,13 @@ impl Parser<'_> {
             "queryString" => Ok(Attr::QueryString),
             "remoteAddress" => Ok(Attr::RemoteAddress),
             "statusCode" => Ok(Attr::StatusCode),
+            "clientCertificate" => {
+                if self.eat(".subjectDN") {
+                    Ok(Attr::ClientSubject)
+                } else {
+                    Err("of `attributes.clientCertificate`, only `.subjectDN` is supported".into())
+                }
+            }
             other => Err(format!("`attributes.{other}` is not a supported attribute")),
         }
     }
@@ -624,11 +640,39 @@ mod tests {
         fn remote_ip(&self) -> Option<IpAddr> {
             Some([192, 0, 2, 1].into())
         }
+        fn client_subject(&self) -> Option<&str> {
+            Some("CN=client-7, O=Example")
+        }
     }
 
     fn eval(text: &str) -> Option<String> {
         let e = Expr::parse(text).expect(text);
         e.eval(&Fake).map(|v| v.to_string())
+    }
+
+    #[test]
+    fn the_client_certificate_subject_is_an_attribute() {
+        assert_eq!(
+            eval("#[attributes.clientCertificate.subjectDN]").as_deref(),
+            Some("CN=client-7, O=Example")
+        );
+        let joined = Expr::parse("#['cert:' ++ attributes.clientCertificate.subjectDN]");
+        let mut out = String::new();
+        assert!(joined.expect("parses").write(&Fake, &mut out));
+        assert_eq!(out, "cert:CN=client-7, O=Example");
+        let e = Expr::parse("#[attributes.clientCertificate.subjectDN]").expect("parses");
+        assert_eq!(e.eval(&NoTls).map(|v| v.to_string()), None);
+        let e = Expr::parse("#[attributes.clientCertificate.issuerDN]").expect_err("unsupported");
+        assert!(e.contains("only `.subjectDN` is supported"), "{e}");
+    }
+
+    /// A plain connection: no certificate.
+    struct NoTls;
+
+    impl Attributes for NoTls {
+        fn header(&self, _: &str) -> Option<&str> {
+            None
+        }
     }
 
     #[test]

@@ -42,6 +42,7 @@ use metrics::Counter;
 use ringwall_config::{ApiInstance, Diagnostics, Fields, LoadErrors, Scope, Snapshot};
 
 use crate::http::request::Request;
+use crate::tls::Session;
 use expr::Attributes;
 
 /// Reads a policy's `config` and builds it; `None` when the config is invalid (the reasons
@@ -236,6 +237,8 @@ pub struct Overrides {
 pub struct RequestCx<'a> {
     pub req: &'a Request<'a, 'a>,
     pub peer: SocketAddr,
+    /// The client's TLS session, on a TLS listener.
+    pub tls: Option<&'a Session>,
     /// How many times this policy was asked again after a [`Verdict::Retry`].
     pub attempt: u32,
     /// Added to the head sent upstream.
@@ -268,6 +271,9 @@ impl Attributes for RequestCx<'_> {
     fn remote_ip(&self) -> Option<IpAddr> {
         Some(self.peer.ip())
     }
+    fn client_subject(&self) -> Option<&str> {
+        self.tls?.client_subject.as_deref()
+    }
 }
 
 /// The upstream's response head as the response phase sees it.
@@ -275,6 +281,8 @@ pub struct ResponseCx<'a> {
     pub status: u16,
     pub headers: &'a [httparse::Header<'a>],
     pub peer: SocketAddr,
+    /// The client's TLS session, on a TLS listener.
+    pub tls: Option<&'a Session>,
     /// Added to the head the client gets.
     pub client_headers: &'a mut HeaderLines,
 }
@@ -295,6 +303,9 @@ impl Attributes for ResponseCx<'_> {
     }
     fn remote_ip(&self) -> Option<IpAddr> {
         Some(self.peer.ip())
+    }
+    fn client_subject(&self) -> Option<&str> {
+        self.tls?.client_subject.as_deref()
     }
     fn status_code(&self) -> Option<u16> {
         Some(self.status)

@@ -320,6 +320,7 @@ mod tests {
         let mut cx = RequestCx {
             req: &req,
             peer: "192.0.2.1:1".parse().expect("peer"),
+            tls: None,
             attempt,
             upstream_headers: &mut up,
             client_headers: &mut client,

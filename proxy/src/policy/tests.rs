@@ -69,6 +69,7 @@ pub(crate) fn run(policies: &Policies, snapshot: &Snapshot, raw: &[u8], peer: &s
     let mut cx = RequestCx {
         req: &req,
         peer,
+        tls: None,
         attempt: 0,
         upstream_headers: &mut up,
         client_headers: &mut client,
@@ -161,6 +162,7 @@ fn header_injection_adds_upstream_and_client_headers_and_replaces_the_clients_ow
         status: 200,
         headers: &headers,
         peer: "192.0.2.1:5000".parse().unwrap(),
+        tls: None,
         client_headers: &mut client,
     };
     chain.response(out.applied, chain.entries.len(), &mut cx);

@@ -19,7 +19,8 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use ringwall_config::{did_you_mean, Fields, Node, Policy, Scope};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -27,7 +28,7 @@ use rustls::client::ResolvesClientCert;
 use rustls::crypto::{ring, verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::server::{ClientHello, ProducesTickets, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{
     CipherSuite, ClientConfig, DigitallySignedStruct, ProtocolVersion, RootCertStore, ServerConfig,
@@ -45,6 +46,7 @@ const INBOUND: &[&str] = &[
     "ciphers",
     "requireClientCertificate",
     "trustedCA",
+    "unknownServerName",
 ];
 
 /// The fields of a `tls-outbound` policy's `config`.
@@ -78,6 +80,7 @@ struct Context {
     versions: Versions,
     ciphers: Vec<CipherSuite>,
     client_auth: ClientAuth,
+    unknown: UnknownServerName,
 }
 
 #[derive(PartialEq)]
@@ -113,8 +116,16 @@ pub fn server_tls(spec: &Policy, scope: &mut Scope<'_>) -> Option<ServerTls> {
     };
     let require = optional_bool(&fields, "requireClientCertificate", false, scope);
     let trusted = trusted_ca(&fields, base, scope);
-    let (certificate, alpn, versions, ciphers, require, trusted) =
-        (certificate?, alpn?, versions?, ciphers?, require?, trusted?);
+    let unknown = unknown_server_name(&fields, scope);
+    let (certificate, alpn, versions, ciphers, require, trusted, unknown) = (
+        certificate?,
+        alpn?,
+        versions?,
+        ciphers?,
+        require?,
+        trusted?,
+        unknown?,
+    );
     let client_auth = match (require, trusted) {
         (false, None) => ClientAuth::None,
         (false, Some(cas)) => ClientAuth::Optional(cas),
@@ -146,11 +157,13 @@ pub fn server_tls(spec: &Policy, scope: &mut Scope<'_>) -> Option<ServerTls> {
             versions,
             ciphers: ciphers.iter().map(|s| s.suite()).collect(),
             client_auth,
+            unknown,
         },
     })
 }
 
-/// What a port does with a client whose SNI names none of its certificates.
+/// What a port does with a client whose SNI names none of its certificates: the
+/// `unknownServerName` field of the `tls` policy (Ringwall's; `default` when absent).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UnknownServerName {
     /// Serve the port's default certificate (that of its first TLS API).
@@ -167,7 +180,7 @@ pub enum ListenerError {
     Empty,
     #[error(
         "the TLS APIs of one port share one TLS context: `alpn`, `minversion`, `maxversion`, \
-         `ciphers`, `requireClientCertificate` and `trustedCA` must be the same"
+         `ciphers`, `requireClientCertificate`, `trustedCA` and `unknownServerName` must be the same"
     )]
     ContextsDiffer,
     #[error("`{0}` is the name of two different certificates on this port")]
@@ -177,11 +190,10 @@ pub enum ListenerError {
 }
 
 /// The configuration of a TLS port serving `sites` (the `tls` policies of its APIs, the first
-/// being the default certificate), selecting the certificate by SNI.
-pub fn server_config(
-    sites: &[ServerTls],
-    unknown: UnknownServerName,
-) -> Result<Arc<ServerConfig>, ListenerError> {
+/// being the default certificate), selecting the certificate by SNI. Session tickets are
+/// sealed with keys shared by every port and kept across reloads, so a client resumes after
+/// a reload too.
+pub fn server_config(sites: &[ServerTls]) -> Result<Arc<ServerConfig>, ListenerError> {
     let first = sites.first().ok_or(ListenerError::Empty)?;
     if sites.iter().any(|s| s.context != first.context) {
         return Err(ListenerError::ContextsDiffer);
@@ -190,7 +202,7 @@ pub fn server_config(
         exact: HashMap::new(),
         wildcard: HashMap::new(),
         default: Arc::clone(&first.certificate),
-        unknown,
+        unknown: first.context.unknown,
     };
     for site in sites {
         for name in &site.names {
@@ -226,7 +238,18 @@ pub fn server_config(
     };
     let mut config = builder.with_cert_resolver(Arc::new(resolver));
     config.alpn_protocols = context.alpn.clone();
+    config.ticketer = ticketer()?;
     Ok(Arc::new(config))
+}
+
+/// The process's session-ticket sealer: it rotates its own keys (every 6 hours).
+fn ticketer() -> Result<Arc<dyn ProducesTickets>, ListenerError> {
+    static TICKETER: OnceLock<Arc<dyn ProducesTickets>> = OnceLock::new();
+    if let Some(ticketer) = TICKETER.get() {
+        return Ok(Arc::clone(ticketer));
+    }
+    let ticketer = ring::Ticketer::new().map_err(|e| ListenerError::Rustls(e.to_string()))?;
+    Ok(Arc::clone(TICKETER.get_or_init(|| ticketer)))
 }
 
 /// The certificates of one port by SNI: exact names, then `*.parent` wildcards (one label).
@@ -265,6 +288,59 @@ pub struct ClientTls {
     pub config: Arc<ClientConfig>,
     /// `sni`: the name sent and verified instead of the Service address's host.
     pub sni: Option<ServerName<'static>>,
+    /// Unique in the process: pooled connections made with this configuration are kept
+    /// apart from those of any other.
+    pub id: u64,
+}
+
+/// The next [`ClientTls::id`]; 0 is left for plain connections.
+pub(crate) fn next_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+impl ClientTls {
+    /// What an `https://` Service without `tls-outbound` gets, as in Flex: the server is
+    /// verified against the system's CAs (see [`system_roots`]), with rustls' default
+    /// versions and suites. One for the process, so its sessions survive reloads.
+    pub fn system() -> Arc<ClientTls> {
+        static SYSTEM: OnceLock<Arc<ClientTls>> = OnceLock::new();
+        let tls = SYSTEM.get_or_init(|| {
+            let provider = Arc::new(ring::default_provider());
+            let config = ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .expect("rustls' ring provider supports its default versions")
+                .with_root_certificates(system_roots().0)
+                .with_no_client_auth();
+            Arc::new(ClientTls {
+                config: Arc::new(config),
+                sni: None,
+                id: next_id(),
+            })
+        });
+        Arc::clone(tls)
+    }
+}
+
+/// The system's CA certificates, read once, and a warning when there are none: then every
+/// upstream verified against them fails (a 502) rather than going unverified.
+pub fn system_roots() -> (Arc<RootCertStore>, Option<&'static str>) {
+    static ROOTS: OnceLock<(Arc<RootCertStore>, Option<String>)> = OnceLock::new();
+    let (roots, warning) = ROOTS.get_or_init(|| {
+        let found = rustls_native_certs::load_native_certs();
+        let mut roots = RootCertStore::empty();
+        let (added, _) = roots.add_parsable_certificates(found.certs);
+        let warning = (added == 0).then(|| {
+            let why = found.errors.first().map(ToString::to_string);
+            format!(
+                "no system CA certificates found ({}): `https://` Services verified against \
+                 them will fail",
+                why.as_deref().unwrap_or("the store is empty")
+            )
+        });
+        (Arc::new(roots), warning)
+    });
+    (Arc::clone(roots), warning.as_deref())
 }
 
 /// Reads a `tls-outbound` policy; `None` after reporting its errors in `scope`.
@@ -318,13 +394,8 @@ pub fn client_tls(spec: &Policy, scope: &mut Scope<'_>) -> Option<ClientTls> {
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(NoVerification(provider))),
         (false, Some(cas)) => builder.with_root_certificates(root_store(&cas)),
-        (false, None) => {
-            let path = fields.path_of("trustedCA");
-            let message =
-                "missing: Ringwall has no default CA store; give `trustedCA` or set `skipValidation: true`";
-            scope.error(fields.line, &path, message);
-            return None;
-        }
+        // As in Flex: without `trustedCA`, the operating system's CAs.
+        (false, None) => builder.with_root_certificates(system_roots().0),
     };
     let mut config = match certificate {
         None => builder.with_no_client_auth(),
@@ -334,6 +405,7 @@ pub fn client_tls(spec: &Policy, scope: &mut Scope<'_>) -> Option<ClientTls> {
     Some(ClientTls {
         config: Arc::new(config),
         sni,
+        id: next_id(),
     })
 }
 
@@ -544,6 +616,23 @@ fn dns_names(key: &CertifiedKey) -> Vec<String> {
             _ => None,
         })
         .collect()
+}
+
+/// `unknownServerName`: `default` when absent.
+fn unknown_server_name(fields: &Fields<'_>, scope: &mut Scope<'_>) -> Option<UnknownServerName> {
+    let Some(node) = fields.get("unknownServerName") else {
+        return Some(UnknownServerName::Default);
+    };
+    let path = fields.path_of("unknownServerName");
+    match scope.str(node, &path)? {
+        "default" => Some(UnknownServerName::Default),
+        "refuse" => Some(UnknownServerName::Refuse),
+        other => {
+            let message = format!("`{other}` is neither `default` nor `refuse`");
+            scope.error(node.line, &path, message);
+            None
+        }
+    }
 }
 
 /// `trustedCA`: `Some(None)` when absent.

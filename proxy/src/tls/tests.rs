@@ -105,9 +105,9 @@ fn certificate(leaf: &Leaf) -> String {
 fn yaml(config: &str, outbound: &str) -> String {
     let indent = |c: &str| c.lines().map(|l| format!("    {l}\n")).collect::<String>();
     format!(
-        "{HEADER}kind: ApiInstance\nmetadata: {{name: a}}\nspec:\n  address: http://127.0.0.1:0\n  \
+        "{HEADER}kind: ApiInstance\nmetadata: {{name: a}}\nspec:\n  address: https://127.0.0.1:0\n  \
          services:\n    up: {{address: 'http://127.0.0.1:9'}}\n---\n\
-         {HEADER}kind: Service\nmetadata: {{name: s}}\nspec:\n  address: http://127.0.0.1:9\n---\n\
+         {HEADER}kind: Service\nmetadata: {{name: s}}\nspec:\n  address: https://127.0.0.1:9\n---\n\
          {HEADER}kind: PolicyBinding\nmetadata: {{name: t}}\nspec:\n  targetRef: {{name: a}}\n  \
          policyRef: {{name: tls}}\n  config:\n{}---\n\
          {HEADER}kind: PolicyBinding\nmetadata: {{name: o}}\nspec:\n  targetRef: {{kind: Service, name: s}}\n  \
@@ -143,7 +143,7 @@ fn snapshot(config: &str, outbound: &str) -> ringwall_config::Snapshot {
 
 fn inbound(config: &str) -> (Option<ServerTls>, ringwall_config::Diagnostics) {
     let snapshot = snapshot(config, "skipValidation: true");
-    let spec = &snapshot.apis[0].policies[0];
+    let spec = snapshot.apis[0].tls.as_ref().expect("the tls policy");
     assert_eq!(spec.name, "tls");
     let mut diag = ringwall_config::Diagnostics::default();
     let mut scope = ringwall_config::Scope::for_policy(&mut diag, spec);
@@ -168,7 +168,10 @@ fn outbound(
     server_certificate: &str,
 ) -> (Option<ClientTls>, ringwall_config::Diagnostics) {
     let snapshot = snapshot(server_certificate, config);
-    let spec = &snapshot.services[0].policies[0];
+    let spec = snapshot.services[0]
+        .tls
+        .as_ref()
+        .expect("the tls-outbound policy");
     assert_eq!(spec.name, "tls-outbound");
     let mut diag = ringwall_config::Diagnostics::default();
     let mut scope = ringwall_config::Scope::for_policy(&mut diag, spec);
@@ -301,13 +304,8 @@ fn config_errors_name_the_field() {
         inbound_error(&format!("{cert}\nsni: a.test")),
         format!(
             "{line}: spec.config.sni: unknown field `sni`; accepted fields: `certificate`, \
-             `alpn`, `minversion`, `maxversion`, `ciphers`, `requireClientCertificate`, `trustedCA`"
+             `alpn`, `minversion`, `maxversion`, `ciphers`, `requireClientCertificate`, `trustedCA`, `unknownServerName`"
         )
-    );
-    assert_eq!(
-        outbound_error("alpn: [http/1.1]"),
-        "30: spec.config.trustedCA: missing: Ringwall has no default CA store; give `trustedCA` \
-         or set `skipValidation: true`"
     );
     assert_eq!(
         outbound_error("skipValidation: true\nsni: 'not a name'"),
@@ -369,24 +367,21 @@ fn a_port_shares_one_context() {
     let a = certificate(&pki.leaf("a", &["a.test"], "a", false));
     let b = certificate(&pki.leaf("b", &["b.test"], "b", false));
     let same = [inbound_ok(&a), inbound_ok(&b)];
-    assert!(server_config(&same, UnknownServerName::Default).is_ok());
+    assert!(server_config(&same).is_ok());
     let differ = [
         inbound_ok(&a),
         inbound_ok(&format!("{b}\nminversion: '1.3'")),
     ];
     assert_eq!(
-        server_config(&differ, UnknownServerName::Default).err(),
+        server_config(&differ).err(),
         Some(ListenerError::ContextsDiffer)
     );
     let twice = [inbound_ok(&a), inbound_ok(&a)];
     assert_eq!(
-        server_config(&twice, UnknownServerName::Default).err(),
+        server_config(&twice).err(),
         Some(ListenerError::DuplicateName("a.test".into()))
     );
-    assert_eq!(
-        server_config(&[], UnknownServerName::Default).err(),
-        Some(ListenerError::Empty)
-    );
+    assert_eq!(server_config(&[]).err(), Some(ListenerError::Empty));
 }
 
 // === handshakes over the ring ===
@@ -500,8 +495,15 @@ fn handshake(
 }
 
 fn server(configs: &[String], unknown: UnknownServerName) -> Arc<rustls::ServerConfig> {
-    let sites: Vec<ServerTls> = configs.iter().map(|c| inbound_ok(c)).collect();
-    server_config(&sites, unknown).expect("server config")
+    let field = match unknown {
+        UnknownServerName::Default => "",
+        UnknownServerName::Refuse => "\nunknownServerName: refuse",
+    };
+    let sites: Vec<ServerTls> = configs
+        .iter()
+        .map(|c| inbound_ok(&format!("{c}{field}")))
+        .collect();
+    server_config(&sites).expect("server config")
 }
 
 fn trusting(pki: &Pki, extra: &str) -> ClientTls {
@@ -574,7 +576,7 @@ fn alpn_is_negotiated() {
 
     // The stream negotiates whatever the configuration lists, `h2` included.
     let sites = [inbound_ok(&a)];
-    let mut h2 = (*server_config(&sites, UnknownServerName::Default).expect("config")).clone();
+    let mut h2 = (*server_config(&sites).expect("config")).clone();
     h2.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let (accepted, _) = handshake(
         Arc::new(h2),
