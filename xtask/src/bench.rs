@@ -25,11 +25,14 @@ use anyhow::{bail, Context, Result};
 use serde_json::json;
 
 use crate::peers::{self, placement, Mode, Peer, Scenario, HELLO, UPSTREAM_PORT};
-use crate::report::{self, Run};
+use crate::report::{self, PeerCpu, Run};
+use crate::synflood::cpu;
 use crate::tls::{self, Pki};
 use crate::{build, handshakes, proc, setup, target_dir, wrk};
 /// How long a server gets to start answering.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// Under this share of its one CPU a proxy was not what limited a run.
+const SATURATED_PCT: f64 = 90.0;
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -228,7 +231,9 @@ impl Session<'_> {
         scenarios: &[Scenario],
         pki: Option<&Pki>,
     ) -> Result<()> {
-        let proxy = start_peer(peer, mode, self.work, self.ringwall_bin, pki)?;
+        let mut proxy = start_peer(peer, mode, self.work, self.ringwall_bin, pki)?;
+        // The proxy's process group: a server runs in one of its own, with what it forks.
+        let group = proxy.as_mut().map(|server| server.child().id());
         if let Some(pki) = pki {
             let (_, negotiated) = tls::get_root(pki, peer.tls_port())?;
             eprintln!("  {:<8} {:<8} TLS: {negotiated}", peer.name(), mode.name());
@@ -242,14 +247,16 @@ impl Session<'_> {
                 scenario,
                 pki,
             };
-            self.measure(stage)?;
+            // Only where it adds to the figures: the plain scenario stays as it was.
+            self.measure(stage, group.filter(|_| scenario.tls()))?;
         }
         drop(proxy);
         Ok(())
     }
 
-    /// The warm-up and the measured runs of one stage, at every connection count.
-    fn measure(&mut self, stage: Stage<'_>) -> Result<()> {
+    /// The warm-up and the measured runs of one stage, at every connection count; with
+    /// `group`, the CPU time of that process group in each run.
+    fn measure(&mut self, stage: Stage<'_>, group: Option<u32>) -> Result<()> {
         let plan = self.plan;
         let Stage {
             peer,
@@ -267,9 +274,25 @@ impl Session<'_> {
                 drive(stage, conns, plan.warmup)?;
             }
             for rep in 1..=plan.reps {
+                let cpu_before = group.map(cpu::group_runtime_ns);
                 let report = drive(stage, conns, plan.duration)?;
+                let peer_cpu = group.zip(cpu_before).map(|(group, before)| {
+                    let ran_ns = cpu::group_runtime_ns(group).saturating_sub(before) as f64;
+                    PeerCpu {
+                        busy_pct: ran_ns / 1e7 / f64::from(plan.duration),
+                        us_per_request: ran_ns / 1e3 / report.requests.max(1) as f64,
+                    }
+                });
+                let cpu_note = peer_cpu.map_or(String::new(), |c| {
+                    format!(
+                        "  {} CPU {:.0}%, {:.0} µs/req",
+                        peer.name(),
+                        c.busy_pct,
+                        c.us_per_request
+                    )
+                });
                 eprintln!(
-                    "  {:<8} {:<8} {label}c={conns:<4} rep {rep}: {:>9.0} req/s  p50 {:>6.0} µs  p99 {:>6.0} µs  errors {}",
+                    "  {:<8} {:<8} {label}c={conns:<4} rep {rep}: {:>9.0} req/s  p50 {:>6.0} µs  p99 {:>6.0} µs  errors {}{cpu_note}",
                     peer.name(),
                     mode.name(),
                     report.requests_per_sec,
@@ -277,6 +300,14 @@ impl Session<'_> {
                     report.p99_us,
                     report.errors()
                 );
+                if let Some(c) = peer_cpu.filter(|c| c.busy_pct < SATURATED_PCT) {
+                    eprintln!(
+                        "  note: {} used {:.0}% of its CPU: the client side was the limit, so \
+                         compare CPU µs/req rather than req/s here",
+                        peer.name(),
+                        c.busy_pct
+                    );
+                }
                 self.runs.push(Run {
                     scenario: scenario.name().to_owned(),
                     peer: peer.name().to_owned(),
@@ -284,6 +315,7 @@ impl Session<'_> {
                     conns,
                     rep,
                     report,
+                    peer_cpu,
                 });
                 // Rewritten after every run: an interrupted bench keeps what it measured.
                 self.save()?;
@@ -362,17 +394,21 @@ fn scenario_heading(scenario: Scenario, plan: &Plan) -> String {
     match scenario {
         Scenario::Plain => format!("wrk -t1 -d{}s, {medians}", plan.duration),
         Scenario::TlsKeepalive => format!(
-            "tls-keepalive: wrk -t1 -d{}s over https:// keep-alive connections, {medians}",
+            "tls-keepalive: wrk -t1 -d{}s over https:// keep-alive connections, {medians}; {CPU_NOTE}",
             plan.duration
         ),
         Scenario::TlsHandshake => format!(
             "tls-handshake: a full TLS handshake per request (Connection: close, no resumption), \
              one thread, {}s; req/s = handshakes/s, latency from connect to the end of the \
-             response; {medians}",
+             response; {medians}; {CPU_NOTE}",
             plan.duration
         ),
     }
 }
+
+/// What the CPU columns of the TLS tables are.
+const CPU_NOTE: &str = "peer CPU% = the proxy's CPU time over the run (100 = its one CPU), \
+     CPU µs/req = per request: the figure to compare where a proxy stayed under 90%";
 
 /// The certificate every peer serves, for the output.
 fn certificate_note() -> String {

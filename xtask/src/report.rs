@@ -18,6 +18,17 @@ pub struct Run {
     pub conns: u32,
     pub rep: u32,
     pub report: WrkReport,
+    /// What the proxy's processes ran meanwhile (the TLS scenarios measure it).
+    pub peer_cpu: Option<PeerCpu>,
+}
+
+/// CPU time the proxy's processes ran during a run: the figure that still says what a proxy
+/// costs when the client, not the proxy, is what ran out of CPU.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PeerCpu {
+    /// Of one CPU, over the run.
+    pub busy_pct: f64,
+    pub us_per_request: f64,
 }
 
 /// The runs of one (scenario, peer, mode, connections), summarised.
@@ -35,6 +46,8 @@ pub struct Row {
     pub p99_us: f64,
     /// Socket errors and non-2xx responses, summed over the runs.
     pub errors: u64,
+    /// Medians, when the runs measured it.
+    pub peer_cpu: Option<PeerCpu>,
 }
 
 /// Ringwall's figures divided by a peer's, for one (scenario, mode, connections).
@@ -46,6 +59,8 @@ pub struct Ratio {
     pub baseline: String,
     pub requests_per_sec: f64,
     pub p99: f64,
+    /// Ringwall's CPU per request over the peer's, when both were measured.
+    pub cpu_per_request: Option<f64>,
 }
 
 pub fn median(values: &[f64]) -> Option<f64> {
@@ -95,6 +110,22 @@ pub fn summarize(runs: &[Run]) -> Vec<Row> {
                 group.iter().map(|r| field(r)).collect()
             };
             let rps = of(|r| r.requests_per_sec);
+            let cpus: Vec<PeerCpu> = runs
+                .iter()
+                .filter(|r| {
+                    r.scenario == scenario && r.peer == peer && r.mode == mode && r.conns == conns
+                })
+                .filter_map(|r| r.peer_cpu)
+                .collect();
+            let peer_cpu = (!cpus.is_empty()).then(|| {
+                let of = |field: fn(&PeerCpu) -> f64| -> f64 {
+                    median(&cpus.iter().map(field).collect::<Vec<_>>()).unwrap_or(0.0)
+                };
+                PeerCpu {
+                    busy_pct: of(|c| c.busy_pct),
+                    us_per_request: of(|c| c.us_per_request),
+                }
+            });
             Row {
                 scenario: scenario.to_owned(),
                 peer: peer.to_owned(),
@@ -106,6 +137,7 @@ pub fn summarize(runs: &[Run]) -> Vec<Row> {
                 p50_us: median(&of(|r| r.p50_us)).unwrap_or(0.0),
                 p99_us: median(&of(|r| r.p99_us)).unwrap_or(0.0),
                 errors: group.iter().map(|r| r.errors()).sum(),
+                peer_cpu,
             }
         })
         .collect()
@@ -131,6 +163,10 @@ pub fn ratios(rows: &[Row]) -> Vec<Ratio> {
                 baseline: baseline.to_owned(),
                 requests_per_sec: divide(ringwall.requests_per_sec, base.requests_per_sec),
                 p99: divide(ringwall.p99_us, base.p99_us),
+                cpu_per_request: ringwall
+                    .peer_cpu
+                    .zip(base.peer_cpu)
+                    .map(|(r, b)| divide(r.us_per_request, b.us_per_request)),
             });
         }
     }
@@ -145,13 +181,19 @@ fn divide(a: f64, b: f64) -> f64 {
     }
 }
 
+/// The medians; with the proxies' CPU columns when some row measured it.
 pub fn table(rows: &[Row]) -> String {
+    let cpu = rows.iter().any(|row| row.peer_cpu.is_some());
     let mut out = format!(
-        "{:<9} {:<9} {:>5} {:>11} {:>8} {:>8} {:>9} {:>7}\n",
+        "{:<9} {:<9} {:>5} {:>11} {:>8} {:>8} {:>9} {:>7}",
         "peer", "mode", "conns", "req/s", "spread%", "p50 µs", "p99 µs", "errors"
     );
+    if cpu {
+        let _ = write!(out, " {:>9} {:>10}", "peer CPU%", "CPU µs/req");
+    }
+    out.push('\n');
     for row in rows {
-        let _ = writeln!(
+        let _ = write!(
             out,
             "{:<9} {:<9} {:>5} {:>11.0} {:>8.1} {:>8.0} {:>9.0} {:>7}",
             row.peer,
@@ -163,17 +205,33 @@ pub fn table(rows: &[Row]) -> String {
             row.p99_us,
             row.errors
         );
+        match (cpu, row.peer_cpu) {
+            (true, Some(c)) => {
+                let _ = write!(out, " {:>9.0} {:>10.1}", c.busy_pct, c.us_per_request);
+            }
+            (true, None) => {
+                let _ = write!(out, " {:>9} {:>10}", "-", "-");
+            }
+            (false, _) => {}
+        }
+        out.push('\n');
     }
     out
 }
 
+/// The ratios; with Ringwall's CPU per request over the peer's when it was measured.
 pub fn ratio_table(ratios: &[Ratio]) -> String {
+    let cpu = ratios.iter().any(|ratio| ratio.cpu_per_request.is_some());
     let mut out = format!(
-        "{:<18} {:<9} {:>5} {:>7} {:>7}\n",
+        "{:<18} {:<9} {:>5} {:>7} {:>7}",
         "ratio", "mode", "conns", "req/s", "p99"
     );
+    if cpu {
+        let _ = write!(out, " {:>7}", "CPU/req");
+    }
+    out.push('\n');
     for ratio in ratios {
-        let _ = writeln!(
+        let _ = write!(
             out,
             "{:<18} {:<9} {:>5} {:>7.2} {:>7.2}",
             format!("ringwall/{}", ratio.baseline),
@@ -182,6 +240,13 @@ pub fn ratio_table(ratios: &[Ratio]) -> String {
             ratio.requests_per_sec,
             ratio.p99
         );
+        if cpu {
+            let _ = match ratio.cpu_per_request {
+                Some(value) => write!(out, " {value:>7.2}"),
+                None => write!(out, " {:>7}", "-"),
+            };
+        }
+        out.push('\n');
     }
     out
 }
@@ -204,6 +269,8 @@ pub fn to_json(settings: Value, runs: &[Run]) -> Value {
             "p99_us": run.report.p99_us,
             "socket_errors": run.report.socket_errors,
             "non_2xx": run.report.non_2xx,
+            "peer_cpu_pct": run.peer_cpu.map(|c| c.busy_pct),
+            "peer_cpu_us_per_request": run.peer_cpu.map(|c| c.us_per_request),
         })).collect::<Vec<_>>(),
         "medians": rows.iter().map(|row| json!({
             "scenario": row.scenario,
@@ -216,6 +283,8 @@ pub fn to_json(settings: Value, runs: &[Run]) -> Value {
             "p50_us": row.p50_us,
             "p99_us": row.p99_us,
             "errors": row.errors,
+            "peer_cpu_pct": row.peer_cpu.map(|c| c.busy_pct),
+            "peer_cpu_us_per_request": row.peer_cpu.map(|c| c.us_per_request),
         })).collect::<Vec<_>>(),
         // NaN (a zero baseline) becomes null.
         "ratios": ratios.iter().map(|ratio| json!({
@@ -225,6 +294,7 @@ pub fn to_json(settings: Value, runs: &[Run]) -> Value {
             "conns": ratio.conns,
             "requests_per_sec": ratio.requests_per_sec,
             "p99": ratio.p99,
+            "cpu_per_request": ratio.cpu_per_request,
         })).collect::<Vec<_>>(),
     })
 }
@@ -248,6 +318,7 @@ mod tests {
                 socket_errors: errors,
                 non_2xx: 1,
             },
+            peer_cpu: None,
         }
     }
 
@@ -333,6 +404,71 @@ mod tests {
                 ratios[1].p99
             ),
             ("tls-handshake", 0.6, 1.75)
+        );
+    }
+
+    #[test]
+    fn peer_cpu_has_its_medians_ratio_and_columns_when_measured() {
+        let with_cpu = |mut run: Run, us_per_request: f64| {
+            run.peer_cpu = Some(PeerCpu {
+                busy_pct: 90.0,
+                us_per_request,
+            });
+            run
+        };
+        let runs = [
+            with_cpu(run("nginx", 64, 100.0, 40.0, 0), 300.0),
+            with_cpu(run("nginx", 64, 100.0, 40.0, 0), 100.0),
+            with_cpu(run("nginx", 64, 100.0, 40.0, 0), 200.0),
+            with_cpu(run("ringwall", 64, 150.0, 30.0, 0), 50.0),
+            run("haproxy", 64, 100.0, 40.0, 0),
+        ];
+        let rows = summarize(&runs);
+        assert_eq!(rows[0].peer_cpu.map(|c| c.us_per_request), Some(200.0));
+        assert_eq!(rows[2].peer_cpu, None);
+        let ratios = ratios(&rows);
+        assert_eq!(ratios[0].cpu_per_request, Some(0.25));
+        assert_eq!(
+            ratios[1].cpu_per_request, None,
+            "HAProxy's CPU was not measured"
+        );
+        let table = table(&rows);
+        assert!(table
+            .lines()
+            .next()
+            .unwrap()
+            .ends_with("peer CPU% CPU µs/req"));
+        assert!(table
+            .lines()
+            .nth(1)
+            .unwrap()
+            .ends_with("       90      200.0"));
+        assert!(table
+            .lines()
+            .nth(3)
+            .unwrap()
+            .ends_with("         -          -"));
+        let ratio_table = ratio_table(&ratios);
+        assert!(ratio_table.lines().nth(1).unwrap().ends_with("    0.25"));
+        let doc = to_json(json!({}), &runs);
+        assert_eq!(doc["medians"][0]["peer_cpu_us_per_request"], 200.0);
+        assert_eq!(doc["ratios"][0]["cpu_per_request"], 0.25);
+        assert!(doc["runs"][4]["peer_cpu_pct"].is_null());
+    }
+
+    #[test]
+    fn without_cpu_figures_the_tables_keep_their_columns() {
+        let rows = summarize(&[
+            run("nginx", 64, 100.0, 40.0, 0),
+            run("ringwall", 64, 50.0, 80.0, 0),
+        ]);
+        assert_eq!(
+            table(&rows).lines().next().unwrap(),
+            "peer      mode      conns       req/s  spread%   p50 µs    p99 µs  errors"
+        );
+        assert_eq!(
+            ratio_table(&ratios(&rows)).lines().next().unwrap(),
+            "ratio              mode      conns   req/s     p99"
         );
     }
 
