@@ -5,11 +5,13 @@ mod bench;
 mod build;
 mod ci;
 mod demo;
+mod handshakes;
 mod peers;
 mod proc;
 mod report;
 mod setup;
 mod synflood;
+mod tls;
 mod wrk;
 mod xdp_check;
 

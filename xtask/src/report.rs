@@ -1,5 +1,5 @@
-//! The bench's arithmetic and its outputs: medians per (peer, mode, connections), the
-//! Ringwall/nginx and Ringwall/HAProxy ratios (the figures that mean something on a noisy
+//! The bench's arithmetic and its outputs: medians per (scenario, peer, mode, connections),
+//! the Ringwall/nginx and Ringwall/HAProxy ratios (the figures that mean something on a noisy
 //! shared machine, because both sides are measured in the same run), the printed tables and
 //! the JSON document.
 
@@ -9,19 +9,32 @@ use serde_json::{json, Value};
 
 use crate::wrk::WrkReport;
 
-/// One wrk run.
+/// One wrk run (or one run of the handshake client, in wrk's shape).
 #[derive(Debug, Clone)]
 pub struct Run {
+    pub scenario: String,
     pub peer: String,
     pub mode: String,
     pub conns: u32,
     pub rep: u32,
     pub report: WrkReport,
+    /// What the proxy's processes ran meanwhile (the TLS scenarios measure it).
+    pub peer_cpu: Option<PeerCpu>,
 }
 
-/// The runs of one (peer, mode, connections), summarised.
+/// CPU time the proxy's processes ran during a run: the figure that still says what a proxy
+/// costs when the client, not the proxy, is what ran out of CPU.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PeerCpu {
+    /// Of one CPU, over the run.
+    pub busy_pct: f64,
+    pub us_per_request: f64,
+}
+
+/// The runs of one (scenario, peer, mode, connections), summarised.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Row {
+    pub scenario: String,
     pub peer: String,
     pub mode: String,
     pub conns: u32,
@@ -33,16 +46,21 @@ pub struct Row {
     pub p99_us: f64,
     /// Socket errors and non-2xx responses, summed over the runs.
     pub errors: u64,
+    /// Medians, when the runs measured it.
+    pub peer_cpu: Option<PeerCpu>,
 }
 
-/// Ringwall's figures divided by a peer's, for one (mode, connections).
+/// Ringwall's figures divided by a peer's, for one (scenario, mode, connections).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Ratio {
+    pub scenario: String,
     pub mode: String,
     pub conns: u32,
     pub baseline: String,
     pub requests_per_sec: f64,
     pub p99: f64,
+    /// Ringwall's CPU per request over the peer's, when both were measured.
+    pub cpu_per_request: Option<f64>,
 }
 
 pub fn median(values: &[f64]) -> Option<f64> {
@@ -65,27 +83,51 @@ pub fn spread_pct(values: &[f64]) -> f64 {
     }
 }
 
-/// One row per (peer, mode, connections), in the order first run.
+/// One row per (scenario, peer, mode, connections), in the order first run.
 pub fn summarize(runs: &[Run]) -> Vec<Row> {
-    let mut keys: Vec<(&str, &str, u32)> = Vec::new();
+    let mut keys: Vec<(&str, &str, &str, u32)> = Vec::new();
     for run in runs {
-        let key = (run.peer.as_str(), run.mode.as_str(), run.conns);
+        let key = (
+            run.scenario.as_str(),
+            run.peer.as_str(),
+            run.mode.as_str(),
+            run.conns,
+        );
         if !keys.contains(&key) {
             keys.push(key);
         }
     }
     keys.into_iter()
-        .map(|(peer, mode, conns)| {
+        .map(|(scenario, peer, mode, conns)| {
             let group: Vec<&WrkReport> = runs
                 .iter()
-                .filter(|r| r.peer == peer && r.mode == mode && r.conns == conns)
+                .filter(|r| {
+                    r.scenario == scenario && r.peer == peer && r.mode == mode && r.conns == conns
+                })
                 .map(|r| &r.report)
                 .collect();
             let of = |field: fn(&WrkReport) -> f64| -> Vec<f64> {
                 group.iter().map(|r| field(r)).collect()
             };
             let rps = of(|r| r.requests_per_sec);
+            let cpus: Vec<PeerCpu> = runs
+                .iter()
+                .filter(|r| {
+                    r.scenario == scenario && r.peer == peer && r.mode == mode && r.conns == conns
+                })
+                .filter_map(|r| r.peer_cpu)
+                .collect();
+            let peer_cpu = (!cpus.is_empty()).then(|| {
+                let of = |field: fn(&PeerCpu) -> f64| -> f64 {
+                    median(&cpus.iter().map(field).collect::<Vec<_>>()).unwrap_or(0.0)
+                };
+                PeerCpu {
+                    busy_pct: of(|c| c.busy_pct),
+                    us_per_request: of(|c| c.us_per_request),
+                }
+            });
             Row {
+                scenario: scenario.to_owned(),
                 peer: peer.to_owned(),
                 mode: mode.to_owned(),
                 conns,
@@ -95,27 +137,36 @@ pub fn summarize(runs: &[Run]) -> Vec<Row> {
                 p50_us: median(&of(|r| r.p50_us)).unwrap_or(0.0),
                 p99_us: median(&of(|r| r.p99_us)).unwrap_or(0.0),
                 errors: group.iter().map(|r| r.errors()).sum(),
+                peer_cpu,
             }
         })
         .collect()
 }
 
-/// Ringwall against nginx and HAProxy for every (mode, connections) where both ran.
+/// Ringwall against nginx and HAProxy for every (scenario, mode, connections) where both ran.
 pub fn ratios(rows: &[Row]) -> Vec<Ratio> {
     let mut ratios = Vec::new();
     for ringwall in rows.iter().filter(|r| r.peer == "ringwall") {
         for baseline in ["nginx", "haproxy"] {
             let Some(base) = rows.iter().find(|r| {
-                r.peer == baseline && r.mode == ringwall.mode && r.conns == ringwall.conns
+                r.peer == baseline
+                    && r.scenario == ringwall.scenario
+                    && r.mode == ringwall.mode
+                    && r.conns == ringwall.conns
             }) else {
                 continue;
             };
             ratios.push(Ratio {
+                scenario: ringwall.scenario.clone(),
                 mode: ringwall.mode.clone(),
                 conns: ringwall.conns,
                 baseline: baseline.to_owned(),
                 requests_per_sec: divide(ringwall.requests_per_sec, base.requests_per_sec),
                 p99: divide(ringwall.p99_us, base.p99_us),
+                cpu_per_request: ringwall
+                    .peer_cpu
+                    .zip(base.peer_cpu)
+                    .map(|(r, b)| divide(r.us_per_request, b.us_per_request)),
             });
         }
     }
@@ -130,13 +181,19 @@ fn divide(a: f64, b: f64) -> f64 {
     }
 }
 
+/// The medians; with the proxies' CPU columns when some row measured it.
 pub fn table(rows: &[Row]) -> String {
+    let cpu = rows.iter().any(|row| row.peer_cpu.is_some());
     let mut out = format!(
-        "{:<9} {:<9} {:>5} {:>11} {:>8} {:>8} {:>9} {:>7}\n",
+        "{:<9} {:<9} {:>5} {:>11} {:>8} {:>8} {:>9} {:>7}",
         "peer", "mode", "conns", "req/s", "spread%", "p50 µs", "p99 µs", "errors"
     );
+    if cpu {
+        let _ = write!(out, " {:>9} {:>10}", "peer CPU%", "CPU µs/req");
+    }
+    out.push('\n');
     for row in rows {
-        let _ = writeln!(
+        let _ = write!(
             out,
             "{:<9} {:<9} {:>5} {:>11.0} {:>8.1} {:>8.0} {:>9.0} {:>7}",
             row.peer,
@@ -148,17 +205,33 @@ pub fn table(rows: &[Row]) -> String {
             row.p99_us,
             row.errors
         );
+        match (cpu, row.peer_cpu) {
+            (true, Some(c)) => {
+                let _ = write!(out, " {:>9.0} {:>10.1}", c.busy_pct, c.us_per_request);
+            }
+            (true, None) => {
+                let _ = write!(out, " {:>9} {:>10}", "-", "-");
+            }
+            (false, _) => {}
+        }
+        out.push('\n');
     }
     out
 }
 
+/// The ratios; with Ringwall's CPU per request over the peer's when it was measured.
 pub fn ratio_table(ratios: &[Ratio]) -> String {
+    let cpu = ratios.iter().any(|ratio| ratio.cpu_per_request.is_some());
     let mut out = format!(
-        "{:<18} {:<9} {:>5} {:>7} {:>7}\n",
+        "{:<18} {:<9} {:>5} {:>7} {:>7}",
         "ratio", "mode", "conns", "req/s", "p99"
     );
+    if cpu {
+        let _ = write!(out, " {:>7}", "CPU/req");
+    }
+    out.push('\n');
     for ratio in ratios {
-        let _ = writeln!(
+        let _ = write!(
             out,
             "{:<18} {:<9} {:>5} {:>7.2} {:>7.2}",
             format!("ringwall/{}", ratio.baseline),
@@ -167,6 +240,13 @@ pub fn ratio_table(ratios: &[Ratio]) -> String {
             ratio.requests_per_sec,
             ratio.p99
         );
+        if cpu {
+            let _ = match ratio.cpu_per_request {
+                Some(value) => write!(out, " {value:>7.2}"),
+                None => write!(out, " {:>7}", "-"),
+            };
+        }
+        out.push('\n');
     }
     out
 }
@@ -178,6 +258,7 @@ pub fn to_json(settings: Value, runs: &[Run]) -> Value {
     json!({
         "settings": settings,
         "runs": runs.iter().map(|run| json!({
+            "scenario": run.scenario,
             "peer": run.peer,
             "mode": run.mode,
             "conns": run.conns,
@@ -188,8 +269,11 @@ pub fn to_json(settings: Value, runs: &[Run]) -> Value {
             "p99_us": run.report.p99_us,
             "socket_errors": run.report.socket_errors,
             "non_2xx": run.report.non_2xx,
+            "peer_cpu_pct": run.peer_cpu.map(|c| c.busy_pct),
+            "peer_cpu_us_per_request": run.peer_cpu.map(|c| c.us_per_request),
         })).collect::<Vec<_>>(),
         "medians": rows.iter().map(|row| json!({
+            "scenario": row.scenario,
             "peer": row.peer,
             "mode": row.mode,
             "conns": row.conns,
@@ -199,14 +283,18 @@ pub fn to_json(settings: Value, runs: &[Run]) -> Value {
             "p50_us": row.p50_us,
             "p99_us": row.p99_us,
             "errors": row.errors,
+            "peer_cpu_pct": row.peer_cpu.map(|c| c.busy_pct),
+            "peer_cpu_us_per_request": row.peer_cpu.map(|c| c.us_per_request),
         })).collect::<Vec<_>>(),
         // NaN (a zero baseline) becomes null.
         "ratios": ratios.iter().map(|ratio| json!({
             "ratio": format!("ringwall/{}", ratio.baseline),
+            "scenario": ratio.scenario,
             "mode": ratio.mode,
             "conns": ratio.conns,
             "requests_per_sec": ratio.requests_per_sec,
             "p99": ratio.p99,
+            "cpu_per_request": ratio.cpu_per_request,
         })).collect::<Vec<_>>(),
     })
 }
@@ -217,6 +305,7 @@ mod tests {
 
     fn run(peer: &str, conns: u32, rps: f64, p99_us: f64, errors: u64) -> Run {
         Run {
+            scenario: "plain".to_owned(),
             peer: peer.to_owned(),
             mode: "pinned".to_owned(),
             conns,
@@ -229,6 +318,7 @@ mod tests {
                 socket_errors: errors,
                 non_2xx: 1,
             },
+            peer_cpu: None,
         }
     }
 
@@ -283,6 +373,106 @@ mod tests {
     }
 
     #[test]
+    fn scenarios_are_summarised_and_compared_apart() {
+        let in_tls = |mut run: Run| {
+            run.scenario = "tls-handshake".to_owned();
+            run
+        };
+        let rows = summarize(&[
+            run("nginx", 64, 100.0, 40.0, 0),
+            run("ringwall", 64, 150.0, 30.0, 0),
+            in_tls(run("nginx", 64, 10.0, 400.0, 0)),
+            in_tls(run("ringwall", 64, 5.0, 800.0, 0)),
+            in_tls(run("ringwall", 64, 7.0, 600.0, 0)),
+        ]);
+        assert_eq!(rows.len(), 4, "one row per scenario and peer");
+        assert_eq!(
+            (rows[3].scenario.as_str(), rows[3].runs),
+            ("tls-handshake", 2)
+        );
+        assert_eq!(rows[3].requests_per_sec, 6.0);
+        let ratios = ratios(&rows);
+        assert_eq!(ratios.len(), 2, "no HAProxy: one ratio per scenario");
+        assert_eq!(
+            (ratios[0].scenario.as_str(), ratios[0].requests_per_sec),
+            ("plain", 1.5)
+        );
+        assert_eq!(
+            (
+                ratios[1].scenario.as_str(),
+                ratios[1].requests_per_sec,
+                ratios[1].p99
+            ),
+            ("tls-handshake", 0.6, 1.75)
+        );
+    }
+
+    #[test]
+    fn peer_cpu_has_its_medians_ratio_and_columns_when_measured() {
+        let with_cpu = |mut run: Run, us_per_request: f64| {
+            run.peer_cpu = Some(PeerCpu {
+                busy_pct: 90.0,
+                us_per_request,
+            });
+            run
+        };
+        let runs = [
+            with_cpu(run("nginx", 64, 100.0, 40.0, 0), 300.0),
+            with_cpu(run("nginx", 64, 100.0, 40.0, 0), 100.0),
+            with_cpu(run("nginx", 64, 100.0, 40.0, 0), 200.0),
+            with_cpu(run("ringwall", 64, 150.0, 30.0, 0), 50.0),
+            run("haproxy", 64, 100.0, 40.0, 0),
+        ];
+        let rows = summarize(&runs);
+        assert_eq!(rows[0].peer_cpu.map(|c| c.us_per_request), Some(200.0));
+        assert_eq!(rows[2].peer_cpu, None);
+        let ratios = ratios(&rows);
+        assert_eq!(ratios[0].cpu_per_request, Some(0.25));
+        assert_eq!(
+            ratios[1].cpu_per_request, None,
+            "HAProxy's CPU was not measured"
+        );
+        let table = table(&rows);
+        assert!(table
+            .lines()
+            .next()
+            .unwrap()
+            .ends_with("peer CPU% CPU µs/req"));
+        assert!(table
+            .lines()
+            .nth(1)
+            .unwrap()
+            .ends_with("       90      200.0"));
+        assert!(table
+            .lines()
+            .nth(3)
+            .unwrap()
+            .ends_with("         -          -"));
+        let ratio_table = ratio_table(&ratios);
+        assert!(ratio_table.lines().nth(1).unwrap().ends_with("    0.25"));
+        let doc = to_json(json!({}), &runs);
+        assert_eq!(doc["medians"][0]["peer_cpu_us_per_request"], 200.0);
+        assert_eq!(doc["ratios"][0]["cpu_per_request"], 0.25);
+        assert!(doc["runs"][4]["peer_cpu_pct"].is_null());
+    }
+
+    #[test]
+    fn without_cpu_figures_the_tables_keep_their_columns() {
+        let rows = summarize(&[
+            run("nginx", 64, 100.0, 40.0, 0),
+            run("ringwall", 64, 50.0, 80.0, 0),
+        ]);
+        assert_eq!(
+            table(&rows).lines().next().unwrap(),
+            "peer      mode      conns       req/s  spread%   p50 µs    p99 µs  errors"
+        );
+        assert_eq!(
+            ratio_table(&ratios(&rows)).lines().next().unwrap(),
+            "ratio              mode      conns   req/s     p99"
+        );
+    }
+
+    #[test]
     fn json_holds_every_run_and_the_summaries() {
         let runs = [
             run("nginx", 64, 100.0, 40.0, 0),
@@ -292,6 +482,8 @@ mod tests {
         assert_eq!(doc["runs"].as_array().unwrap().len(), 2);
         assert_eq!(doc["medians"][1]["peer"], "ringwall");
         assert_eq!(doc["ratios"][0]["requests_per_sec"], 0.5);
+        assert_eq!(doc["ratios"][0]["scenario"], "plain");
+        assert_eq!(doc["runs"][1]["scenario"], "plain");
         assert_eq!(doc["settings"]["duration_s"], 1);
     }
 }

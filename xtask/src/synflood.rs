@@ -16,7 +16,7 @@
 //! the work XDP spares it.
 
 mod counters;
-mod cpu;
+pub(crate) mod cpu;
 mod lab;
 mod table;
 mod trafgen;
