@@ -120,7 +120,14 @@ fn the_readme_status_table_matches_the_registry() {
     let table = readme
         .split_once("## Policy status")
         .map_or("", |(_, rest)| rest);
-    let by_loader = ["route", "route-weighted", "connection-rate-limit"];
+    // Enforced outside the per-request registry: by the loader, the kernel plane or TLS.
+    let by_loader = [
+        "route",
+        "route-weighted",
+        "connection-rate-limit",
+        "tls",
+        "tls-outbound",
+    ];
     for &name in ringwall_config::POLICIES {
         let row = table
             .lines()
