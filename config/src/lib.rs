@@ -39,7 +39,7 @@ pub use model::{upstream_path, ApiInstance, Policy, Route, Upstream};
 pub use node::{Fields, Node, Value};
 pub use policy::{is_known_policy, POLICIES};
 pub use rules::Rule;
-pub use settings::{Limits, Settings, Timeouts};
+pub use settings::{Limits, Settings, Timeouts, MAX_REQUEST_HEADERS};
 pub use snapshot::{Snapshot, Summary};
 pub use storage::{Cluster, Redis, RedisTls, Secret, Sentinel, SharedStorage};
 pub use view::{is_secret_key, is_secret_pair, REDACTED};

@@ -50,6 +50,13 @@ pub struct Timeouts {
     /// `streamIdleSeconds`: idle client keep-alive, default 300 s.
     #[serde(rename = "streamIdleSeconds", serialize_with = "crate::view::seconds")]
     pub stream_idle: Duration,
+    /// `requestHeaderSeconds` (Ringwall's): a request head must arrive whole within this
+    /// time of its first byte (slowloris), default 30 s.
+    #[serde(
+        rename = "requestHeaderSeconds",
+        serialize_with = "crate::view::seconds"
+    )]
+    pub request_header: Duration,
     /// `tlsHandshakeSeconds` (Ringwall's): a client's whole TLS handshake, default 10 s.
     #[serde(
         rename = "tlsHandshakeSeconds",
@@ -66,6 +73,7 @@ impl Default for Timeouts {
             upstream_idle: Duration::from_secs(60),
             stream_idle: Duration::from_secs(300),
             tls_handshake: Duration::from_secs(10),
+            request_header: Duration::from_secs(30),
         }
     }
 }
@@ -78,13 +86,30 @@ pub struct Limits {
     /// `maxRequestBodyBytes`; no limit by default.
     #[serde(rename = "maxRequestBodyBytes")]
     pub max_body_bytes: Option<u64>,
+    /// `maxRequestHeaders`: header lines in a request head, 1..=128, default 100 (more: 431).
+    #[serde(rename = "maxRequestHeaders")]
+    pub max_headers: usize,
+    /// `maxRequestUriBytes`: the request target, 64..=1048576, default 8192 (longer: 414).
+    #[serde(rename = "maxRequestUriBytes")]
+    pub max_uri_bytes: usize,
+    /// `maxConnections`: open client connections in the process, shared evenly by the
+    /// workers; at the limit a worker stops accepting until one closes. By default, as
+    /// many as the open-files limit leaves room for.
+    #[serde(rename = "maxConnections")]
+    pub max_connections: Option<usize>,
 }
+
+/// The most header lines a request may have (the parser's fixed array).
+pub const MAX_REQUEST_HEADERS: usize = 128;
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_header_bytes: 32768,
             max_body_bytes: None,
+            max_headers: 100,
+            max_uri_bytes: 8192,
+            max_connections: None,
         }
     }
 }
@@ -164,16 +189,18 @@ fn timeouts(node: &Node, path: &str, timeouts: &mut Timeouts, scope: &mut Scope<
             "upstreamConnectionIdleSeconds",
             "streamIdleSeconds",
             "tlsHandshakeSeconds",
+            "requestHeaderSeconds",
         ],
     ) else {
         return;
     };
-    let fields: [(&str, &mut Duration); 5] = [
+    let fields: [(&str, &mut Duration); 6] = [
         ("upstreamConnectSeconds", &mut timeouts.upstream_connect),
         ("upstreamResponseSeconds", &mut timeouts.upstream_response),
         ("upstreamConnectionIdleSeconds", &mut timeouts.upstream_idle),
         ("streamIdleSeconds", &mut timeouts.stream_idle),
         ("tlsHandshakeSeconds", &mut timeouts.tls_handshake),
+        ("requestHeaderSeconds", &mut timeouts.request_header),
     ];
     for (key, slot) in fields {
         if let Some(d) = f.get(key).and_then(|n| seconds(n, &f.path_of(key), scope)) {
@@ -198,10 +225,17 @@ fn limits(node: &Node, path: &str, limits: &mut Limits, scope: &mut Scope<'_>) {
     let Some(f) = scope.map(
         node,
         path,
-        &["maxRequestHeaderBytes", "maxRequestBodyBytes"],
+        &[
+            "maxRequestHeaderBytes",
+            "maxRequestBodyBytes",
+            "maxRequestHeaders",
+            "maxRequestUriBytes",
+            "maxConnections",
+        ],
     ) else {
         return;
     };
+
     if let Some(n) = f.get("maxRequestHeaderBytes") {
         let bytes = scope.int_in(n, &f.path_of("maxRequestHeaderBytes"), 1024..=1_048_576);
         if let Some(bytes) = bytes.and_then(|b| usize::try_from(b).ok()) {
@@ -213,5 +247,28 @@ fn limits(node: &Node, path: &str, limits: &mut Limits, scope: &mut Scope<'_>) {
         if let Some(bytes) = bytes.and_then(|b| u64::try_from(b).ok()) {
             limits.max_body_bytes = Some(bytes);
         }
+    }
+    let mut size = |key: &str, range: std::ops::RangeInclusive<i64>, slot: &mut usize| {
+        if let Some(n) = f.get(key) {
+            let value = scope.int_in(n, &f.path_of(key), range);
+            if let Some(value) = value.and_then(|v| usize::try_from(v).ok()) {
+                *slot = value;
+            }
+        }
+    };
+    size(
+        "maxRequestHeaders",
+        1..=MAX_REQUEST_HEADERS as i64,
+        &mut limits.max_headers,
+    );
+    size(
+        "maxRequestUriBytes",
+        64..=1_048_576,
+        &mut limits.max_uri_bytes,
+    );
+    let mut connections = 0;
+    size("maxConnections", 1..=100_000_000, &mut connections);
+    if connections > 0 {
+        limits.max_connections = Some(connections);
     }
 }

@@ -395,8 +395,9 @@ fn inline_route_policies_and_env_substitution() {
 fn configuration_sections_parse_and_merge() {
     let timeouts = configuration(
         "timeouts",
-        "  timeouts:\n    upstreamConnectSeconds: 0.5\n    upstreamResponseSeconds: 30\n    tlsHandshakeSeconds: 2\n  \
-         limits:\n    maxRequestHeaderBytes: 1024\n    maxRequestBodyBytes: 1000000\n",
+        "  timeouts:\n    upstreamConnectSeconds: 0.5\n    upstreamResponseSeconds: 30\n    tlsHandshakeSeconds: 2\n    \
+         requestHeaderSeconds: 4\n  limits:\n    maxRequestHeaderBytes: 1024\n    maxRequestBodyBytes: 1000000\n    \
+         maxRequestHeaders: 20\n    maxRequestUriBytes: 512\n    maxConnections: 1000\n",
     );
     let storage = configuration(
         "storage",
@@ -419,6 +420,21 @@ fn configuration_sections_parse_and_merge() {
     assert_eq!(settings.timeouts.tls_handshake, Duration::from_secs(2));
     assert_eq!(settings.limits.max_header_bytes, 1024);
     assert_eq!(settings.limits.max_body_bytes, Some(1_000_000));
+    assert_eq!(settings.timeouts.request_header, Duration::from_secs(4));
+    assert_eq!(
+        (settings.limits.max_headers, settings.limits.max_uri_bytes),
+        (20, 512)
+    );
+    assert_eq!(settings.limits.max_connections, Some(1000));
+    let defaults = Limits::default();
+    assert_eq!(
+        (
+            defaults.max_headers,
+            defaults.max_uri_bytes,
+            defaults.max_connections
+        ),
+        (100, 8192, None)
+    );
     assert!(settings.proxy_protocol);
     let Some(SharedStorage::Sentinel(sentinel)) = &settings.shared_storage else {
         panic!("sentinel expected");
@@ -1277,7 +1293,8 @@ fn configuration_errors() {
 
     let bad = configuration(
         "bad",
-        "  timeouts:\n    streamIdleSeconds: -1\n  limits:\n    maxRequestHeaderBytes: 10\n  logging:\n    \
+        "  timeouts:\n    streamIdleSeconds: -1\n  limits:\n    maxRequestHeaderBytes: 10\n    maxRequestHeaders: 129\n    \
+         maxConnections: 0\n  logging:\n    \
          outputs:\n      - name: o\n        type: syslog\n    runtimeLogs:\n      logLevel: loud\n    accessLogs:\n      \
          outputs: [missing]\n",
     );
@@ -1307,6 +1324,14 @@ fn configuration_errors() {
             (
                 line_of(&bad, ": 10"),
                 "must be between 1024 and 1048576, found 10".into()
+            ),
+            (
+                line_of(&bad, ": 129"),
+                "must be between 1 and 128, found 129".into()
+            ),
+            (
+                line_of(&bad, "maxConnections"),
+                "must be between 1 and 100000000, found 0".into()
             ),
         ]
     );

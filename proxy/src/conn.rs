@@ -21,13 +21,13 @@ use crate::gateway::Gateway;
 use crate::http::chunked::ChunkedDecoder;
 use crate::http::request::{self, Forward};
 use crate::http::response::{self, ToClient};
-use crate::http::{write_local_response, Framing, CONTINUE};
+use crate::http::{write_local_response, Framing, HttpError, CONTINUE};
 use crate::io::{ClientStream, Io, Stream};
 use crate::metrics::MethodClass;
 use crate::policy::{Chain, HeaderLines, Hold, Overrides, RequestCx, ResponseCx, Stop, Verdict};
 use crate::pool::{peek, still_open, Peek, PoolKey, UpstreamConn};
 use crate::tls::{HandshakeFailure, Session, TlsStream, UpstreamTls};
-use crate::worker::{ListenerHandle, Worker};
+use crate::worker::{ConnectionGuard, ListenerHandle, Worker};
 
 /// Initial size of each connection's read and write buffers.
 const BUF_SIZE: usize = 16 * 1024;
@@ -117,8 +117,8 @@ pub(crate) async fn serve(
     peer: SocketAddr,
     listener: Rc<ListenerHandle>,
     worker: Rc<Worker>,
+    _active: ConnectionGuard,
 ) {
-    let _active = worker.track_connection();
     // Responses are written whole; Nagle would only delay them.
     let _ = stream.set_nodelay(true);
     // === Phase: TLS handshake ===
@@ -335,9 +335,20 @@ async fn phases(c: &mut Client, listener: &ListenerHandle, w: &Worker) -> Next {
         if idle && (w.is_draining() || listener.is_closed()) {
             return Next::Close;
         }
-        let stream_idle = gateway.snapshot.settings.timeouts.stream_idle;
+        let timeouts = &gateway.snapshot.settings.timeouts;
+        // Idle, a keep-alive connection may wait `streamIdleSeconds`; once a head has begun
+        // it must be whole within `requestHeaderSeconds` of its first byte, however it
+        // trickles in (slowloris).
+        let wait = match c.rec.head_at {
+            Some(started) if !idle => {
+                let left =
+                    (started + timeouts.request_header).saturating_duration_since(Instant::now());
+                left.min(timeouts.stream_idle)
+            }
+            _ => timeouts.stream_idle,
+        };
         drop(gateway);
-        let read = read_more(&mut c.stream, &mut c.buf, stream_idle);
+        let read = read_more(&mut c.stream, &mut c.buf, wait);
         let n = if idle {
             tokio::select! {
                 n = read => n,
@@ -442,18 +453,26 @@ fn plan_request(
     log: bool,
 ) -> Result<Planned, Refusal> {
     let settings = &gateway.snapshot.settings;
+    let limits = &settings.limits;
     let mut headers = [httparse::EMPTY_HEADER; request::MAX_HEADERS];
-    let req = match request::parse(&c.buf, &mut headers, settings.limits.max_header_bytes) {
-        Ok(Some(req)) => req,
-        Ok(None) => return Ok(Planned::More),
-        Err(e) => {
-            return Err(Refusal {
-                error: e.into(),
-                is_head: false,
-                close: true,
-                answer: false,
-            })
+    // More header lines than allowed fail the parse as too many (431).
+    let allowed = &mut headers[..limits.max_headers.min(request::MAX_HEADERS)];
+    let refused = |e: HttpError| Refusal {
+        error: e.into(),
+        is_head: false,
+        close: true,
+        answer: false,
+    };
+    let req = match request::parse(&c.buf, allowed, limits.max_header_bytes) {
+        Ok(Some(req)) if request::uri_too_long(&c.buf, Some(req.target), limits.max_uri_bytes) => {
+            return Err(refused(HttpError::UriTooLong));
         }
+        Ok(Some(req)) => req,
+        Ok(None) if request::uri_too_long(&c.buf, None, limits.max_uri_bytes) => {
+            return Err(refused(HttpError::UriTooLong));
+        }
+        Ok(None) => return Ok(Planned::More),
+        Err(e) => return Err(refused(e)),
     };
     let is_head = req.is_head();
     c.rec.bytes_in = req.head_len as u64;

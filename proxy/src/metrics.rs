@@ -32,6 +32,7 @@ pub const UPSTREAM_CONNECT_ERRORS: &str = "ringwall_upstream_connect_errors_tota
 pub const UPSTREAM_TIMEOUTS: &str = "ringwall_upstream_timeouts_total";
 pub const UPSTREAM_CONNECTIONS: &str = "ringwall_upstream_connections_total";
 pub const ACTIVE_CONNECTIONS: &str = "ringwall_active_connections";
+pub const ACCEPT_PAUSED: &str = "ringwall_accept_paused_total";
 pub const REFUSED: &str = "ringwall_refused_total";
 pub const CONFIG_RELOADS: &str = "ringwall_config_reloads_total";
 pub const CONFIG_GENERATION: &str = "ringwall_config_generation";
@@ -286,13 +287,14 @@ impl GatewayMetrics {
 // === Per worker ===
 
 /// The statuses the gateway answers itself; any other is counted as `other`.
-const REFUSED_STATUSES: [(u16, &str); 12] = [
+const REFUSED_STATUSES: [(u16, &str); 13] = [
     (400, "400"),
     (401, "401"),
     (403, "403"),
     (404, "404"),
     (408, "408"),
     (413, "413"),
+    (414, "414"),
     (417, "417"),
     (429, "429"),
     (431, "431"),
@@ -305,6 +307,7 @@ const REFUSED_STATUSES: [(u16, &str); 12] = [
 #[derive(Debug)]
 pub struct WorkerMetrics {
     active: Gauge,
+    accept_paused: Counter,
     /// By index in [`REFUSED_STATUSES`], then `other`.
     refused: [Counter; REFUSED_STATUSES.len() + 1],
 }
@@ -314,6 +317,7 @@ impl WorkerMetrics {
     pub fn register() -> Self {
         Self {
             active: metrics::gauge!(ACTIVE_CONNECTIONS),
+            accept_paused: metrics::counter!(ACCEPT_PAUSED),
             refused: std::array::from_fn(|i| {
                 let status = REFUSED_STATUSES.get(i).map_or("other", |&(_, s)| s);
                 metrics::counter!(REFUSED, "status" => status)
@@ -327,6 +331,11 @@ impl WorkerMetrics {
 
     pub fn connection_closed(&self) {
         self.active.decrement(1.0);
+    }
+
+    /// The worker reached its share of `maxConnections` and stopped accepting for a while.
+    pub fn accept_paused(&self) {
+        self.accept_paused.increment(1);
     }
 
     /// A response the gateway wrote itself instead of the upstream's.
@@ -486,6 +495,10 @@ fn describe() {
         "Upstream connections taken for a request: from the pool (reused) or new"
     );
     describe_gauge!(ACTIVE_CONNECTIONS, "Open client connections");
+    describe_counter!(
+        ACCEPT_PAUSED,
+        "Times a worker stopped accepting at its share of limits.maxConnections"
+    );
     describe_counter!(REFUSED, "Responses the gateway wrote itself, by status");
     describe_counter!(
         POLICY_DECISIONS,

@@ -156,6 +156,7 @@ pub fn run(gateway: Arc<Gateway>, opts: &Options) -> Result<(), ServerError> {
             applied: applied_tx.clone(),
             drain: drain_rx.clone(),
             shutdown_timeout: opts.shutdown_timeout,
+            workers: opts.workers,
         };
         let ready = ready_tx.clone();
         let exit = exit_tx.clone();

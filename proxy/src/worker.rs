@@ -25,6 +25,8 @@ const RING_ENTRIES: u32 = 4096;
 
 pub struct Worker {
     id: usize,
+    /// How many workers share `limits.maxConnections`.
+    workers: usize,
     /// The listeners this worker accepts on, by key.
     listeners: RefCell<hashbrown::HashMap<ListenerKey, Rc<ListenerHandle>>>,
     accepts: RefCell<Vec<tokio::task::JoinHandle<()>>>,
@@ -44,15 +46,18 @@ pub struct Worker {
     drain_started: Notify,
     active: Cell<usize>,
     all_closed: Notify,
+    /// A connection closed: an accept loop paused at the limit may go on.
+    room: Notify,
     next_addr: Cell<usize>,
     rng: Cell<u64>,
     pub(crate) metrics: crate::metrics::WorkerMetrics,
 }
 
 impl Worker {
-    fn new(id: usize, update: &Update) -> Self {
+    fn new(id: usize, workers: usize, update: &Update) -> Self {
         Self {
             id,
+            workers: workers.max(1),
             listeners: RefCell::default(),
             accepts: RefCell::default(),
             gateway: RefCell::new(Rc::new(update.gateway.clone())),
@@ -64,6 +69,7 @@ impl Worker {
             drain_started: Notify::new(),
             active: Cell::new(0),
             all_closed: Notify::new(),
+            room: Notify::new(),
             next_addr: Cell::new(0),
             rng: Cell::new(seed()),
             metrics: crate::metrics::WorkerMetrics::register(),
@@ -202,11 +208,54 @@ impl Worker {
         ConnectionGuard(self.clone())
     }
 
+    /// This worker's share of `limits.maxConnections`, or by default of what the open-files
+    /// limit leaves room for.
+    fn max_connections(&self) -> usize {
+        let limits = &self.gateway.borrow().snapshot.settings.limits;
+        let total = limits.max_connections.unwrap_or_else(fd_budget);
+        total.div_ceil(self.workers).max(1)
+    }
+
+    /// Resolves once this worker may accept another connection. At its limit the accept
+    /// loops wait here, and new connections wait in the kernel's accept queue.
+    async fn room(&self) {
+        let mut paused = false;
+        while self.active.get() >= self.max_connections() {
+            if !paused {
+                paused = true;
+                self.metrics.accept_paused();
+                tracing::debug!(
+                    worker = self.id,
+                    open = self.active.get(),
+                    "at maxConnections: accepting paused"
+                );
+            }
+            self.room.notified().await;
+        }
+    }
+
     async fn all_closed(&self) {
         while self.active.get() > 0 {
             self.all_closed.notified().await;
         }
     }
+}
+
+/// The client connections the open-files limit leaves room for: each may hold an upstream
+/// connection too, and some descriptors go to listeners, logs and the rings. Read once.
+fn fd_budget() -> usize {
+    static BUDGET: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *BUDGET.get_or_init(|| {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes the struct it is given, which lives across the call.
+        let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
+        let open_files = if ok { limit.rlim_cur } else { 1024 };
+        let open_files = usize::try_from(open_files).unwrap_or(usize::MAX);
+        (open_files.saturating_sub(128) / 2).max(16)
+    })
 }
 
 fn seed() -> u64 {
@@ -226,6 +275,7 @@ impl Drop for ConnectionGuard {
         self.0.metrics.connection_closed();
         let left = self.0.active.get() - 1;
         self.0.active.set(left);
+        self.0.room.notify_waiters();
         if left == 0 {
             self.0.all_closed.notify_waiters();
         }
@@ -280,6 +330,8 @@ pub struct WorkerSetup {
     pub applied: tokio::sync::mpsc::UnboundedSender<u64>,
     pub drain: watch::Receiver<DrainPhase>,
     pub shutdown_timeout: Duration,
+    /// How many workers the process runs.
+    pub workers: usize,
 }
 
 /// How far the gateway is into stopping.
@@ -310,10 +362,11 @@ pub fn run(setup: WorkerSetup, ready: mpsc::Sender<Result<usize, String>>) {
         applied,
         mut drain,
         shutdown_timeout,
+        workers,
     } = setup;
     rt.block_on(async move {
         let first = updates.borrow_and_update().clone();
-        let worker = Rc::new(Worker::new(id, &first));
+        let worker = Rc::new(Worker::new(id, workers, &first));
         match AccessLog::from_config(&first.gateway.snapshot.settings.logging) {
             Ok(log) => *worker.access_log.borrow_mut() = log.map(Rc::new),
             Err(e) => {
@@ -376,6 +429,12 @@ pub fn run(setup: WorkerSetup, ready: mpsc::Sender<Result<usize, String>>) {
 
 async fn accept_loop(listener: TcpListener, handle: Rc<ListenerHandle>, worker: Rc<Worker>) {
     loop {
+        // No accept is in flight while the worker is at its limit.
+        tokio::select! {
+            () = worker.room() => {}
+            () = worker.draining() => break,
+            () = handle.closed() => break,
+        }
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
@@ -391,7 +450,10 @@ async fn accept_loop(listener: TcpListener, handle: Rc<ListenerHandle>, worker: 
                             continue;
                         }
                     }
-                    tokio_uring::spawn(conn::serve(stream, peer, handle.clone(), worker.clone()));
+                    // Counted now, not when the task first runs, so that the next turn of
+                    // this loop sees it against the limit.
+                    let active = worker.track_connection();
+                    tokio_uring::spawn(conn::serve(stream, peer, handle.clone(), worker.clone(), active));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");

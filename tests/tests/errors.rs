@@ -350,3 +350,122 @@ fn chunked_body_over_the_limit_is_413() {
         client.assert_closed();
     })
 }
+
+// === Limits against hostile clients ===
+
+/// A gateway in front of `origin` with the Configuration `spec` (YAML, unindented).
+fn limited(origin: &Origin, spec: &str) -> Gateway {
+    let config = documents(&[&simple_api(&origin.url()), &configuration("limits", spec)]);
+    Gateway::start(&[("api.yaml", &config)], &["--workers", "1"])
+}
+
+#[test]
+fn a_trickled_head_gets_408_after_request_header_seconds() {
+    within(TEST_LIMIT, || {
+        let origin = Origin::ok("fine");
+        let gw = limited(&origin, "timeouts:\n  requestHeaderSeconds: 1\n");
+
+        // Each byte comes well within the (default, 300 s) idle timeout, the whole head never.
+        let mut client = Client::connect(gw.addr("api"));
+        let started = Instant::now();
+        client.send(b"GET /slow HTTP/1.1\r\nHost: a\r\n");
+        client
+            .stream()
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("timeout");
+        let mut answered = None;
+        for _ in 0..40 {
+            let _ = client.send_lenient(b"X-Drip: 1\r\n");
+            if let Ok(resp) = client.try_read_response("GET") {
+                answered = Some((started.elapsed(), resp));
+                break;
+            }
+        }
+        let (took, resp) = answered.expect("the gateway gave up on the head");
+        assert_error(&resp, 408);
+        client.assert_closed();
+        assert!(
+            took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+            "closed after {took:?}"
+        );
+        assert_eq!(origin.request_count(), 0);
+
+        // An idle keep-alive connection is another matter: its wait is streamIdleSeconds.
+        let mut idle = Client::connect(gw.addr("api"));
+        assert_eq!(idle.get("/first").status, 200);
+        std::thread::sleep(Duration::from_millis(1300));
+        assert_eq!(idle.get("/after-idling").status, 200);
+    })
+}
+
+#[test]
+fn a_long_request_target_is_414_whole_or_not() {
+    within(TEST_LIMIT, || {
+        let origin = Origin::ok("fine");
+        let gw = limited(&origin, "limits:\n  maxRequestUriBytes: 100\n");
+        let fits = format!("/{}", "a".repeat(99));
+        assert_eq!(Client::connect(gw.addr("api")).get(&fits).status, 200);
+
+        let long = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(100));
+        let mut client = Client::connect(gw.addr("api"));
+        let _ = client.send_lenient(long.as_bytes());
+        assert_error(&client.read_response("GET"), 414);
+        client.assert_closed();
+
+        // A request line still arriving is judged before it ends.
+        let mut client = Client::connect(gw.addr("api"));
+        let _ = client.send_lenient(format!("GET /{}", "b".repeat(200)).as_bytes());
+        assert_error(&client.read_response("GET"), 414);
+        client.assert_closed();
+        assert_eq!(origin.request_count(), 1);
+    })
+}
+
+#[test]
+fn more_header_lines_than_allowed_is_431() {
+    within(TEST_LIMIT, || {
+        let origin = Origin::ok("fine");
+        let gw = limited(&origin, "limits:\n  maxRequestHeaders: 5\n");
+        // Host and four more: five lines.
+        let five = Client::connect(gw.addr("api")).request(&get_with_headers(4, 8));
+        assert_eq!(five.status, 200, "{five:?}");
+        let mut client = Client::connect(gw.addr("api"));
+        let _ = client.send_lenient(&get_with_headers(5, 8));
+        assert_error(&client.read_response("GET"), 431);
+        client.assert_closed();
+        assert_eq!(origin.request_count(), 1);
+    })
+}
+
+#[test]
+fn at_max_connections_accepting_pauses_until_one_closes() {
+    within(TEST_LIMIT, || {
+        let origin = Origin::ok("fine");
+        let gw = limited(&origin, "limits:\n  maxConnections: 2\n");
+        let mut first = Client::connect(gw.addr("api"));
+        let mut second = Client::connect(gw.addr("api"));
+        assert_eq!(first.get("/1").status, 200);
+        assert_eq!(second.get("/2").status, 200);
+
+        // The kernel completes the handshake; the gateway does not take the connection.
+        let mut third = Client::connect(gw.addr("api"));
+        third.send(b"GET /3 HTTP/1.1\r\nHost: a\r\n\r\n");
+        third
+            .stream()
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .expect("timeout");
+        let waited = third.try_read_response("GET");
+        assert!(waited.is_err(), "served past the limit: {waited:?}");
+        assert_eq!(origin.request_count(), 2);
+
+        drop(first);
+        third
+            .stream()
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        assert_eq!(third.read_response("GET").status, 200);
+        assert_eq!(second.get("/2-again").status, 200);
+        let paused = gw.metric_until("ringwall_accept_paused_total", &[], |v| v >= 1.0);
+        assert!(paused >= 1.0);
+    })
+}

@@ -25,6 +25,8 @@ pub enum HttpError {
     Malformed(&'static str),
     #[error("request header block too large")]
     HeadTooLarge,
+    #[error("request target too long")]
+    UriTooLong,
     #[error("unsupported expectation")]
     ExpectationFailed,
 }
@@ -34,6 +36,7 @@ impl HttpError {
         match self {
             HttpError::Malformed(_) => 400,
             HttpError::HeadTooLarge => 431,
+            HttpError::UriTooLong => 414,
             HttpError::ExpectationFailed => 417,
         }
     }
@@ -85,6 +88,7 @@ pub fn reason(status: u16) -> &'static str {
         405 => "Method Not Allowed",
         408 => "Request Timeout",
         413 => "Content Too Large",
+        414 => "URI Too Long",
         417 => "Expectation Failed",
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",

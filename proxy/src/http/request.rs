@@ -34,6 +34,18 @@ pub struct Request<'h, 'b> {
     pub expect_continue: bool,
 }
 
+/// Whether the request target in `buf` (a head, complete or not) is longer than `max_uri`:
+/// once the request line is complete, its target; before, whether the line has already
+/// outgrown any method, target and version that fit.
+pub fn uri_too_long(buf: &[u8], target: Option<&str>, max_uri: usize) -> bool {
+    /// Room for the method, the version and the spaces and CRLF between them.
+    const REST_OF_LINE: usize = 32;
+    match target {
+        Some(target) => target.len() > max_uri,
+        None => !buf.contains(&b'\n') && buf.len() > max_uri + REST_OF_LINE,
+    }
+}
+
 /// Parses a request head from `buf`. `Ok(None)` means more bytes are needed.
 pub fn parse<'h, 'b>(
     buf: &'b [u8],
@@ -393,6 +405,20 @@ mod tests {
         assert_eq!(r.authority, Some("example.com:8080"));
         assert_eq!(r.framing, Framing::Empty);
         assert!(r.keep_alive);
+    }
+
+    #[test]
+    fn long_targets_are_caught_before_the_line_ends() {
+        assert!(!uri_too_long(b"GET /abc HTTP/1.1\r\n", Some("/abc"), 4));
+        assert!(uri_too_long(b"GET /abcd HTTP/1.1\r\n", Some("/abcd"), 4));
+        // No line end yet: only once the line cannot fit any more.
+        let partial = [b"GET /".as_slice(), &[b'a'; 100]].concat();
+        assert!(!uri_too_long(&partial, None, 100));
+        let longer = [b"GET /".as_slice(), &[b'a'; 200]].concat();
+        assert!(uri_too_long(&longer, None, 100));
+        // A line that ended is judged on its target, whatever follows.
+        let headers = [b"GET / HTTP/1.1\r\nX: ".as_slice(), &[b'v'; 300]].concat();
+        assert!(!uri_too_long(&headers, None, 100));
     }
 
     #[test]
