@@ -117,12 +117,13 @@ pub fn load_files_with_env(
     load(files, &env, "", Diagnostics::default())
 }
 
-/// A load with a fake environment and resolver.
-#[cfg(test)]
-pub(crate) fn load_with(
+/// [`load_files`] with environment variables from `var` and upstream host names resolved by
+/// `resolve` (a host and port to addresses), so that tests and fuzzing neither read the
+/// environment nor send a DNS query.
+pub fn load_with(
     files: &[(String, String)],
     var: &dyn Fn(&str) -> Option<String>,
-    resolve: &address::Resolve<'_>,
+    resolve: &dyn Fn(&str, u16) -> std::io::Result<Vec<std::net::SocketAddr>>,
 ) -> Result<Snapshot, LoadErrors> {
     let env = Environment { var, resolve };
     load(files, &env, "", Diagnostics::default())

@@ -5,6 +5,7 @@ mod bench;
 mod build;
 mod ci;
 mod demo;
+mod fuzz;
 mod handshakes;
 mod peers;
 mod proc;
@@ -51,6 +52,8 @@ enum Task {
     Bench(bench::Options),
     /// CPU cost of dropping a SYN flood: XDP, nftables, iptables, accept, no rule (namespaces).
     BenchSyn(synflood::Options),
+    /// Fuzz the request-head and chunked-body parsers and the config loader, a bounded time each.
+    Fuzz(fuzz::Options),
 }
 
 fn main() -> ExitCode {
@@ -63,6 +66,7 @@ fn main() -> ExitCode {
         Task::Test => ci::test().map(|()| ExitCode::SUCCESS),
         Task::Bench(options) => bench::bench(&options).map(|()| ExitCode::SUCCESS),
         Task::BenchSyn(options) => synflood::bench_syn(&options).map(|()| ExitCode::SUCCESS),
+        Task::Fuzz(options) => fuzz::fuzz(&options).map(|()| ExitCode::SUCCESS),
     };
     result.unwrap_or_else(|err| {
         eprintln!("error: {err:#}");
