@@ -218,7 +218,7 @@ pub fn keep_all(_: &str) -> bool {
 
 /// Appends the head to send upstream: origin-form target under the upstream's prefix,
 /// Host rewritten, hop-by-hop fields dropped, `X-Forwarded-*` added. The body keeps the
-/// framing it arrived in, so `Content-Length`/`Transfer-Encoding` pass unchanged.
+/// framing it arrived in, declared in one canonical header (see [`put_framing`]).
 pub fn write_upstream_head(req: &Request<'_, '_>, fwd: &Forward<'_>, out: &mut BytesMut) {
     out.put_slice(req.method.as_bytes());
     out.put_u8(b' ');
@@ -236,6 +236,8 @@ pub fn write_upstream_head(req: &Request<'_, '_>, fwd: &Forward<'_>, out: &mut B
             || name.eq_ignore_ascii_case("x-forwarded-for")
             || name.eq_ignore_ascii_case("x-forwarded-proto")
             || name.eq_ignore_ascii_case("x-forwarded-host")
+            || name.eq_ignore_ascii_case("content-length")
+            || name.eq_ignore_ascii_case("transfer-encoding")
             || is_hop_by_hop(name, req.headers)
             || (fwd.strip)(name)
         {
@@ -243,6 +245,7 @@ pub fn write_upstream_head(req: &Request<'_, '_>, fwd: &Forward<'_>, out: &mut B
         }
         put_header(out, name.as_bytes(), h.value);
     }
+    put_framing(req, out);
     out.put_slice(fwd.extra);
     // Earlier hops' lists are kept, in order, in the one field we send.
     out.put_slice(b"X-Forwarded-For: ");
@@ -262,6 +265,50 @@ pub fn write_upstream_head(req: &Request<'_, '_>, fwd: &Forward<'_>, out: &mut B
         put_header(out, b"X-Forwarded-Host", authority.as_bytes());
     }
     out.put_slice(b"\r\n");
+}
+
+/// Declares the body's framing as the parse settled it, in the one spelling every parser
+/// reads the same way. The client's own framing headers are not forwarded: what the parse
+/// accepted as `CHUNKED`, `Content-Length: 5, 5` or `chunked` followed by an empty
+/// `Transfer-Encoding` could be read by the upstream as another framing, or as none, and the
+/// body bytes as the next request (TE.TE smuggling).
+fn put_framing(req: &Request<'_, '_>, out: &mut BytesMut) {
+    use std::fmt::Write;
+    match req.framing {
+        Framing::Length(n) => {
+            // BytesMut's fmt::Write never fails.
+            let _ = write!(out, "Content-Length: {n}\r\n");
+        }
+        Framing::Chunked => {
+            out.put_slice(b"Transfer-Encoding: ");
+            // The codings under `chunked`, in order; the parse allowed `chunked` only last.
+            for h in req
+                .headers
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case("transfer-encoding"))
+            {
+                for coding in list_items(h.value) {
+                    if !coding.eq_ignore_ascii_case(b"chunked") {
+                        out.put_slice(coding);
+                        out.put_slice(b", ");
+                    }
+                }
+            }
+            out.put_slice(b"chunked\r\n");
+        }
+        Framing::Empty => {
+            // An explicit zero stays: some upstreams want a length on every POST.
+            if req
+                .headers
+                .iter()
+                .any(|h| h.name.eq_ignore_ascii_case("content-length"))
+            {
+                out.put_slice(b"Content-Length: 0\r\n");
+            }
+        }
+        // Requests are never framed by close.
+        Framing::UntilClose => {}
+    }
 }
 
 fn put_header(out: &mut BytesMut, name: &[u8], value: &[u8]) {
@@ -541,6 +588,49 @@ mod tests {
              Accept: */*\r\nX-Forwarded-For: 1.2.3.4, 5.6.7.8, 127.0.0.9\r\n\
              X-Forwarded-Proto: http\r\nX-Forwarded-Host: gw.example\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn upstream_framing_is_one_canonical_header() {
+        for (framing, canonical) in [
+            ("Content-Length: 5, 5", "Content-Length: 5"),
+            (
+                "Content-Length: 5\r\ncontent-length: 005",
+                "Content-Length: 5",
+            ),
+            (
+                "Connection: content-length\r\nContent-Length: 5",
+                "Content-Length: 5",
+            ),
+            ("Content-Length: 0", "Content-Length: 0"),
+            ("Transfer-Encoding: CHUNKED", "Transfer-Encoding: chunked"),
+            (
+                "Transfer-Encoding:\tchunked ,",
+                "Transfer-Encoding: chunked",
+            ),
+            (
+                "Transfer-Encoding: chunked\r\nTransfer-Encoding: ",
+                "Transfer-Encoding: chunked",
+            ),
+            (
+                "Transfer-Encoding: gzip\r\ntransfer-encoding: Chunked",
+                "Transfer-Encoding: gzip, chunked",
+            ),
+        ] {
+            let head = upstream_head(
+                format!("POST /u HTTP/1.1\r\nHost: gw\r\n{framing}\r\n\r\n").as_bytes(),
+                "/",
+                "/u",
+            );
+            assert_eq!(
+                head,
+                format!(
+                    "POST /u HTTP/1.1\r\nHost: 10.0.0.1:9000\r\n{canonical}\r\n\
+                     X-Forwarded-For: 127.0.0.9\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: gw\r\n\r\n"
+                ),
+                "{framing:?}"
+            );
+        }
     }
 
     #[test]
