@@ -73,6 +73,12 @@ pub fn parse<'h, 'b>(
     };
     let headers: &'h [httparse::Header<'b>] = req.headers;
 
+    // The gateway tunnels nothing. Forwarded, a CONNECT that the upstream answered with a
+    // 2xx would turn its pooled connection into a tunnel the gateway would still frame
+    // as HTTP. Any case: some upstreams read methods case-insensitively.
+    if method.eq_ignore_ascii_case("CONNECT") {
+        return Err(HttpError::Malformed("CONNECT is not supported"));
+    }
     let (target, target_authority) = split_target(method, raw_target)?;
     let path = target.split_once('?').map_or(target, |(p, _)| p);
 
@@ -90,6 +96,12 @@ pub fn parse<'h, 'b>(
             }
             let v = std::str::from_utf8(h.value)
                 .map_err(|_| HttpError::Malformed("Host header is not valid text"))?;
+            // RFC 9112 §3.2: an invalid Host is a 400. Policies route on it and the
+            // upstream sees it in X-Forwarded-Host, where a path or a space could be read
+            // as a different authority.
+            if !valid_authority(v) {
+                return Err(HttpError::Malformed("invalid Host header"));
+            }
             host_header = Some(v);
         } else if name.eq_ignore_ascii_case("content-length") {
             let n = parse_content_length(h.value)?;
@@ -354,12 +366,21 @@ fn split_target<'b>(
         Some(_) => return Err(HttpError::Malformed("absolute target without a path")),
         None => (after, "/"),
     };
-    if authority.is_empty() || authority.contains('@') {
+    if authority.is_empty() || !valid_authority(authority) {
         return Err(HttpError::Malformed(
             "invalid authority in the request target",
         ));
     }
     Ok((path, Some(authority)))
+}
+
+/// Whether `authority` is made only of what a `host[:port]` may hold (RFC 3986 §3.2.2:
+/// reg-name, IP literal, port). No userinfo (`@`), path, query, fragment, whitespace or
+/// quote, which parsers downstream would split the authority at.
+fn valid_authority(authority: &str) -> bool {
+    authority
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=:[]".contains(&b))
 }
 
 fn strip_port(authority: &str) -> &str {
@@ -529,6 +550,56 @@ mod tests {
             parse_err(b"GET / HTTP/1.1\r\nHost: a\r\nExpect: magic\r\n\r\n"),
             HttpError::ExpectationFailed
         );
+    }
+
+    #[test]
+    fn host_and_target_authorities_must_be_host_and_port() {
+        for host in [
+            "gateway test",
+            "gateway\ttest",
+            "gateway.test/evil",
+            "gateway.test?x",
+            "gateway.test#x",
+            "user@gateway.test",
+            "gateway.test\\evil",
+            "\"gateway.test\"",
+        ] {
+            assert_eq!(
+                parse_err(format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes()),
+                HttpError::Malformed("invalid Host header"),
+                "{host:?}"
+            );
+        }
+        for host in [
+            "gateway.test",
+            "gateway.test:8080",
+            "[::1]:80",
+            "10.0.0.1",
+            "",
+        ] {
+            let raw = format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n");
+            assert_eq!(parse_ok(raw.as_bytes()).authority, Some(host), "{host:?}");
+        }
+        assert_eq!(
+            parse_err(b"GET http://gate\"way/ HTTP/1.1\r\nHost: a\r\n\r\n"),
+            HttpError::Malformed("invalid authority in the request target")
+        );
+    }
+
+    #[test]
+    fn connect_is_refused_whatever_its_target() {
+        for line in [
+            "CONNECT gateway.test:443 HTTP/1.1",
+            "CONNECT /tunnel HTTP/1.1",
+            "CONNECT http://gateway.test/ HTTP/1.1",
+            "connect /tunnel HTTP/1.1",
+        ] {
+            assert_eq!(
+                parse_err(format!("{line}\r\nHost: a\r\n\r\n").as_bytes()),
+                HttpError::Malformed("CONNECT is not supported"),
+                "{line}"
+            );
+        }
     }
 
     #[test]
