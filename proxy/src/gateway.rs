@@ -137,6 +137,12 @@ impl Gateway {
         req: &Request<'_, 'r>,
         pick: u64,
     ) -> Option<Routed<'g, 'r>> {
+        // Asterisk-form (`OPTIONS *`) asks about the server, not a resource under a base
+        // path: no ApiInstance serves it, and forwarding it would name a path (`/*`) the
+        // client never asked for.
+        if !req.path.starts_with('/') {
+            return None;
+        }
         let listener = self.listeners.get(listener)?;
         let (api_index, api, path) = listener.apis.iter().find_map(|&i| {
             let api = &self.snapshot.apis[i];
@@ -378,6 +384,26 @@ spec:
             route_of(&g, b"GET /apix HTTP/1.1\r\nHost: a\r\n\r\n", 0).as_deref(),
             Some("wide/catchall /apix")
         );
+    }
+
+    #[test]
+    fn asterisk_form_matches_no_api() {
+        let g = gateway();
+        // The wide API has an empty base path: it would take `*` as a path of its own.
+        assert_eq!(
+            route_of(&g, b"OPTIONS / HTTP/1.1\r\nHost: a\r\n\r\n", 0).as_deref(),
+            Some("wide/catchall /")
+        );
+        assert!(g
+            .route(0, &parsed(b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n"), 0)
+            .is_none());
+    }
+
+    fn parsed(raw: &'static [u8]) -> request::Request<'static, 'static> {
+        let headers = Box::leak(Box::new([httparse::EMPTY_HEADER; request::MAX_HEADERS]));
+        request::parse(raw, headers, 8192)
+            .expect("a valid head")
+            .expect("a complete head")
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! Every socket has a timeout and every test body runs under [`within`], so a broken gateway
 //! fails a test instead of hanging the suite.
 
+pub mod checks;
 pub mod client;
 pub mod gateway;
 pub mod netns;
@@ -18,6 +19,7 @@ pub mod yaml;
 #[cfg(test)]
 mod tests;
 
+pub use checks::{assert_error, assert_rejected_and_closed};
 pub use client::{Client, Response};
 pub use gateway::{config_dir, metric, ringwall_bin, run_cli, Gateway};
 pub use origin::{

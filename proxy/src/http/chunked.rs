@@ -2,7 +2,8 @@
 //!
 //! The proxy forwards chunked bodies in the framing they arrived in, so all it needs to
 //! know is where the body ends; it parses strictly (CRLF only, bounded sizes and
-//! extensions) so that what it forwards can be framed only one way downstream. For
+//! extensions, no control bytes, trailers that are field lines) so that what it forwards
+//! can be framed only one way downstream. For
 //! HTTP/1.0 peers it can also hand out the data spans so the body can be de-chunked.
 
 use std::ops::Range;
@@ -20,6 +21,8 @@ pub enum ChunkError {
     MissingCrlf,
     #[error("chunk extension or trailer section too long")]
     MetaTooLong,
+    #[error("invalid trailer field line")]
+    BadTrailer,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +31,8 @@ enum State {
     Size {
         digits: u8,
     },
+    /// Whitespace after the size: only more of it or a `;` may follow.
+    SizeWs,
     /// After the size: a chunk extension up to CR.
     Extension,
     /// Expecting the LF that ends a size line.
@@ -41,8 +46,9 @@ enum State {
     DataLf,
     /// At the start of a trailer line (or the final empty line).
     TrailerStart,
-    /// Inside a trailer field line.
-    Trailer,
+    /// Inside a trailer field's name, then its value.
+    TrailerName,
+    TrailerValue,
     TrailerLf,
     /// Expecting the LF of the final empty line.
     FinalLf,
@@ -106,22 +112,33 @@ impl ChunkedDecoder {
                     None if digits == 0 => return Err(ChunkError::BadSize),
                     None => match b {
                         b'\r' => self.state = State::SizeLf,
-                        b';' | b' ' | b'\t' => {
+                        b';' => {
                             self.meta = 0;
                             self.state = State::Extension;
+                        }
+                        b' ' | b'\t' => {
+                            self.meta = 0;
+                            self.state = State::SizeWs;
                         }
                         _ => return Err(ChunkError::BadSize),
                     },
                 },
+                // RFC 9112 §7.1.1 allows whitespace only before an extension's `;`: in
+                // `5 junk` or `5 ` one parser reads 5 where another fails or reads on.
+                State::SizeWs => match b {
+                    b' ' | b'\t' => self.count_meta()?,
+                    b';' => {
+                        self.count_meta()?;
+                        self.state = State::Extension;
+                    }
+                    _ => return Err(ChunkError::BadSize),
+                },
                 State::Extension => match b {
                     b'\r' => self.state = State::SizeLf,
-                    b'\n' => return Err(ChunkError::BadSize),
-                    _ => {
-                        self.meta += 1;
-                        if self.meta > MAX_META_BYTES {
-                            return Err(ChunkError::MetaTooLong);
-                        }
-                    }
+                    // No valid extension holds a control byte; a NUL or a bare LF could
+                    // end the line early for a parser downstream.
+                    _ if is_ctl(b) => return Err(ChunkError::BadSize),
+                    _ => self.count_meta()?,
                 },
                 State::SizeLf => {
                     if b != b'\n' {
@@ -160,21 +177,37 @@ impl ChunkedDecoder {
                     }
                     self.state = State::Size { digits: 0 };
                 }
+                // Trailers are forwarded as they came, so each line must be a field line
+                // (`name: value`) that no parser can take for the end of the section or
+                // for a request: no leading whitespace (obs-fold, a blank-looking line),
+                // no line without a colon, no control bytes.
                 State::TrailerStart => {
                     self.state = if b == b'\r' {
                         State::FinalLf
                     } else if b == b'\n' {
                         return Err(ChunkError::MissingCrlf);
+                    } else if is_tchar(b) {
+                        State::TrailerName
                     } else {
-                        State::Trailer
+                        return Err(ChunkError::BadTrailer);
                     };
                     self.count_meta()?;
                 }
-                State::Trailer => {
+                State::TrailerName => {
+                    if b == b':' {
+                        self.state = State::TrailerValue;
+                    } else if !is_tchar(b) {
+                        return Err(ChunkError::BadTrailer);
+                    }
+                    self.count_meta()?;
+                }
+                State::TrailerValue => {
                     if b == b'\r' {
                         self.state = State::TrailerLf;
                     } else if b == b'\n' {
                         return Err(ChunkError::MissingCrlf);
+                    } else if is_ctl(b) {
+                        return Err(ChunkError::BadTrailer);
                     }
                     self.count_meta()?;
                 }
@@ -211,6 +244,16 @@ impl ChunkedDecoder {
         }
         Ok(())
     }
+}
+
+/// A control byte other than HTAB (RFC 9110 §5.5): never part of a field or an extension.
+fn is_ctl(b: u8) -> bool {
+    (b < 0x20 && b != b'\t') || b == 0x7f
+}
+
+/// A byte of a token (RFC 9110 §5.6.2), as field names are.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 fn hex_value(b: u8) -> Option<u8> {
@@ -285,6 +328,65 @@ mod tests {
             ChunkError::SizeOverflow
         );
         assert_eq!(decode_all(b"0\r\n\n").unwrap_err(), ChunkError::MissingCrlf);
+    }
+
+    #[test]
+    fn whitespace_after_the_size_leads_only_to_an_extension() {
+        let (data, p) = decode_all(b"5 \t;a=b\r\nhello\r\n0\r\n\r\n").unwrap();
+        assert_eq!((data.as_slice(), p.done), (b"hello".as_slice(), true));
+        for bad in [&b"5 junk\r\n"[..], b"5 \r\n", b"5\t\r\n", b"5 6\r\n"] {
+            assert_eq!(
+                decode_all(bad).unwrap_err(),
+                ChunkError::BadSize,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn extensions_hold_no_control_bytes() {
+        let (data, _) = decode_all(b"5;n=\"q;\\\"x\"\t;m\r\nhello\r\n0\r\n\r\n").unwrap();
+        assert_eq!(data, b"hello");
+        for bad in [
+            &b"5;a=\x00\r\n"[..],
+            b"5;\x1b\r\n",
+            b"5;a\x7f\r\n",
+            b"5;a\rb\r\n",
+        ] {
+            assert_eq!(
+                decode_all(bad).unwrap_err(),
+                ChunkError::BadSize,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn trailers_must_be_field_lines() {
+        let (data, p) =
+            decode_all(b"1\r\nx\r\n0\r\nContent-Length: 50\r\nX-Empty:\r\nX: a\tb\r\n\r\n")
+                .unwrap();
+        assert_eq!((data.as_slice(), p.done), (b"x".as_slice(), true));
+        for bad in [
+            // What a lenient parser could end the trailers at, then read a request from.
+            &b"0\r\n \r\nGET /smuggled HTTP/1.1\r\n\r\n"[..],
+            b"0\r\nGET /smuggled HTTP/1.1\r\n\r\n",
+            b"0\r\nX: v\r\n folded\r\n\r\n",
+            b"0\r\n\tX: v\r\n\r\n",
+            b"0\r\n: v\r\n\r\n",
+            b"0\r\nX : v\r\n\r\n",
+            b"0\r\nX: a\x00b\r\n\r\n",
+            b"0\r\nX\x7f: v\r\n\r\n",
+        ] {
+            assert_eq!(
+                decode_all(bad).unwrap_err(),
+                ChunkError::BadTrailer,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 
     #[test]

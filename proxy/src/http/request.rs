@@ -73,6 +73,12 @@ pub fn parse<'h, 'b>(
     };
     let headers: &'h [httparse::Header<'b>] = req.headers;
 
+    // The gateway tunnels nothing. Forwarded, a CONNECT that the upstream answered with a
+    // 2xx would turn its pooled connection into a tunnel the gateway would still frame
+    // as HTTP. Any case: some upstreams read methods case-insensitively.
+    if method.eq_ignore_ascii_case("CONNECT") {
+        return Err(HttpError::Malformed("CONNECT is not supported"));
+    }
     let (target, target_authority) = split_target(method, raw_target)?;
     let path = target.split_once('?').map_or(target, |(p, _)| p);
 
@@ -90,6 +96,12 @@ pub fn parse<'h, 'b>(
             }
             let v = std::str::from_utf8(h.value)
                 .map_err(|_| HttpError::Malformed("Host header is not valid text"))?;
+            // RFC 9112 §3.2: an invalid Host is a 400. Policies route on it and the
+            // upstream sees it in X-Forwarded-Host, where a path or a space could be read
+            // as a different authority.
+            if !valid_authority(v) {
+                return Err(HttpError::Malformed("invalid Host header"));
+            }
             host_header = Some(v);
         } else if name.eq_ignore_ascii_case("content-length") {
             let n = parse_content_length(h.value)?;
@@ -218,7 +230,7 @@ pub fn keep_all(_: &str) -> bool {
 
 /// Appends the head to send upstream: origin-form target under the upstream's prefix,
 /// Host rewritten, hop-by-hop fields dropped, `X-Forwarded-*` added. The body keeps the
-/// framing it arrived in, so `Content-Length`/`Transfer-Encoding` pass unchanged.
+/// framing it arrived in, declared in one canonical header (see [`put_framing`]).
 pub fn write_upstream_head(req: &Request<'_, '_>, fwd: &Forward<'_>, out: &mut BytesMut) {
     out.put_slice(req.method.as_bytes());
     out.put_u8(b' ');
@@ -236,6 +248,8 @@ pub fn write_upstream_head(req: &Request<'_, '_>, fwd: &Forward<'_>, out: &mut B
             || name.eq_ignore_ascii_case("x-forwarded-for")
             || name.eq_ignore_ascii_case("x-forwarded-proto")
             || name.eq_ignore_ascii_case("x-forwarded-host")
+            || name.eq_ignore_ascii_case("content-length")
+            || name.eq_ignore_ascii_case("transfer-encoding")
             || is_hop_by_hop(name, req.headers)
             || (fwd.strip)(name)
         {
@@ -243,6 +257,7 @@ pub fn write_upstream_head(req: &Request<'_, '_>, fwd: &Forward<'_>, out: &mut B
         }
         put_header(out, name.as_bytes(), h.value);
     }
+    put_framing(req, out);
     out.put_slice(fwd.extra);
     // Earlier hops' lists are kept, in order, in the one field we send.
     out.put_slice(b"X-Forwarded-For: ");
@@ -262,6 +277,50 @@ pub fn write_upstream_head(req: &Request<'_, '_>, fwd: &Forward<'_>, out: &mut B
         put_header(out, b"X-Forwarded-Host", authority.as_bytes());
     }
     out.put_slice(b"\r\n");
+}
+
+/// Declares the body's framing as the parse settled it, in the one spelling every parser
+/// reads the same way. The client's own framing headers are not forwarded: what the parse
+/// accepted as `CHUNKED`, `Content-Length: 5, 5` or `chunked` followed by an empty
+/// `Transfer-Encoding` could be read by the upstream as another framing, or as none, and the
+/// body bytes as the next request (TE.TE smuggling).
+fn put_framing(req: &Request<'_, '_>, out: &mut BytesMut) {
+    use std::fmt::Write;
+    match req.framing {
+        Framing::Length(n) => {
+            // BytesMut's fmt::Write never fails.
+            let _ = write!(out, "Content-Length: {n}\r\n");
+        }
+        Framing::Chunked => {
+            out.put_slice(b"Transfer-Encoding: ");
+            // The codings under `chunked`, in order; the parse allowed `chunked` only last.
+            for h in req
+                .headers
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case("transfer-encoding"))
+            {
+                for coding in list_items(h.value) {
+                    if !coding.eq_ignore_ascii_case(b"chunked") {
+                        out.put_slice(coding);
+                        out.put_slice(b", ");
+                    }
+                }
+            }
+            out.put_slice(b"chunked\r\n");
+        }
+        Framing::Empty => {
+            // An explicit zero stays: some upstreams want a length on every POST.
+            if req
+                .headers
+                .iter()
+                .any(|h| h.name.eq_ignore_ascii_case("content-length"))
+            {
+                out.put_slice(b"Content-Length: 0\r\n");
+            }
+        }
+        // Requests are never framed by close.
+        Framing::UntilClose => {}
+    }
 }
 
 fn put_header(out: &mut BytesMut, name: &[u8], value: &[u8]) {
@@ -307,12 +366,21 @@ fn split_target<'b>(
         Some(_) => return Err(HttpError::Malformed("absolute target without a path")),
         None => (after, "/"),
     };
-    if authority.is_empty() || authority.contains('@') {
+    if authority.is_empty() || !valid_authority(authority) {
         return Err(HttpError::Malformed(
             "invalid authority in the request target",
         ));
     }
     Ok((path, Some(authority)))
+}
+
+/// Whether `authority` is made only of what a `host[:port]` may hold (RFC 3986 §3.2.2:
+/// reg-name, IP literal, port). No userinfo (`@`), path, query, fragment, whitespace or
+/// quote, which parsers downstream would split the authority at.
+fn valid_authority(authority: &str) -> bool {
+    authority
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=:[]".contains(&b))
 }
 
 fn strip_port(authority: &str) -> &str {
@@ -485,6 +553,56 @@ mod tests {
     }
 
     #[test]
+    fn host_and_target_authorities_must_be_host_and_port() {
+        for host in [
+            "gateway test",
+            "gateway\ttest",
+            "gateway.test/evil",
+            "gateway.test?x",
+            "gateway.test#x",
+            "user@gateway.test",
+            "gateway.test\\evil",
+            "\"gateway.test\"",
+        ] {
+            assert_eq!(
+                parse_err(format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes()),
+                HttpError::Malformed("invalid Host header"),
+                "{host:?}"
+            );
+        }
+        for host in [
+            "gateway.test",
+            "gateway.test:8080",
+            "[::1]:80",
+            "10.0.0.1",
+            "",
+        ] {
+            let raw = format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n");
+            assert_eq!(parse_ok(raw.as_bytes()).authority, Some(host), "{host:?}");
+        }
+        assert_eq!(
+            parse_err(b"GET http://gate\"way/ HTTP/1.1\r\nHost: a\r\n\r\n"),
+            HttpError::Malformed("invalid authority in the request target")
+        );
+    }
+
+    #[test]
+    fn connect_is_refused_whatever_its_target() {
+        for line in [
+            "CONNECT gateway.test:443 HTTP/1.1",
+            "CONNECT /tunnel HTTP/1.1",
+            "CONNECT http://gateway.test/ HTTP/1.1",
+            "connect /tunnel HTTP/1.1",
+        ] {
+            assert_eq!(
+                parse_err(format!("{line}\r\nHost: a\r\n\r\n").as_bytes()),
+                HttpError::Malformed("CONNECT is not supported"),
+                "{line}"
+            );
+        }
+    }
+
+    #[test]
     fn a_second_authorization_header_is_refused() {
         assert_eq!(
             parse_err(b"GET / HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer a\r\nauthorization: Bearer b\r\n\r\n"),
@@ -541,6 +659,49 @@ mod tests {
              Accept: */*\r\nX-Forwarded-For: 1.2.3.4, 5.6.7.8, 127.0.0.9\r\n\
              X-Forwarded-Proto: http\r\nX-Forwarded-Host: gw.example\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn upstream_framing_is_one_canonical_header() {
+        for (framing, canonical) in [
+            ("Content-Length: 5, 5", "Content-Length: 5"),
+            (
+                "Content-Length: 5\r\ncontent-length: 005",
+                "Content-Length: 5",
+            ),
+            (
+                "Connection: content-length\r\nContent-Length: 5",
+                "Content-Length: 5",
+            ),
+            ("Content-Length: 0", "Content-Length: 0"),
+            ("Transfer-Encoding: CHUNKED", "Transfer-Encoding: chunked"),
+            (
+                "Transfer-Encoding:\tchunked ,",
+                "Transfer-Encoding: chunked",
+            ),
+            (
+                "Transfer-Encoding: chunked\r\nTransfer-Encoding: ",
+                "Transfer-Encoding: chunked",
+            ),
+            (
+                "Transfer-Encoding: gzip\r\ntransfer-encoding: Chunked",
+                "Transfer-Encoding: gzip, chunked",
+            ),
+        ] {
+            let head = upstream_head(
+                format!("POST /u HTTP/1.1\r\nHost: gw\r\n{framing}\r\n\r\n").as_bytes(),
+                "/",
+                "/u",
+            );
+            assert_eq!(
+                head,
+                format!(
+                    "POST /u HTTP/1.1\r\nHost: 10.0.0.1:9000\r\n{canonical}\r\n\
+                     X-Forwarded-For: 127.0.0.9\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: gw\r\n\r\n"
+                ),
+                "{framing:?}"
+            );
+        }
     }
 
     #[test]
