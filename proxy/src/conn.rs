@@ -29,10 +29,13 @@ use crate::pool::{peek, still_open, Peek, PoolKey, UpstreamConn};
 use crate::tls::{HandshakeFailure, Session, TlsStream, UpstreamTls};
 use crate::worker::{ConnectionGuard, ListenerHandle, Worker};
 
-/// Initial size of each connection's read and write buffers.
+/// The size a read buffer grows to for a large head or a body.
 const BUF_SIZE: usize = 16 * 1024;
 /// Spare room a read asks for at least.
 const MIN_READ: usize = 4 * 1024;
+/// A read buffer's size while its connection waits for a request: most heads fit, and a
+/// connection left idle holds no more than this.
+const IDLE_READ: usize = 2 * 1024;
 /// Largest response body copied next to its head so both go out in one write.
 const COALESCE_MAX: u64 = 16 * 1024;
 /// Largest upstream response head accepted.
@@ -144,8 +147,9 @@ pub(crate) async fn serve(
         stream,
         peer,
         tls,
-        buf: BytesMut::with_capacity(BUF_SIZE),
-        out: BytesMut::with_capacity(BUF_SIZE),
+        buf: BytesMut::with_capacity(IDLE_READ),
+        // Taken from the worker's spares when a request arrives.
+        out: BytesMut::new(),
         rec: Record::default(),
         meta: String::new(),
         up_headers: HeaderLines::default(),
@@ -222,6 +226,9 @@ async fn exchange(c: &mut Client, listener: &ListenerHandle, w: &Worker) -> Next
     c.client_headers.clear();
     c.keep_alive_10 = false;
     let next = phases(c, listener, w).await;
+    if let Next::KeepAlive = next {
+        idle_buffers(c, w);
+    }
     // === Phase: log ===
     let rec = std::mem::take(&mut c.rec);
     let (Some(gateway), Some(head_at)) = (rec.gateway, rec.head_at) else {
@@ -335,6 +342,9 @@ async fn phases(c: &mut Client, listener: &ListenerHandle, w: &Worker) -> Next {
         if idle && (w.is_draining() || listener.is_closed()) {
             return Next::Close;
         }
+        if !idle && c.out.capacity() == 0 {
+            c.out = w.buffers.take();
+        }
         let timeouts = &gateway.snapshot.settings.timeouts;
         // Idle, a keep-alive connection may wait `streamIdleSeconds`; once a head has begun
         // it must be whole within `requestHeaderSeconds` of its first byte, however it
@@ -348,7 +358,8 @@ async fn phases(c: &mut Client, listener: &ListenerHandle, w: &Worker) -> Next {
             _ => timeouts.stream_idle,
         };
         drop(gateway);
-        let read = read_more(&mut c.stream, &mut c.buf, wait);
+        let spare = if idle { IDLE_READ } else { MIN_READ };
+        let read = read_more(&mut c.stream, &mut c.buf, wait, spare);
         let n = if idle {
             tokio::select! {
                 n = read => n,
@@ -397,6 +408,19 @@ async fn phases(c: &mut Client, listener: &ListenerHandle, w: &Worker) -> Next {
             }
             Next::Close
         }
+    }
+}
+
+/// Between requests a keep-alive connection holds only a small read buffer: the write
+/// buffer goes back to the worker, and a read buffer a body or a large head grew is freed.
+fn idle_buffers(c: &mut Client, w: &Worker) {
+    if c.out.capacity() > 0 {
+        w.buffers.give(std::mem::take(&mut c.out));
+    }
+    // The buffer's capacity counts from what was read last: reclaiming (free when it is
+    // empty) shows how large its allocation really is.
+    if c.buf.is_empty() && c.buf.try_reclaim(IDLE_READ) && c.buf.capacity() > 2 * IDLE_READ {
+        c.buf = BytesMut::with_capacity(IDLE_READ);
     }
 }
 
@@ -879,7 +903,7 @@ async fn read_response_head(
             }
         }
         let left = deadline.saturating_duration_since(Instant::now());
-        match read_more(&mut up.stream, &mut up.buf, left).await {
+        match read_more(&mut up.stream, &mut up.buf, left, MIN_READ).await {
             Ok(0) if !received => return Err(ProxyError::UpstreamClosed),
             Ok(0) => return Err(ProxyError::BadResponse(response::BadResponse::Malformed)),
             Ok(_) => received = true,
@@ -1146,7 +1170,7 @@ async fn relay(
                 return Ok(());
             }
         }
-        match read_more(src, buf, opts.read_timeout).await {
+        match read_more(src, buf, opts.read_timeout, MIN_READ).await {
             Ok(0) if framing == Framing::UntilClose => return Ok(()),
             Ok(0) => return Err(RelayError::Eof),
             Ok(_) => {}
@@ -1179,14 +1203,16 @@ impl Fail {
     }
 }
 
-/// Reads into the spare capacity of `buf`, growing it when little is left.
+/// Reads into the spare capacity of `buf`, growing it when less than `spare` is left (to
+/// `spare` itself below [`MIN_READ`], the idle read's size, else by [`BUF_SIZE`]).
 async fn read_more(
     stream: &mut impl Io,
     buf: &mut BytesMut,
     wait: Duration,
+    spare: usize,
 ) -> Result<usize, Fail> {
-    if buf.capacity() - buf.len() < MIN_READ {
-        buf.reserve(BUF_SIZE);
+    if buf.capacity() - buf.len() < spare {
+        buf.reserve(if spare < MIN_READ { spare } else { BUF_SIZE });
     }
     let owned = std::mem::take(buf);
     match timeout(wait, stream.read(owned)).await {

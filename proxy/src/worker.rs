@@ -40,6 +40,8 @@ pub struct Worker {
     /// This worker's access log, when one is configured.
     access_log: RefCell<Option<Rc<AccessLog>>>,
     pub pool: Pool,
+    /// Spare write buffers, which idle keep-alive connections give back.
+    pub buffers: crate::buffers::Buffers,
     /// Responses close their connections: the drain period has begun.
     closing: Cell<bool>,
     draining: Cell<bool>,
@@ -64,6 +66,7 @@ impl Worker {
             admission: RefCell::new(update.admission.clone()),
             access_log: RefCell::new(None),
             pool: Pool::default(),
+            buffers: crate::buffers::Buffers::default(),
             closing: Cell::new(false),
             draining: Cell::new(false),
             drain_started: Notify::new(),
