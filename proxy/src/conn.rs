@@ -16,6 +16,7 @@ use tokio::time::timeout;
 use tokio_uring::net::TcpStream;
 
 use crate::access_log::Entry;
+use crate::breaker::{Breaker, Open};
 use crate::error::ProxyError;
 use crate::gateway::Gateway;
 use crate::http::chunked::ChunkedDecoder;
@@ -642,10 +643,26 @@ async fn forward(
         addr,
         tls: tls.map_or(0, |t| t.id),
     };
+    let breaker = gateway.breakers.of(plan.api, plan.route);
+    let _in_flight = match breaker {
+        Some(b) => Some(
+            b.request()
+                .ok_or(before(ProxyError::CircuitOpen(Open::Requests)))?,
+        ),
+        None => None,
+    };
 
     // Replaying is safe only for a bodiless idempotent request on a pooled
-    // connection that turned out to be closed.
+    // connection that turned out to be closed, once, and within `maxRetries`.
     let mut replayable = !has_body && plan.idempotent;
+    let mut retrying = None;
+    let mut may_replay = || match breaker {
+        None => true,
+        Some(b) => {
+            retrying = b.retry();
+            retrying.is_some()
+        }
+    };
     let (mut up, resp) = loop {
         let pooled_idle = plan
             .overrides
@@ -658,9 +675,11 @@ async fn forward(
             // Pooled TLS connections were drained when put back (see the end of this
             // function): anything since is in the socket, where the peek sees it.
             Some(up) if still_open(up.stream.socket()) => up,
-            Some(_) | None => connect(key, tls, timeouts.upstream_connect)
-                .await
-                .map_err(before)?,
+            Some(_) | None => {
+                open_connection(w, key, tls, breaker, timeouts.upstream_connect, pooled_idle)
+                    .await
+                    .map_err(before)?
+            }
         };
         let reused = up.reused;
         if let Some(m) = gateway.metrics.route(plan.api, plan.route) {
@@ -675,7 +694,7 @@ async fn forward(
             Ok(()) => {}
             // A closed pooled connection fails fast with an IO error; a timeout says
             // nothing about staleness (and the head went with the abandoned write).
-            Err(e @ Fail::Io(_)) if reused && replayable => {
+            Err(e @ Fail::Io(_)) if reused && replayable && may_replay() => {
                 tracing::trace!(error = ?e, "stale pooled connection, retrying");
                 abort(&up.stream);
                 replayable = false;
@@ -738,7 +757,7 @@ async fn forward(
         .await
         {
             Ok(resp) => break (up, resp),
-            Err(e) if reused && replayable && e.is_stale_connection() => {
+            Err(e) if reused && replayable && e.is_stale_connection() && may_replay() => {
                 tracing::trace!(error = %e, "stale pooled connection, retrying");
                 abort(&up.stream);
                 replayable = false;
@@ -972,7 +991,53 @@ async fn connect(
         buf: BytesMut::with_capacity(BUF_SIZE),
         key,
         reused: false,
+        held: None,
     })
+}
+
+/// A new connection for `key`, within the Service's `maxConnections` when it has a
+/// circuit breaker: at that limit the request waits, as one of `maxPendingRequests`, up to
+/// `wait` for a connection to come back to this worker's pool or for a place to free.
+async fn open_connection(
+    w: &Worker,
+    key: PoolKey,
+    tls: Option<&Arc<UpstreamTls>>,
+    breaker: Option<&Arc<Breaker>>,
+    wait: Duration,
+    pooled_idle: Duration,
+) -> Result<UpstreamConn, ProxyError> {
+    let Some(breaker) = breaker else {
+        return connect(key, tls, wait).await;
+    };
+    let held = match breaker.connection() {
+        Some(held) => held,
+        None => {
+            let _pending = breaker
+                .pending()
+                .ok_or(ProxyError::CircuitOpen(Open::Pending))?;
+            let deadline = Instant::now() + wait;
+            let mut pause = Duration::from_millis(1);
+            loop {
+                // Places free on any worker, so they are looked for rather than awaited.
+                if let Some(up) = w.pool.take(key, pooled_idle) {
+                    if still_open(up.stream.socket()) {
+                        return Ok(up);
+                    }
+                }
+                if let Some(held) = breaker.connection() {
+                    break held;
+                }
+                if Instant::now() >= deadline {
+                    return Err(ProxyError::CircuitOpen(Open::Pending));
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(16));
+            }
+        }
+    };
+    let mut up = connect(key, tls, wait).await?;
+    up.held = Some(held);
+    Ok(up)
 }
 
 /// Writes the gateway's own response and decides the connection's fate.

@@ -45,6 +45,9 @@ pub enum ProxyError {
     BadResponse(#[from] BadResponse),
     #[error("upstream response body: {0}")]
     ResponseBody(ChunkError),
+    /// The Service's circuit breaker is open (`circuit-breaker-flex`).
+    #[error("{}", .0.reason())]
+    CircuitOpen(crate::breaker::Open),
     /// A policy refused the request: its status and reason.
     #[error("{1}")]
     Refused(u16, &'static str),
@@ -63,6 +66,7 @@ impl ProxyError {
             ProxyError::Connect(_)
             | ProxyError::ConnectTimeout
             | ProxyError::UpstreamTls(_)
+            | ProxyError::CircuitOpen(_)
             | ProxyError::UpstreamIo(_)
             | ProxyError::UpstreamClosed
             | ProxyError::UpstreamTimeout
@@ -87,6 +91,7 @@ impl ProxyError {
             | ProxyError::BadResponse(_)
             | ProxyError::ResponseBody(_) => 502,
             ProxyError::ConnectTimeout | ProxyError::UpstreamTimeout => 504,
+            ProxyError::CircuitOpen(_) => 503,
             ProxyError::Refused(status, _) => *status,
         }
     }

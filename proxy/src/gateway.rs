@@ -24,6 +24,8 @@ pub struct Gateway {
     pub shared: Option<crate::shared::Handle>,
     /// The TLS of each listener (indexed like `listeners`) and of each route's upstream.
     pub tls: TlsSetup,
+    /// Each route's Service's `circuit-breaker-flex`.
+    pub breakers: crate::breaker::Breakers,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -91,6 +93,7 @@ impl Gateway {
         let policies = policy::compile(&snapshot, previous.map(|g| &g.policies), &env)?;
         let listeners = listeners(&snapshot);
         let tls = crate::tls::setup::build(&snapshot, &listeners, previous.map(|g| &g.tls))?;
+        let breakers = crate::breaker::Breakers::build(&snapshot, previous.map(|g| &g.breakers))?;
         let metrics = crate::metrics::GatewayMetrics::new(&snapshot);
         Ok(Self {
             snapshot,
@@ -99,6 +102,7 @@ impl Gateway {
             metrics,
             shared: env.shared,
             tls,
+            breakers,
         })
     }
 

@@ -9,6 +9,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod admission;
+pub mod breaker;
 pub mod buffers;
 pub mod conn;
 pub mod error;

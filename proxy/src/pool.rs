@@ -30,6 +30,8 @@ pub struct UpstreamConn {
     pub key: PoolKey,
     /// Came from the pool rather than from a fresh connect.
     pub reused: bool,
+    /// Its place under the Service's `maxConnections`, given back when it closes.
+    pub held: Option<crate::breaker::Held>,
 }
 
 struct Idle {

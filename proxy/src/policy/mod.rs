@@ -479,7 +479,12 @@ pub fn compile(
         });
     }
     for service in &snapshot.services {
-        for spec in &service.policies {
+        // The circuit breaker is the gateway's (see `crate::breaker`), not a request policy.
+        for spec in service
+            .policies
+            .iter()
+            .filter(|p| p.name != crate::breaker::NAME)
+        {
             let message = format!(
                 "policy `{}` on a Service is recognised but not enforced by this version of \
                  Ringwall yet",

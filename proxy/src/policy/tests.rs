@@ -120,13 +120,15 @@ fn the_readme_status_table_matches_the_registry() {
     let table = readme
         .split_once("## Policy status")
         .map_or("", |(_, rest)| rest);
-    // Enforced outside the per-request registry: by the loader, the kernel plane or TLS.
+    // Enforced outside the per-request registry: by the loader, the kernel plane, TLS or
+    // the upstream phase (the circuit breaker).
     let by_loader = [
         "route",
         "route-weighted",
         "connection-rate-limit",
         "tls",
         "tls-outbound",
+        "circuit-breaker-flex",
     ];
     for &name in ringwall_config::POLICIES {
         let row = table
