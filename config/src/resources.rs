@@ -344,9 +344,55 @@ fn service(
     env: &Environment<'_>,
     scope: &mut Scope<'_>,
 ) -> Option<Upstream> {
-    let f = scope.map(spec, "spec", &["address"])?;
-    let address = scope.require(&f, "address")?;
-    upstream(name, address, &f.path_of("address"), env, scope)
+    let f = scope.map(spec, "spec", &["address", "addresses"])?;
+    match (f.get("address"), f.get("addresses")) {
+        (Some(_), Some(list)) => {
+            let message = "give `address` or `addresses`, not both";
+            scope.error(list.line, &f.path_of("addresses"), message);
+            None
+        }
+        (None, Some(list)) => endpoints(name, list, &f.path_of("addresses"), env, scope),
+        _ => {
+            let address = scope.require(&f, "address")?;
+            upstream(name, address, &f.path_of("address"), env, scope)
+        }
+    }
+}
+
+/// `addresses` (Ringwall's): several endpoints of one Service, balanced and ejected when they
+/// fail as one name's addresses are. They share a scheme and a path; the `Host` header and the
+/// TLS server name are those of the first.
+fn endpoints(
+    name: &str,
+    list: &Node,
+    path: &str,
+    env: &Environment<'_>,
+    scope: &mut Scope<'_>,
+) -> Option<Upstream> {
+    let items = scope.seq(list, path)?;
+    if items.is_empty() {
+        scope.error(list.line, path, "lists no address");
+        return None;
+    }
+    let mut first: Option<Upstream> = None;
+    let mut valid = true;
+    for (i, node) in items.iter().enumerate() {
+        let item_path = item(path, i);
+        let Some(next) = upstream(name, node, &item_path, env, scope) else {
+            valid = false;
+            continue;
+        };
+        match &mut first {
+            None => first = Some(next),
+            Some(up) if up.https != next.https || up.path != next.path => {
+                let message = "every address must have the first one's scheme and path";
+                scope.error(node.line, &item_path, message);
+                valid = false;
+            }
+            Some(up) => up.addrs.extend(next.addrs),
+        }
+    }
+    first.filter(|_| valid)
 }
 
 fn upstream(

@@ -1768,3 +1768,39 @@ fn tls_outbound_attaches_to_an_https_service() {
         "{errors:#?}"
     );
 }
+
+#[test]
+fn a_service_may_list_several_endpoints() {
+    let text = format!(
+        "{HEADER}kind: Service\nmetadata:\n  name: s\nspec:\n  addresses:\n    - http://127.0.0.1:9001/v1\n    - \
+         http://orders.internal:9002/v1\n"
+    );
+    let snapshot = ok(&[
+        ("s.yaml", &text),
+        ("a.yaml", &api("a", "http://127.0.0.1:0")),
+    ]);
+    let s = &snapshot.services[0];
+    let ports: Vec<u16> = s.addrs.iter().map(SocketAddr::port).collect();
+    assert_eq!(ports, [9001, 9002]);
+    assert_eq!(
+        (s.authority.as_str(), s.path.as_str()),
+        ("127.0.0.1:9001", "/v1")
+    );
+
+    let mixed = text.replace(
+        "http://orders.internal:9002/v1",
+        "https://127.0.0.1:9002/v1",
+    );
+    let e = error(&format!("{mixed}---\n{}", api("a", "http://127.0.0.1:0")));
+    assert_eq!(e.field.as_deref(), Some("spec.addresses[1]"));
+    assert_eq!(
+        e.message,
+        "every address must have the first one's scheme and path"
+    );
+    let both = text.replace(
+        "  addresses:",
+        "  address: http://127.0.0.1:1\n  addresses:",
+    );
+    let e = error(&format!("{both}---\n{}", api("a", "http://127.0.0.1:0")));
+    assert_eq!(e.message, "give `address` or `addresses`, not both");
+}

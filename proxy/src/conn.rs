@@ -19,6 +19,7 @@ use crate::access_log::Entry;
 use crate::breaker::{Breaker, Open};
 use crate::error::ProxyError;
 use crate::gateway::Gateway;
+use crate::health::Outcome;
 use crate::http::chunked::ChunkedDecoder;
 use crate::http::request::{self, Forward};
 use crate::http::response::{self, ToClient};
@@ -632,17 +633,20 @@ async fn forward(
     let stream_idle = plan.overrides.stream_idle.unwrap_or(timeouts.stream_idle);
     let upstream = &route.upstream;
     let has_body = plan.framing != Framing::Empty;
-    let Some(addr) = w.pick_addr(&upstream.addrs) else {
+    let now = Instant::now();
+    w.health.request(now);
+    let Some(mut addr) = w.health.pick(&upstream.addrs, None, now) else {
         let e = io::Error::new(io::ErrorKind::AddrNotAvailable, "upstream has no address");
         return Err(Failure::BeforeResponse(ProxyError::Connect(e), !has_body));
     };
     let before = |e| Failure::BeforeResponse(e, !has_body);
     c.rec.upstream = Some(addr);
     let tls = gateway.upstream_tls(plan.api, plan.route);
-    let key = PoolKey {
+    let mut key = PoolKey {
         addr,
         tls: tls.map_or(0, |t| t.id),
     };
+    let mut attempts = 1;
     let breaker = gateway.breakers.of(plan.api, plan.route);
     let _in_flight = match breaker {
         Some(b) => Some(
@@ -676,9 +680,25 @@ async fn forward(
             // function): anything since is in the socket, where the peek sees it.
             Some(up) if still_open(up.stream.socket()) => up,
             Some(_) | None => {
-                open_connection(w, key, tls, breaker, timeouts.upstream_connect, pooled_idle)
-                    .await
-                    .map_err(before)?
+                let opened =
+                    open_connection(w, key, tls, breaker, timeouts.upstream_connect, pooled_idle)
+                        .await;
+                match opened {
+                    Ok(up) => up,
+                    Err(e @ (ProxyError::Connect(_) | ProxyError::ConnectTimeout)) => {
+                        w.health.record(addr, Outcome::Unreachable, Instant::now());
+                        // Nothing was sent: any request may try another endpoint.
+                        match another_endpoint(w, upstream, addr, &mut attempts, &mut may_replay) {
+                            Some(next) => {
+                                (addr, key.addr) = (next, next);
+                                c.rec.upstream = Some(next);
+                                continue;
+                            }
+                            None => return Err(before(e)),
+                        }
+                    }
+                    Err(e) => return Err(before(e)),
+                }
             }
         };
         let reused = up.reused;
@@ -756,7 +776,30 @@ async fn forward(
         )
         .await
         {
-            Ok(resp) => break (up, resp),
+            Ok(resp) => {
+                let outcome = if resp.status >= 500 {
+                    Outcome::ServerError
+                } else {
+                    Outcome::Answered
+                };
+                w.health.record(addr, outcome, Instant::now());
+                break (up, resp);
+            }
+            // A new connection reset before any response byte: the endpoint is failing,
+            // and a request that can be replayed goes to another.
+            Err(e) if !reused && replayable && e.is_stale_connection() => {
+                abort(&up.stream);
+                w.health.record(addr, Outcome::Unreachable, Instant::now());
+                match another_endpoint(w, upstream, addr, &mut attempts, &mut may_replay) {
+                    Some(next) => {
+                        (addr, key.addr) = (next, next);
+                        c.rec.upstream = Some(next);
+                        replayable = false;
+                        continue;
+                    }
+                    None => return Err(Failure::BeforeResponse(e, true)),
+                }
+            }
             Err(e) if reused && replayable && e.is_stale_connection() && may_replay() => {
                 tracing::trace!(error = %e, "stale pooled connection, retrying");
                 abort(&up.stream);
@@ -993,6 +1036,31 @@ async fn connect(
         reused: false,
         held: None,
     })
+}
+
+/// Tries per request, the first included, when endpoints fail.
+const MAX_ATTEMPTS: u32 = 3;
+
+/// Another endpoint of `upstream` than `failed`, when the request may try it: fewer than
+/// [`MAX_ATTEMPTS`] so far, the worker's retry budget and the Service's `maxRetries` allow.
+fn another_endpoint(
+    w: &Worker,
+    upstream: &ringwall_config::Upstream,
+    failed: SocketAddr,
+    attempts: &mut u32,
+    may_retry: &mut impl FnMut() -> bool,
+) -> Option<SocketAddr> {
+    if *attempts >= MAX_ATTEMPTS || upstream.addrs.len() < 2 {
+        return None;
+    }
+    let now = Instant::now();
+    let next = w.health.pick(&upstream.addrs, Some(failed), now)?;
+    if next == failed || !w.health.retry(now) || !may_retry() {
+        return None;
+    }
+    *attempts += 1;
+    metrics::counter!(crate::metrics::UPSTREAM_RETRIES).increment(1);
+    Some(next)
 }
 
 /// A new connection for `key`, within the Service's `maxConnections` when it has a

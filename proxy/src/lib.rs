@@ -14,6 +14,7 @@ pub mod buffers;
 pub mod conn;
 pub mod error;
 pub mod gateway;
+pub mod health;
 pub mod http;
 pub mod io;
 pub mod metrics;

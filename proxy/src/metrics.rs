@@ -31,6 +31,8 @@ pub const REQUEST_DURATION: &str = "ringwall_request_duration_seconds";
 pub const UPSTREAM_CONNECT_ERRORS: &str = "ringwall_upstream_connect_errors_total";
 pub const UPSTREAM_TIMEOUTS: &str = "ringwall_upstream_timeouts_total";
 pub const UPSTREAM_CONNECTIONS: &str = "ringwall_upstream_connections_total";
+pub const UPSTREAM_RETRIES: &str = "ringwall_upstream_retries_total";
+pub const UPSTREAM_EJECTIONS: &str = "ringwall_upstream_ejections_total";
 pub const ACTIVE_CONNECTIONS: &str = "ringwall_active_connections";
 pub const ACCEPT_PAUSED: &str = "ringwall_accept_paused_total";
 pub const REFUSED: &str = "ringwall_refused_total";
@@ -493,6 +495,14 @@ fn describe() {
     describe_counter!(
         UPSTREAM_CONNECTIONS,
         "Upstream connections taken for a request: from the pool (reused) or new"
+    );
+    describe_counter!(
+        UPSTREAM_RETRIES,
+        "Requests sent again to another endpoint: after a failed connect, or a reset before any response byte"
+    );
+    describe_counter!(
+        UPSTREAM_EJECTIONS,
+        "Upstream endpoints set aside for a while after a failed connect or 5 answers of 5xx in a row"
     );
     describe_gauge!(ACTIVE_CONNECTIONS, "Open client connections");
     describe_counter!(

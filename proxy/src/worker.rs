@@ -4,7 +4,6 @@
 
 use std::cell::{Cell, RefCell};
 use std::io;
-use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::rc::Rc;
 use std::sync::{mpsc, Arc};
@@ -50,7 +49,8 @@ pub struct Worker {
     all_closed: Notify,
     /// A connection closed: an accept loop paused at the limit may go on.
     room: Notify,
-    next_addr: Cell<usize>,
+    /// Which upstream endpoints answer, and the retry budget.
+    pub health: crate::health::Health,
     rng: Cell<u64>,
     pub(crate) metrics: crate::metrics::WorkerMetrics,
 }
@@ -73,7 +73,7 @@ impl Worker {
             active: Cell::new(0),
             all_closed: Notify::new(),
             room: Notify::new(),
-            next_addr: Cell::new(0),
+            health: crate::health::Health::default(),
             rng: Cell::new(seed()),
             metrics: crate::metrics::WorkerMetrics::register(),
         }
@@ -186,13 +186,6 @@ impl Worker {
         self.closing.set(true);
         self.draining.set(true);
         self.drain_started.notify_waiters();
-    }
-
-    /// Round-robin over an upstream's addresses, per worker.
-    pub fn pick_addr(&self, addrs: &[SocketAddr]) -> Option<SocketAddr> {
-        let i = self.next_addr.get();
-        self.next_addr.set(i.wrapping_add(1));
-        addrs.get(i.checked_rem(addrs.len())?).copied()
     }
 
     /// A cheap per-worker random number (xorshift64*), for weighted choices.

@@ -1,0 +1,244 @@
+//! Passive health of upstream endpoints and the retry budget, per worker. An endpoint that
+//! refuses or times out a connect, or answers 5xx [`CONSECUTIVE_5XX`] times in a row, is
+//! ejected: the worker's choice of address skips it for an interval that doubles with each
+//! ejection (1 s up to 30 s) and is forgotten once it answers again. When every endpoint is
+//! ejected they are all used anyway, as Envoy's panic threshold does: a guess beats a 502.
+//!
+//! Retries (a connect that failed, or a reset before any response byte) are bounded per
+//! request by the caller and per worker here: over a 10 s window, at most a fifth of the
+//! requests (and always 3) may be retries, so a failing upstream is not sent twice the load.
+//!
+//! Per worker, so plain cells and no lock: each worker learns on its own, which is what a
+//! worker that keeps its own upstream connections needs anyway.
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use hashbrown::HashMap;
+
+/// Answers of 5xx in a row that eject an endpoint.
+pub const CONSECUTIVE_5XX: u32 = 5;
+const FIRST_EJECTION: Duration = Duration::from_secs(1);
+const LONGEST_EJECTION: Duration = Duration::from_secs(30);
+const BUDGET_WINDOW: Duration = Duration::from_secs(10);
+/// Retries always allowed in a window, whatever the share.
+const MIN_RETRIES: u32 = 3;
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Endpoint {
+    /// Skipped until then.
+    until: Option<Instant>,
+    /// Ejections so far, for the growing interval.
+    ejections: u32,
+    /// 5xx answers in a row.
+    errors: u32,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    start: Instant,
+    requests: u32,
+    retries: u32,
+}
+
+#[derive(Debug)]
+pub struct Health {
+    /// Only endpoints that failed lately: empty while all is well.
+    endpoints: RefCell<HashMap<SocketAddr, Endpoint>>,
+    window: Cell<Window>,
+    next: Cell<usize>,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            endpoints: RefCell::default(),
+            window: Cell::new(Window {
+                start: Instant::now(),
+                requests: 0,
+                retries: 0,
+            }),
+            next: Cell::new(0),
+        }
+    }
+}
+
+/// What became of an exchange with an endpoint, for its health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// It answered below 500.
+    Answered,
+    /// It answered 5xx.
+    ServerError,
+    /// The connect was refused, reset or timed out.
+    Unreachable,
+}
+
+impl Health {
+    /// Round robin over `addrs`, skipping ejected ones (unless all are) and `avoid` (the one
+    /// a retry leaves, when there is another).
+    pub fn pick(
+        &self,
+        addrs: &[SocketAddr],
+        avoid: Option<SocketAddr>,
+        now: Instant,
+    ) -> Option<SocketAddr> {
+        let start = self.next.get();
+        self.next.set(start.wrapping_add(1));
+        let len = addrs.len();
+        let nth = |i: usize| addrs[(start + i) % len];
+        if len == 0 {
+            return None;
+        }
+        let endpoints = self.endpoints.borrow();
+        let usable = |addr: SocketAddr| {
+            Some(addr) != avoid
+                && endpoints
+                    .get(&addr)
+                    .and_then(|e| e.until)
+                    .is_none_or(|until| until <= now)
+        };
+        if endpoints.is_empty() && avoid.is_none() {
+            return Some(nth(0));
+        }
+        (0..len)
+            .map(nth)
+            .find(|&a| usable(a))
+            .or_else(|| (0..len).map(nth).find(|&a| Some(a) != avoid))
+            .or(Some(nth(0)))
+    }
+
+    /// Records how an exchange with `addr` went.
+    pub fn record(&self, addr: SocketAddr, outcome: Outcome, now: Instant) {
+        let mut endpoints = self.endpoints.borrow_mut();
+        if outcome == Outcome::Answered {
+            if !endpoints.is_empty() {
+                endpoints.remove(&addr);
+            }
+            return;
+        }
+        let e = endpoints.entry(addr).or_default();
+        let eject = match outcome {
+            Outcome::Unreachable => true,
+            _ => {
+                e.errors += 1;
+                e.errors >= CONSECUTIVE_5XX
+            }
+        };
+        if eject {
+            let interval = FIRST_EJECTION
+                .saturating_mul(1 << e.ejections.min(5))
+                .min(LONGEST_EJECTION);
+            e.until = Some(now + interval);
+            e.ejections += 1;
+            e.errors = 0;
+            metrics::counter!(crate::metrics::UPSTREAM_EJECTIONS).increment(1);
+        }
+    }
+
+    /// Counts a request against the retry budget.
+    pub fn request(&self, now: Instant) {
+        let mut w = self.current(now);
+        w.requests = w.requests.saturating_add(1);
+        self.window.set(w);
+    }
+
+    /// Takes a retry from the budget, if there is one left.
+    pub fn retry(&self, now: Instant) -> bool {
+        let mut w = self.current(now);
+        if w.retries >= MIN_RETRIES.max(w.requests / 5) {
+            return false;
+        }
+        w.retries += 1;
+        self.window.set(w);
+        true
+    }
+
+    fn current(&self, now: Instant) -> Window {
+        let w = self.window.get();
+        if now.duration_since(w.start) < BUDGET_WINDOW {
+            return w;
+        }
+        Window {
+            start: now,
+            requests: 0,
+            retries: 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    #[test]
+    fn an_unreachable_endpoint_is_skipped_for_a_growing_interval() {
+        let h = Health::default();
+        let addrs = [addr(1), addr(2)];
+        let t0 = Instant::now();
+        h.record(addr(1), Outcome::Unreachable, t0);
+        for _ in 0..4 {
+            assert_eq!(h.pick(&addrs, None, t0), Some(addr(2)));
+        }
+        // Back after a second, then out for two after a second ejection.
+        let t1 = t0 + Duration::from_millis(1001);
+        let picks: Vec<_> = (0..2).filter_map(|_| h.pick(&addrs, None, t1)).collect();
+        assert!(picks.contains(&addr(1)));
+        h.record(addr(1), Outcome::Unreachable, t1);
+        let t2 = t1 + Duration::from_millis(1500);
+        assert!((0..4).all(|_| h.pick(&addrs, None, t2) == Some(addr(2))));
+        // An answer forgets it all.
+        h.record(addr(1), Outcome::Answered, t2);
+        assert!(h.endpoints.borrow().is_empty());
+    }
+
+    #[test]
+    fn five_server_errors_in_a_row_eject_and_one_answer_resets_the_count() {
+        let h = Health::default();
+        let addrs = [addr(1), addr(2)];
+        let now = Instant::now();
+        for _ in 0..CONSECUTIVE_5XX - 1 {
+            h.record(addr(1), Outcome::ServerError, now);
+        }
+        h.record(addr(1), Outcome::Answered, now);
+        for _ in 0..CONSECUTIVE_5XX - 1 {
+            h.record(addr(1), Outcome::ServerError, now);
+        }
+        assert!((0..4).any(|_| h.pick(&addrs, None, now) == Some(addr(1))));
+        h.record(addr(1), Outcome::ServerError, now);
+        assert!((0..4).all(|_| h.pick(&addrs, None, now) == Some(addr(2))));
+    }
+
+    #[test]
+    fn all_ejected_are_used_anyway_and_a_retry_avoids_the_one_it_leaves() {
+        let h = Health::default();
+        let addrs = [addr(1), addr(2)];
+        let now = Instant::now();
+        h.record(addr(1), Outcome::Unreachable, now);
+        h.record(addr(2), Outcome::Unreachable, now);
+        assert!(h.pick(&addrs, None, now).is_some());
+        assert_eq!(h.pick(&addrs, Some(addr(2)), now), Some(addr(1)));
+        assert_eq!(h.pick(&[addr(3)], Some(addr(3)), now), Some(addr(3)));
+        assert_eq!(h.pick(&[], None, now), None);
+    }
+
+    #[test]
+    fn retries_stay_within_a_fifth_of_the_requests() {
+        let h = Health::default();
+        let now = Instant::now();
+        assert!((0..3).all(|_| h.retry(now)), "three are always allowed");
+        assert!(!h.retry(now));
+        for _ in 0..100 {
+            h.request(now);
+        }
+        let more = (0..100).filter(|_| h.retry(now)).count();
+        assert_eq!(more, 20 - 3);
+        // A new window starts afresh.
+        assert!(h.retry(now + BUDGET_WINDOW));
+    }
+}

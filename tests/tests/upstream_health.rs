@@ -1,0 +1,90 @@
+//! Several endpoints behind one Service (`addresses`): a failed connect, or a reset before any
+//! response byte on a replayable request, goes to another endpoint; failing endpoints are set
+//! aside for a while (passive health), and retries stay within their budget.
+
+use ringwall_tests::yaml::*;
+use ringwall_tests::*;
+
+/// An ApiInstance routing everything to Service `svc` with `endpoints`, one worker (so one
+/// round robin and one view of the endpoints' health).
+fn gateway(endpoints: &[String]) -> Gateway {
+    let list: String = endpoints.iter().map(|e| format!("    - {e}\n")).collect();
+    let svc = service("svc", "x").replace("  address: x\n", &format!("  addresses:\n{list}"));
+    let config = documents(&[
+        &api_instance("api", ANY_PORT, &[]),
+        &svc,
+        &route_binding("api-route", "api", "svc", None, &[]),
+    ]);
+    Gateway::start(&[("api.yaml", &config)], &["--workers", "1"])
+}
+
+fn counter(gw: &Gateway, name: &str) -> f64 {
+    metric(&gw.metrics(), name, &[]).unwrap_or(0.0)
+}
+
+#[test]
+fn a_refused_endpoint_is_retried_elsewhere_then_set_aside() {
+    within(TEST_LIMIT, || {
+        let down = closed_port();
+        let origin = Origin::ok("up");
+        let gw = gateway(&[format!("http://{}", down.addr()), origin.url()]);
+        let mut client = Client::connect(gw.addr("api"));
+        for i in 0..20 {
+            let resp = client.get(&format!("/{i}"));
+            assert_eq!(
+                (resp.status, resp.text()),
+                (200, "up".to_owned()),
+                "request {i}"
+            );
+        }
+        // One retry when the closed endpoint was first met; then it was skipped.
+        assert_eq!(counter(&gw, "ringwall_upstream_retries_total"), 1.0);
+        assert_eq!(counter(&gw, "ringwall_upstream_ejections_total"), 1.0);
+        assert_eq!(origin.request_count(), 20);
+    })
+}
+
+#[test]
+fn five_server_errors_in_a_row_set_an_endpoint_aside() {
+    within(TEST_LIMIT, || {
+        let failing = Origin::start(|_| Reply::new(500).body("broken"));
+        let healthy = Origin::ok("fine");
+        let gw = gateway(&[failing.url(), healthy.url()]);
+        let mut client = Client::connect(gw.addr("api"));
+        let statuses: Vec<u16> = (0..30)
+            .map(|i| client.get(&format!("/{i}")).status)
+            .collect();
+        // Round robin until the fifth 500 in a row, then only the healthy one.
+        assert_eq!(
+            statuses.iter().filter(|&&s| s == 500).count(),
+            5,
+            "{statuses:?}"
+        );
+        assert_eq!(failing.request_count(), 5);
+        assert!(statuses[10..].iter().all(|&s| s == 200), "{statuses:?}");
+        assert_eq!(counter(&gw, "ringwall_upstream_ejections_total"), 1.0);
+    })
+}
+
+#[test]
+fn a_reset_before_any_response_byte_replays_only_what_is_replayable() {
+    within(TEST_LIMIT, || {
+        // A GET reset by the first endpoint is answered by the second.
+        let resetting = Origin::start(|_| Reply::reset());
+        let healthy = Origin::ok("fine");
+        let gw = gateway(&[resetting.url(), healthy.url()]);
+        let resp = Client::connect(gw.addr("api")).get("/replayed");
+        assert_eq!((resp.status, resp.text()), (200, "fine".to_owned()));
+        assert_eq!((resetting.request_count(), healthy.request_count()), (1, 1));
+        drop(gw);
+
+        // A POST with a body is not sent twice: the first endpoint's reset is a 502.
+        let resetting = Origin::start(|_| Reply::reset());
+        let healthy = Origin::ok("fine");
+        let gw = gateway(&[resetting.url(), healthy.url()]);
+        let post = b"POST /once HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello";
+        let resp = Client::connect(gw.addr("api")).request(post);
+        assert_error(&resp, 502);
+        assert_eq!((resetting.request_count(), healthy.request_count()), (1, 0));
+    })
+}
