@@ -110,6 +110,41 @@ pub struct Upstream {
     pub tls: Option<Policy>,
     /// Other policies bound to the Service (`targetRef.kind: Service`), by `order`.
     pub policies: Vec<Policy>,
+    /// How a worker chooses among `addrs` (`loadBalancing`, Ringwall's).
+    #[serde(
+        rename = "loadBalancing",
+        skip_serializing_if = "Balancing::is_default"
+    )]
+    pub balancing: Balancing,
+}
+
+/// `loadBalancing.algorithm` of a Service.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Balancing {
+    /// In turn (the default).
+    #[default]
+    RoundRobin,
+    /// The endpoint with fewer requests in flight from this worker, of two picked at random.
+    LeastRequest,
+    /// The same endpoint for the same key while it is healthy (rendezvous hashing).
+    ConsistentHash(HashOn),
+}
+
+impl Balancing {
+    fn is_default(&self) -> bool {
+        *self == Balancing::RoundRobin
+    }
+}
+
+/// What a consistent hash keys on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum HashOn {
+    /// The client's IP address.
+    RemoteAddress,
+    /// A request header, by lowercase name; requests without it go in turn.
+    Header(String),
 }
 
 /// A policy bound to an ApiInstance (or a Service), ready to be enforced.

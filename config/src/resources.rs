@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use crate::address::{parse_listen, parse_upstream, Listen, Resolve};
 use crate::error::{child, did_you_mean, item, Scope};
-use crate::model::{path_prefix, Route, Upstream};
-use crate::node::Node;
+use crate::model::{path_prefix, Balancing, HashOn, Route, Upstream};
+use crate::node::{Fields, Node};
 use crate::policy::{destination_path_field, parse_policy, PolicySpec};
 use crate::rules::parse_rules;
 use crate::settings::SettingsBuilder;
@@ -344,7 +344,70 @@ fn service(
     env: &Environment<'_>,
     scope: &mut Scope<'_>,
 ) -> Option<Upstream> {
-    let f = scope.map(spec, "spec", &["address", "addresses"])?;
+    let f = scope.map(spec, "spec", &["address", "addresses", "loadBalancing"])?;
+    let balancing = match f.get("loadBalancing") {
+        Some(node) => Some(balancing(node, &f.path_of("loadBalancing"), scope)?),
+        None => None,
+    };
+    let mut upstream = service_endpoints(name, &f, env, scope)?;
+    upstream.balancing = balancing.unwrap_or_default();
+    Some(upstream)
+}
+
+/// `loadBalancing` (Ringwall's): `algorithm` (`roundRobin`, `leastRequest`,
+/// `consistentHash`), and for a consistent hash `hashOn` (`remoteAddress`, or `header` with
+/// `hashHeader`).
+fn balancing(node: &Node, path: &str, scope: &mut Scope<'_>) -> Option<Balancing> {
+    let f = scope.map(node, path, &["algorithm", "hashOn", "hashHeader"])?;
+    let algorithm = scope.require(&f, "algorithm")?;
+    let algorithm_path = f.path_of("algorithm");
+    let chosen = match scope.str(algorithm, &algorithm_path)? {
+        "roundRobin" => Balancing::RoundRobin,
+        "leastRequest" => Balancing::LeastRequest,
+        "consistentHash" => {
+            let on = scope.require(&f, "hashOn")?;
+            let on_path = f.path_of("hashOn");
+            match scope.str(on, &on_path)? {
+                "remoteAddress" => Balancing::ConsistentHash(HashOn::RemoteAddress),
+                "header" => {
+                    let header = scope.require(&f, "hashHeader")?;
+                    let name = scope.str(header, &f.path_of("hashHeader"))?;
+                    Balancing::ConsistentHash(HashOn::Header(name.to_ascii_lowercase()))
+                }
+                other => {
+                    let message = format!("`{other}` is neither `remoteAddress` nor `header`");
+                    scope.error(on.line, &on_path, message);
+                    return None;
+                }
+            }
+        }
+        other => {
+            let message = format!(
+                "unknown algorithm `{other}`; expected `roundRobin`, `leastRequest` or `consistentHash`"
+            );
+            scope.error(algorithm.line, &algorithm_path, message);
+            return None;
+        }
+    };
+    if !matches!(chosen, Balancing::ConsistentHash(_)) {
+        if let Some(extra) = f.get("hashOn").or(f.get("hashHeader")) {
+            scope.warn(
+                extra.line,
+                path,
+                "`hashOn` and `hashHeader` apply to `consistentHash` only",
+            );
+        }
+    }
+    Some(chosen)
+}
+
+/// `address` or `addresses`.
+fn service_endpoints(
+    name: &str,
+    f: &Fields<'_>,
+    env: &Environment<'_>,
+    scope: &mut Scope<'_>,
+) -> Option<Upstream> {
     match (f.get("address"), f.get("addresses")) {
         (Some(_), Some(list)) => {
             let message = "give `address` or `addresses`, not both";
@@ -413,6 +476,7 @@ fn upstream(
             host: address.host,
             tls: None,
             policies: Vec::new(),
+            balancing: Balancing::default(),
         }),
         Err(e) => {
             scope.error(node.line, path, e);

@@ -1804,3 +1804,36 @@ fn a_service_may_list_several_endpoints() {
     let e = error(&format!("{both}---\n{}", api("a", "http://127.0.0.1:0")));
     assert_eq!(e.message, "give `address` or `addresses`, not both");
 }
+
+#[test]
+fn load_balancing_is_read_and_checked() {
+    let with = |lb: &str| {
+        format!(
+            "{HEADER}kind: Service\nmetadata:\n  name: s\nspec:\n  address: http://127.0.0.1:9001\n  \
+             loadBalancing:\n{lb}---\n{}",
+            api("a", "http://127.0.0.1:0")
+        )
+    };
+    let balancing = |lb: &str| ok(&[("s.yaml", &with(lb))]).services[0].balancing.clone();
+    assert_eq!(
+        balancing("    algorithm: leastRequest\n"),
+        Balancing::LeastRequest
+    );
+    assert_eq!(
+        balancing("    algorithm: consistentHash\n    hashOn: header\n    hashHeader: X-User\n"),
+        Balancing::ConsistentHash(HashOn::Header("x-user".into()))
+    );
+    assert_eq!(
+        balancing("    algorithm: consistentHash\n    hashOn: remoteAddress\n"),
+        Balancing::ConsistentHash(HashOn::RemoteAddress)
+    );
+    let e = error(&with("    algorithm: random\n"));
+    assert_eq!(e.field.as_deref(), Some("spec.loadBalancing.algorithm"));
+    assert!(
+        e.message.starts_with("unknown algorithm `random`"),
+        "{}",
+        e.message
+    );
+    let e = error(&with("    algorithm: consistentHash\n"));
+    assert_eq!(e.message, "missing required field `hashOn`");
+}

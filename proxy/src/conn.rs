@@ -19,7 +19,7 @@ use crate::access_log::Entry;
 use crate::breaker::{Breaker, Open};
 use crate::error::ProxyError;
 use crate::gateway::Gateway;
-use crate::health::Outcome;
+use crate::health::{hash_key, Choice, Outcome};
 use crate::http::chunked::ChunkedDecoder;
 use crate::http::request::{self, Forward};
 use crate::http::response::{self, ToClient};
@@ -30,6 +30,7 @@ use crate::policy::{Chain, HeaderLines, Hold, Overrides, RequestCx, ResponseCx, 
 use crate::pool::{peek, still_open, Peek, PoolKey, UpstreamConn};
 use crate::tls::{HandshakeFailure, Session, TlsStream, UpstreamTls};
 use crate::worker::{ConnectionGuard, ListenerHandle, Worker};
+use ringwall_config::{Balancing, HashOn};
 
 /// The size a read buffer grows to for a large head or a body.
 const BUF_SIZE: usize = 16 * 1024;
@@ -115,6 +116,8 @@ struct Plan {
     is_head: bool,
     idempotent: bool,
     expect_continue: bool,
+    /// How the upstream endpoint is chosen (the Service's `loadBalancing`).
+    choice: Choice,
 }
 
 pub(crate) async fn serve(
@@ -602,6 +605,7 @@ fn plan_request(
             "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE"
         ),
         expect_continue: req.expect_continue,
+        choice: choice(&target.upstream.balancing, &req, c.peer),
     };
     c.buf.advance(head_len);
     Ok(Planned::Go(plan))
@@ -635,7 +639,7 @@ async fn forward(
     let has_body = plan.framing != Framing::Empty;
     let now = Instant::now();
     w.health.request(now);
-    let Some(mut addr) = w.health.pick(&upstream.addrs, None, now) else {
+    let Some(mut addr) = w.health.pick(&upstream.addrs, None, plan.choice, now) else {
         let e = io::Error::new(io::ErrorKind::AddrNotAvailable, "upstream has no address");
         return Err(Failure::BeforeResponse(ProxyError::Connect(e), !has_body));
     };
@@ -667,7 +671,12 @@ async fn forward(
             retrying.is_some()
         }
     };
+    let mut _load = None;
     let (mut up, resp) = loop {
+        if plan.choice == Choice::LeastRequest {
+            // Counted against the endpoint tried now; a retry moves it.
+            _load = Some(w.health.in_flight(addr));
+        }
         let pooled_idle = plan
             .overrides
             .upstream_idle
@@ -688,7 +697,14 @@ async fn forward(
                     Err(e @ (ProxyError::Connect(_) | ProxyError::ConnectTimeout)) => {
                         w.health.record(addr, Outcome::Unreachable, Instant::now());
                         // Nothing was sent: any request may try another endpoint.
-                        match another_endpoint(w, upstream, addr, &mut attempts, &mut may_replay) {
+                        match another_endpoint(
+                            w,
+                            upstream,
+                            plan.choice,
+                            addr,
+                            &mut attempts,
+                            &mut may_replay,
+                        ) {
                             Some(next) => {
                                 (addr, key.addr) = (next, next);
                                 c.rec.upstream = Some(next);
@@ -790,7 +806,14 @@ async fn forward(
             Err(e) if !reused && replayable && e.is_stale_connection() => {
                 abort(&up.stream);
                 w.health.record(addr, Outcome::Unreachable, Instant::now());
-                match another_endpoint(w, upstream, addr, &mut attempts, &mut may_replay) {
+                match another_endpoint(
+                    w,
+                    upstream,
+                    plan.choice,
+                    addr,
+                    &mut attempts,
+                    &mut may_replay,
+                ) {
                     Some(next) => {
                         (addr, key.addr) = (next, next);
                         c.rec.upstream = Some(next);
@@ -1038,6 +1061,22 @@ async fn connect(
     })
 }
 
+/// How the endpoint of a request to `balancing`'s Service is chosen.
+fn choice(balancing: &Balancing, req: &request::Request<'_, '_>, peer: SocketAddr) -> Choice {
+    match balancing {
+        Balancing::RoundRobin => Choice::RoundRobin,
+        Balancing::LeastRequest => Choice::LeastRequest,
+        Balancing::ConsistentHash(HashOn::RemoteAddress) => Choice::Hash(match peer.ip() {
+            std::net::IpAddr::V4(ip) => hash_key(&ip.octets()),
+            std::net::IpAddr::V6(ip) => hash_key(&ip.octets()),
+        }),
+        // Without the header, in turn.
+        Balancing::ConsistentHash(HashOn::Header(name)) => req
+            .header(name)
+            .map_or(Choice::RoundRobin, |v| Choice::Hash(hash_key(v.as_bytes()))),
+    }
+}
+
 /// Tries per request, the first included, when endpoints fail.
 const MAX_ATTEMPTS: u32 = 3;
 
@@ -1046,6 +1085,7 @@ const MAX_ATTEMPTS: u32 = 3;
 fn another_endpoint(
     w: &Worker,
     upstream: &ringwall_config::Upstream,
+    choice: Choice,
     failed: SocketAddr,
     attempts: &mut u32,
     may_retry: &mut impl FnMut() -> bool,
@@ -1054,7 +1094,7 @@ fn another_endpoint(
         return None;
     }
     let now = Instant::now();
-    let next = w.health.pick(&upstream.addrs, Some(failed), now)?;
+    let next = w.health.pick(&upstream.addrs, Some(failed), choice, now)?;
     if next == failed || !w.health.retry(now) || !may_retry() {
         return None;
     }

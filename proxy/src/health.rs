@@ -48,6 +48,50 @@ pub struct Health {
     endpoints: RefCell<HashMap<SocketAddr, Endpoint>>,
     window: Cell<Window>,
     next: Cell<usize>,
+    /// Requests in flight per endpoint, for Services balanced by least request.
+    outstanding: RefCell<HashMap<SocketAddr, u32>>,
+    rng: Cell<u64>,
+}
+
+/// How a request's endpoint is chosen (a Service's `loadBalancing`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Choice {
+    RoundRobin,
+    LeastRequest,
+    /// Rendezvous hashing on this key: the same endpoint while it stays usable, and only the
+    /// keys of an endpoint that goes move.
+    Hash(u64),
+}
+
+/// A request counted in flight to an endpoint (see [`Health::in_flight`]).
+pub struct InFlight<'a> {
+    health: &'a Health,
+    addr: SocketAddr,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Some(n) = self.health.outstanding.borrow_mut().get_mut(&self.addr) {
+            *n = n.saturating_sub(1);
+        }
+    }
+}
+
+/// The weight of `addr` for `key` in rendezvous hashing.
+fn rendezvous(key: u64, addr: &SocketAddr) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    key.hash(&mut h);
+    addr.hash(&mut h);
+    h.finish()
+}
+
+/// A key for [`Choice::Hash`]: the same for the same bytes in every worker and process.
+pub fn hash_key(bytes: &[u8]) -> u64 {
+    use std::hash::Hasher;
+    let mut h = std::hash::DefaultHasher::new();
+    h.write(bytes);
+    h.finish()
 }
 
 impl Default for Health {
@@ -60,6 +104,8 @@ impl Default for Health {
                 retries: 0,
             }),
             next: Cell::new(0),
+            outstanding: RefCell::default(),
+            rng: Cell::new(0x9e37_79b9_7f4a_7c15),
         }
     }
 }
@@ -76,37 +122,70 @@ pub enum Outcome {
 }
 
 impl Health {
-    /// Round robin over `addrs`, skipping ejected ones (unless all are) and `avoid` (the one
-    /// a retry leaves, when there is another).
+    /// An endpoint of `addrs` for a request, chosen `how`, among those not ejected (unless
+    /// all are) and other than `avoid` (the one a retry leaves, when there is another).
     pub fn pick(
         &self,
         addrs: &[SocketAddr],
         avoid: Option<SocketAddr>,
+        how: Choice,
         now: Instant,
     ) -> Option<SocketAddr> {
-        let start = self.next.get();
-        self.next.set(start.wrapping_add(1));
+        let turn = self.next.get();
+        self.next.set(turn.wrapping_add(1));
         let len = addrs.len();
-        let nth = |i: usize| addrs[(start + i) % len];
         if len == 0 {
             return None;
         }
+        let nth = |i: usize| addrs[(turn + i) % len];
         let endpoints = self.endpoints.borrow();
-        let usable = |addr: SocketAddr| {
-            Some(addr) != avoid
+        if endpoints.is_empty() && avoid.is_none() && how == Choice::RoundRobin {
+            return Some(nth(0));
+        }
+        let usable = |addr: &SocketAddr| {
+            Some(*addr) != avoid
                 && endpoints
-                    .get(&addr)
+                    .get(addr)
                     .and_then(|e| e.until)
                     .is_none_or(|until| until <= now)
         };
-        if endpoints.is_empty() && avoid.is_none() {
-            return Some(nth(0));
-        }
-        (0..len)
-            .map(nth)
-            .find(|&a| usable(a))
+        let candidates = addrs.iter().filter(|a| usable(a));
+        let chosen = match how {
+            Choice::RoundRobin => (0..len).map(nth).find(|a| usable(a)),
+            Choice::Hash(key) => candidates.max_by_key(|a| rendezvous(key, a)).copied(),
+            Choice::LeastRequest => {
+                let count = candidates.clone().count();
+                let (first, second) = (self.random(), self.random());
+                let a = candidates.clone().nth(first % count.max(1));
+                let b = candidates.clone().nth(second % count.max(1));
+                let load =
+                    |addr: &&SocketAddr| self.outstanding.borrow().get(*addr).copied().unwrap_or(0);
+                match (a, b) {
+                    (Some(a), Some(b)) => Some(*std::cmp::min_by_key(a, b, |x| load(x))),
+                    _ => None,
+                }
+            }
+        };
+        chosen
             .or_else(|| (0..len).map(nth).find(|&a| Some(a) != avoid))
             .or(Some(nth(0)))
+    }
+
+    /// Counts a request in flight to `addr` until the value is dropped, for
+    /// [`Choice::LeastRequest`].
+    pub fn in_flight(&self, addr: SocketAddr) -> InFlight<'_> {
+        *self.outstanding.borrow_mut().entry(addr).or_default() += 1;
+        InFlight { health: self, addr }
+    }
+
+    /// A cheap random number (xorshift64*), for the two choices of a least-request pick.
+    fn random(&self) -> usize {
+        let mut x = self.rng.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng.set(x);
+        (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 32) as usize
     }
 
     /// Records how an exchange with `addr` went.
@@ -183,15 +262,17 @@ mod tests {
         let t0 = Instant::now();
         h.record(addr(1), Outcome::Unreachable, t0);
         for _ in 0..4 {
-            assert_eq!(h.pick(&addrs, None, t0), Some(addr(2)));
+            assert_eq!(h.pick(&addrs, None, Choice::RoundRobin, t0), Some(addr(2)));
         }
         // Back after a second, then out for two after a second ejection.
         let t1 = t0 + Duration::from_millis(1001);
-        let picks: Vec<_> = (0..2).filter_map(|_| h.pick(&addrs, None, t1)).collect();
+        let picks: Vec<_> = (0..2)
+            .filter_map(|_| h.pick(&addrs, None, Choice::RoundRobin, t1))
+            .collect();
         assert!(picks.contains(&addr(1)));
         h.record(addr(1), Outcome::Unreachable, t1);
         let t2 = t1 + Duration::from_millis(1500);
-        assert!((0..4).all(|_| h.pick(&addrs, None, t2) == Some(addr(2))));
+        assert!((0..4).all(|_| h.pick(&addrs, None, Choice::RoundRobin, t2) == Some(addr(2))));
         // An answer forgets it all.
         h.record(addr(1), Outcome::Answered, t2);
         assert!(h.endpoints.borrow().is_empty());
@@ -209,9 +290,9 @@ mod tests {
         for _ in 0..CONSECUTIVE_5XX - 1 {
             h.record(addr(1), Outcome::ServerError, now);
         }
-        assert!((0..4).any(|_| h.pick(&addrs, None, now) == Some(addr(1))));
+        assert!((0..4).any(|_| h.pick(&addrs, None, Choice::RoundRobin, now) == Some(addr(1))));
         h.record(addr(1), Outcome::ServerError, now);
-        assert!((0..4).all(|_| h.pick(&addrs, None, now) == Some(addr(2))));
+        assert!((0..4).all(|_| h.pick(&addrs, None, Choice::RoundRobin, now) == Some(addr(2))));
     }
 
     #[test]
@@ -221,10 +302,16 @@ mod tests {
         let now = Instant::now();
         h.record(addr(1), Outcome::Unreachable, now);
         h.record(addr(2), Outcome::Unreachable, now);
-        assert!(h.pick(&addrs, None, now).is_some());
-        assert_eq!(h.pick(&addrs, Some(addr(2)), now), Some(addr(1)));
-        assert_eq!(h.pick(&[addr(3)], Some(addr(3)), now), Some(addr(3)));
-        assert_eq!(h.pick(&[], None, now), None);
+        assert!(h.pick(&addrs, None, Choice::RoundRobin, now).is_some());
+        assert_eq!(
+            h.pick(&addrs, Some(addr(2)), Choice::RoundRobin, now),
+            Some(addr(1))
+        );
+        assert_eq!(
+            h.pick(&[addr(3)], Some(addr(3)), Choice::RoundRobin, now),
+            Some(addr(3))
+        );
+        assert_eq!(h.pick(&[], None, Choice::RoundRobin, now), None);
     }
 
     #[test]
@@ -240,5 +327,62 @@ mod tests {
         assert_eq!(more, 20 - 3);
         // A new window starts afresh.
         assert!(h.retry(now + BUDGET_WINDOW));
+    }
+}
+
+#[cfg(test)]
+mod balancing {
+    use super::*;
+
+    fn addrs(n: u16) -> Vec<SocketAddr> {
+        (1..=n)
+            .map(|p| SocketAddr::from(([127, 0, 0, 1], p)))
+            .collect()
+    }
+
+    #[test]
+    fn a_hash_keeps_its_endpoint_and_only_the_lost_endpoints_keys_move() {
+        let h = Health::default();
+        let all = addrs(4);
+        let now = Instant::now();
+        let before: Vec<_> = (0..200u64)
+            .map(|k| h.pick(&all, None, Choice::Hash(k), now).expect("one"))
+            .collect();
+        // Stable, and spread over every endpoint.
+        for (k, chosen) in before.iter().enumerate() {
+            assert_eq!(
+                h.pick(&all, None, Choice::Hash(k as u64), now),
+                Some(*chosen)
+            );
+        }
+        assert!(all.iter().all(|a| before.contains(a)));
+        // Eject one: its keys move, no other key does.
+        h.record(all[1], Outcome::Unreachable, now);
+        for (k, was) in before.iter().enumerate() {
+            let now_on = h
+                .pick(&all, None, Choice::Hash(k as u64), now)
+                .expect("one");
+            if *was == all[1] {
+                assert_ne!(now_on, all[1]);
+            } else {
+                assert_eq!(now_on, *was);
+            }
+        }
+    }
+
+    #[test]
+    fn least_request_prefers_the_idle_endpoint() {
+        let h = Health::default();
+        let two = addrs(2);
+        let now = Instant::now();
+        let _busy: Vec<_> = (0..5).map(|_| h.in_flight(two[0])).collect();
+        let picks: Vec<_> = (0..50)
+            .map(|_| h.pick(&two, None, Choice::LeastRequest, now).expect("one"))
+            .collect();
+        // Of two random choices, the busy one wins only when both are it.
+        let busy = picks.iter().filter(|&&a| a == two[0]).count();
+        assert!(busy < 25, "{busy} of 50 went to the busy endpoint");
+        drop(_busy);
+        assert_eq!(h.outstanding.borrow().get(&two[0]), Some(&0));
     }
 }

@@ -8,8 +8,16 @@ use ringwall_tests::*;
 /// An ApiInstance routing everything to Service `svc` with `endpoints`, one worker (so one
 /// round robin and one view of the endpoints' health).
 fn gateway(endpoints: &[String]) -> Gateway {
+    balanced(endpoints, "")
+}
+
+/// The same, with `loadBalancing` lines (YAML, indented by four spaces) when not empty.
+fn balanced(endpoints: &[String], balancing: &str) -> Gateway {
     let list: String = endpoints.iter().map(|e| format!("    - {e}\n")).collect();
-    let svc = service("svc", "x").replace("  address: x\n", &format!("  addresses:\n{list}"));
+    let mut svc = service("svc", "x").replace("  address: x\n", &format!("  addresses:\n{list}"));
+    if !balancing.is_empty() {
+        svc.push_str(&format!("  loadBalancing:\n{balancing}"));
+    }
     let config = documents(&[
         &api_instance("api", ANY_PORT, &[]),
         &svc,
@@ -86,5 +94,73 @@ fn a_reset_before_any_response_byte_replays_only_what_is_replayable() {
         let resp = Client::connect(gw.addr("api")).request(post);
         assert_error(&resp, 502);
         assert_eq!((resetting.request_count(), healthy.request_count()), (1, 0));
+    })
+}
+
+#[test]
+fn a_consistent_hash_sends_each_key_to_one_endpoint() {
+    within(TEST_LIMIT, || {
+        let origins: Vec<Origin> = (0..3).map(|i| Origin::ok(["a", "b", "c"][i])).collect();
+        let urls: Vec<String> = origins.iter().map(Origin::url).collect();
+        let gw = balanced(
+            &urls,
+            "    algorithm: consistentHash\n    hashOn: header\n    hashHeader: X-User\n",
+        );
+        let mut client = Client::connect(gw.addr("api"));
+        let mut seen = std::collections::BTreeSet::new();
+        for user in 0..30 {
+            let raw = format!("GET /u HTTP/1.1\r\nHost: a\r\nX-User: user-{user}\r\n\r\n");
+            let first = client.request(raw.as_bytes()).text();
+            for _ in 0..3 {
+                assert_eq!(
+                    client.request(raw.as_bytes()).text(),
+                    first,
+                    "user-{user} moved"
+                );
+            }
+            seen.insert(first);
+        }
+        assert_eq!(
+            seen.len(),
+            3,
+            "30 users spread over the 3 endpoints: {seen:?}"
+        );
+    })
+}
+
+#[test]
+fn least_request_steers_around_a_busy_endpoint() {
+    within(TEST_LIMIT, || {
+        let gate = Gate::new();
+        let held = gate.clone();
+        let slow = Origin::start(move |req| {
+            if req.path == "/hold" {
+                held.wait(std::time::Duration::from_secs(10));
+            }
+            Reply::ok("slow")
+        });
+        let fast = Origin::ok("fast");
+        let gw = balanced(&[slow.url(), fast.url()], "    algorithm: leastRequest\n");
+        // Three requests held by the slow endpoint (others may land on the fast one).
+        let addr = gw.addr("api");
+        let holders: Vec<_> = (0..6)
+            .map(|_| std::thread::spawn(move || Client::connect(addr).get("/hold")))
+            .collect();
+        assert!(slow.wait_for_requests(1, std::time::Duration::from_secs(5)));
+        let before = slow.request_count();
+        let mut client = Client::connect(gw.addr("api"));
+        let answers: Vec<String> = (0..20)
+            .map(|i| client.get(&format!("/{i}")).text())
+            .collect();
+        // Of two random picks the idle endpoint wins unless both are the busy one.
+        let to_slow = slow.request_count() - before;
+        assert!(
+            to_slow <= 8,
+            "{to_slow} of 20 went to the busy endpoint: {answers:?}"
+        );
+        gate.open();
+        for holder in holders {
+            assert_eq!(holder.join().expect("holder").status, 200);
+        }
     })
 }
