@@ -416,7 +416,7 @@ fn service_endpoints(
         }
         (None, Some(list)) => endpoints(name, list, &f.path_of("addresses"), env, scope),
         _ => {
-            let address = scope.require(&f, "address")?;
+            let address = scope.require(f, "address")?;
             upstream(name, address, &f.path_of("address"), env, scope)
         }
     }
