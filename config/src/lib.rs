@@ -35,7 +35,9 @@ pub use error::{child, did_you_mean, item, ConfigError, Diagnostics, LoadErrors,
 /// Re-exported so users of [`ConnectionRules`] need no dependency of their own.
 pub use ipnet::IpNet;
 pub use logging::{AccessLogs, LogLevel, LogOutput, LogOutputKind, Logging, RuntimeLogs};
-pub use model::{upstream_path, ApiInstance, Balancing, HashOn, Policy, Route, Upstream};
+pub use model::{
+    upstream_path, ApiInstance, Balancing, HashOn, HealthCheck, Policy, Route, Upstream,
+};
 pub use node::{Fields, Node, Value};
 pub use policy::{is_known_policy, POLICIES};
 pub use rules::Rule;

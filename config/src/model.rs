@@ -116,6 +116,24 @@ pub struct Upstream {
         skip_serializing_if = "Balancing::is_default"
     )]
     pub balancing: Balancing,
+    /// `healthCheck` (Ringwall's): probes of every endpoint, once per process.
+    #[serde(rename = "healthCheck", skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
+}
+
+/// A Service's active health check: `GET path` on each endpoint every `interval`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthCheck {
+    pub path: String,
+    #[serde(serialize_with = "crate::view::seconds")]
+    pub interval: std::time::Duration,
+    #[serde(serialize_with = "crate::view::seconds")]
+    pub timeout: std::time::Duration,
+    /// Successes in a row that bring an endpoint back.
+    pub healthy_threshold: u32,
+    /// Failures in a row (no answer, or not 2xx) that take it out.
+    pub unhealthy_threshold: u32,
 }
 
 /// `loadBalancing.algorithm` of a Service.

@@ -7,10 +7,11 @@
 //! it do not produce a second, misleading error.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::address::{parse_listen, parse_upstream, Listen, Resolve};
 use crate::error::{child, did_you_mean, item, Scope};
-use crate::model::{path_prefix, Balancing, HashOn, Route, Upstream};
+use crate::model::{path_prefix, Balancing, HashOn, HealthCheck, Route, Upstream};
 use crate::node::{Fields, Node};
 use crate::policy::{destination_path_field, parse_policy, PolicySpec};
 use crate::rules::parse_rules;
@@ -344,14 +345,86 @@ fn service(
     env: &Environment<'_>,
     scope: &mut Scope<'_>,
 ) -> Option<Upstream> {
-    let f = scope.map(spec, "spec", &["address", "addresses", "loadBalancing"])?;
+    let f = scope.map(
+        spec,
+        "spec",
+        &["address", "addresses", "loadBalancing", "healthCheck"],
+    )?;
     let balancing = match f.get("loadBalancing") {
         Some(node) => Some(balancing(node, &f.path_of("loadBalancing"), scope)?),
         None => None,
     };
+    let check = match f.get("healthCheck") {
+        Some(node) => Some(health_check(node, &f.path_of("healthCheck"), scope)?),
+        None => None,
+    };
     let mut upstream = service_endpoints(name, &f, env, scope)?;
+    if let (Some(node), true) = (f.get("healthCheck"), upstream.https) {
+        let message = "health checks of `https://` Services are not supported yet";
+        scope.error(node.line, &f.path_of("healthCheck"), message);
+        return None;
+    }
     upstream.balancing = balancing.unwrap_or_default();
+    upstream.health_check = check;
     Some(upstream)
+}
+
+/// `healthCheck` (Ringwall's): `path` (required), `intervalSeconds` (5), `timeoutSeconds`
+/// (1), `healthyThreshold` (2), `unhealthyThreshold` (3).
+fn health_check(node: &Node, path: &str, scope: &mut Scope<'_>) -> Option<HealthCheck> {
+    let f = scope.map(
+        node,
+        path,
+        &[
+            "path",
+            "intervalSeconds",
+            "timeoutSeconds",
+            "healthyThreshold",
+            "unhealthyThreshold",
+        ],
+    )?;
+    let errors = scope.diag.errors.len();
+    let target = scope.require(&f, "path")?;
+    let target_path = f.path_of("path");
+    let probe = scope.str(target, &target_path)?;
+    if !probe.starts_with('/') || probe.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        let message = format!("`{probe}` is not a path starting with `/`");
+        scope.error(target.line, &target_path, message);
+    }
+    let mut check = HealthCheck {
+        path: probe.to_owned(),
+        interval: Duration::from_secs(5),
+        timeout: Duration::from_secs(1),
+        healthy_threshold: 2,
+        unhealthy_threshold: 3,
+    };
+    for (key, slot) in [
+        ("intervalSeconds", &mut check.interval),
+        ("timeoutSeconds", &mut check.timeout),
+    ] {
+        if let Some(n) = f.get(key) {
+            let key_path = f.path_of(key);
+            let secs = scope.number(n, &key_path)?;
+            match Duration::try_from_secs_f64(secs) {
+                Ok(d) if d >= Duration::from_millis(10) => *slot = d,
+                _ => {
+                    let message = format!("must be at least 0.01 seconds, found {secs}");
+                    scope.error(n.line, &key_path, message);
+                }
+            }
+        }
+    }
+    for (key, slot) in [
+        ("healthyThreshold", &mut check.healthy_threshold),
+        ("unhealthyThreshold", &mut check.unhealthy_threshold),
+    ] {
+        if let Some(n) = f.get(key) {
+            if let Some(v) = scope.int_in(n, &f.path_of(key), 1..=100) {
+                *slot = u32::try_from(v).unwrap_or(1);
+            }
+        }
+    }
+    (scope.diag.errors.len() == errors).then_some(check)
 }
 
 /// `loadBalancing` (Ringwall's): `algorithm` (`roundRobin`, `leastRequest`,
@@ -477,6 +550,7 @@ fn upstream(
             tls: None,
             policies: Vec::new(),
             balancing: Balancing::default(),
+            health_check: None,
         }),
         Err(e) => {
             scope.error(node.line, path, e);

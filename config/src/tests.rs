@@ -1837,3 +1837,30 @@ fn load_balancing_is_read_and_checked() {
     let e = error(&with("    algorithm: consistentHash\n"));
     assert_eq!(e.message, "missing required field `hashOn`");
 }
+
+#[test]
+fn health_checks_are_read_with_their_defaults() {
+    let with = |address: &str, check: &str| {
+        format!(
+            "{HEADER}kind: Service\nmetadata:\n  name: s\nspec:\n  address: {address}\n  \
+             healthCheck:\n{check}---\n{}",
+            api("a", "http://127.0.0.1:0")
+        )
+    };
+    let snapshot = ok(&[(
+        "s.yaml",
+        &with("http://127.0.0.1:9001", "    path: /healthz\n    intervalSeconds: 0.5\n"),
+    )]);
+    let check = snapshot.services[0].health_check.clone().expect("a check");
+    assert_eq!(
+        (check.path.as_str(), check.interval, check.timeout),
+        ("/healthz", Duration::from_millis(500), Duration::from_secs(1))
+    );
+    assert_eq!((check.healthy_threshold, check.unhealthy_threshold), (2, 3));
+    let e = error(&with("http://127.0.0.1:9001", "    path: healthz\n"));
+    assert_eq!(e.message, "`healthz` is not a path starting with `/`");
+    let e = error(&with("https://127.0.0.1:9001", "    path: /healthz\n"));
+    assert_eq!(e.message, "health checks of `https://` Services are not supported yet");
+    let e = error(&with("http://127.0.0.1:9001", "    path: /h\n    intervalSeconds: 0\n"));
+    assert_eq!(e.message, "must be at least 0.01 seconds, found 0");
+}

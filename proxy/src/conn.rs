@@ -639,7 +639,12 @@ async fn forward(
     let has_body = plan.framing != Framing::Empty;
     let now = Instant::now();
     w.health.request(now);
-    let Some(mut addr) = w.health.pick(&upstream.addrs, None, plan.choice, now) else {
+    let checks = gateway.checks.of(plan.api, plan.route);
+    let down = |a: &SocketAddr| checks.is_some_and(|c| c.is_down(a));
+    let Some(mut addr) = w
+        .health
+        .pick(&upstream.addrs, None, plan.choice, &down, now)
+    else {
         let e = io::Error::new(io::ErrorKind::AddrNotAvailable, "upstream has no address");
         return Err(Failure::BeforeResponse(ProxyError::Connect(e), !has_body));
     };
@@ -701,6 +706,7 @@ async fn forward(
                             w,
                             upstream,
                             plan.choice,
+                            &down,
                             addr,
                             &mut attempts,
                             &mut may_replay,
@@ -810,6 +816,7 @@ async fn forward(
                     w,
                     upstream,
                     plan.choice,
+                    &down,
                     addr,
                     &mut attempts,
                     &mut may_replay,
@@ -1086,6 +1093,7 @@ fn another_endpoint(
     w: &Worker,
     upstream: &ringwall_config::Upstream,
     choice: Choice,
+    down: &dyn Fn(&SocketAddr) -> bool,
     failed: SocketAddr,
     attempts: &mut u32,
     may_retry: &mut impl FnMut() -> bool,
@@ -1094,7 +1102,9 @@ fn another_endpoint(
         return None;
     }
     let now = Instant::now();
-    let next = w.health.pick(&upstream.addrs, Some(failed), choice, now)?;
+    let next = w
+        .health
+        .pick(&upstream.addrs, Some(failed), choice, down, now)?;
     if next == failed || !w.health.retry(now) || !may_retry() {
         return None;
     }

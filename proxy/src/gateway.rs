@@ -26,6 +26,8 @@ pub struct Gateway {
     pub tls: TlsSetup,
     /// Each route's Service's `circuit-breaker-flex`.
     pub breakers: crate::breaker::Breakers,
+    /// Each route's Service's active health checks; probing starts with [`Gateway::start`].
+    pub checks: crate::checks::Checks,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -95,6 +97,7 @@ impl Gateway {
         let tls = crate::tls::setup::build(&snapshot, &listeners, previous.map(|g| &g.tls))?;
         let breakers = crate::breaker::Breakers::build(&snapshot, previous.map(|g| &g.breakers))?;
         let metrics = crate::metrics::GatewayMetrics::new(&snapshot);
+        let checks = crate::checks::Checks::build(&snapshot);
         Ok(Self {
             snapshot,
             listeners,
@@ -103,7 +106,17 @@ impl Gateway {
             shared: env.shared,
             tls,
             breakers,
+            checks,
         })
+    }
+
+    /// Starts what a serving gateway runs beside its workers (never `validate`): the shared
+    /// storage client and the health checks.
+    pub fn start(&self) {
+        if let Some(shared) = &self.shared {
+            shared.start();
+        }
+        self.checks.start();
     }
 
     /// The loader's warnings, then the policies' and the TLS settings'.

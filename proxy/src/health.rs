@@ -122,13 +122,15 @@ pub enum Outcome {
 }
 
 impl Health {
-    /// An endpoint of `addrs` for a request, chosen `how`, among those not ejected (unless
-    /// all are) and other than `avoid` (the one a retry leaves, when there is another).
+    /// An endpoint of `addrs` for a request, chosen `how`, among those neither ejected nor
+    /// `down` (health checks) unless all are, and other than `avoid` (the one a retry
+    /// leaves, when there is another).
     pub fn pick(
         &self,
         addrs: &[SocketAddr],
         avoid: Option<SocketAddr>,
         how: Choice,
+        down: &dyn Fn(&SocketAddr) -> bool,
         now: Instant,
     ) -> Option<SocketAddr> {
         let turn = self.next.get();
@@ -139,11 +141,12 @@ impl Health {
         }
         let nth = |i: usize| addrs[(turn + i) % len];
         let endpoints = self.endpoints.borrow();
-        if endpoints.is_empty() && avoid.is_none() && how == Choice::RoundRobin {
+        if endpoints.is_empty() && avoid.is_none() && how == Choice::RoundRobin && !down(&nth(0)) {
             return Some(nth(0));
         }
         let usable = |addr: &SocketAddr| {
             Some(*addr) != avoid
+                && !down(addr)
                 && endpoints
                     .get(addr)
                     .and_then(|e| e.until)
@@ -262,17 +265,21 @@ mod tests {
         let t0 = Instant::now();
         h.record(addr(1), Outcome::Unreachable, t0);
         for _ in 0..4 {
-            assert_eq!(h.pick(&addrs, None, Choice::RoundRobin, t0), Some(addr(2)));
+            assert_eq!(
+                h.pick(&addrs, None, Choice::RoundRobin, &|_| false, t0),
+                Some(addr(2))
+            );
         }
         // Back after a second, then out for two after a second ejection.
         let t1 = t0 + Duration::from_millis(1001);
         let picks: Vec<_> = (0..2)
-            .filter_map(|_| h.pick(&addrs, None, Choice::RoundRobin, t1))
+            .filter_map(|_| h.pick(&addrs, None, Choice::RoundRobin, &|_| false, t1))
             .collect();
         assert!(picks.contains(&addr(1)));
         h.record(addr(1), Outcome::Unreachable, t1);
         let t2 = t1 + Duration::from_millis(1500);
-        assert!((0..4).all(|_| h.pick(&addrs, None, Choice::RoundRobin, t2) == Some(addr(2))));
+        assert!((0..4)
+            .all(|_| h.pick(&addrs, None, Choice::RoundRobin, &|_| false, t2) == Some(addr(2))));
         // An answer forgets it all.
         h.record(addr(1), Outcome::Answered, t2);
         assert!(h.endpoints.borrow().is_empty());
@@ -290,9 +297,11 @@ mod tests {
         for _ in 0..CONSECUTIVE_5XX - 1 {
             h.record(addr(1), Outcome::ServerError, now);
         }
-        assert!((0..4).any(|_| h.pick(&addrs, None, Choice::RoundRobin, now) == Some(addr(1))));
+        assert!((0..4)
+            .any(|_| h.pick(&addrs, None, Choice::RoundRobin, &|_| false, now) == Some(addr(1))));
         h.record(addr(1), Outcome::ServerError, now);
-        assert!((0..4).all(|_| h.pick(&addrs, None, Choice::RoundRobin, now) == Some(addr(2))));
+        assert!((0..4)
+            .all(|_| h.pick(&addrs, None, Choice::RoundRobin, &|_| false, now) == Some(addr(2))));
     }
 
     #[test]
@@ -302,16 +311,24 @@ mod tests {
         let now = Instant::now();
         h.record(addr(1), Outcome::Unreachable, now);
         h.record(addr(2), Outcome::Unreachable, now);
-        assert!(h.pick(&addrs, None, Choice::RoundRobin, now).is_some());
+        assert!(h
+            .pick(&addrs, None, Choice::RoundRobin, &|_| false, now)
+            .is_some());
         assert_eq!(
-            h.pick(&addrs, Some(addr(2)), Choice::RoundRobin, now),
+            h.pick(&addrs, Some(addr(2)), Choice::RoundRobin, &|_| false, now),
             Some(addr(1))
         );
         assert_eq!(
-            h.pick(&[addr(3)], Some(addr(3)), Choice::RoundRobin, now),
+            h.pick(
+                &[addr(3)],
+                Some(addr(3)),
+                Choice::RoundRobin,
+                &|_| false,
+                now
+            ),
             Some(addr(3))
         );
-        assert_eq!(h.pick(&[], None, Choice::RoundRobin, now), None);
+        assert_eq!(h.pick(&[], None, Choice::RoundRobin, &|_| false, now), None);
     }
 
     #[test]
@@ -346,12 +363,15 @@ mod balancing {
         let all = addrs(4);
         let now = Instant::now();
         let before: Vec<_> = (0..200u64)
-            .map(|k| h.pick(&all, None, Choice::Hash(k), now).expect("one"))
+            .map(|k| {
+                h.pick(&all, None, Choice::Hash(k), &|_| false, now)
+                    .expect("one")
+            })
             .collect();
         // Stable, and spread over every endpoint.
         for (k, chosen) in before.iter().enumerate() {
             assert_eq!(
-                h.pick(&all, None, Choice::Hash(k as u64), now),
+                h.pick(&all, None, Choice::Hash(k as u64), &|_| false, now),
                 Some(*chosen)
             );
         }
@@ -360,7 +380,7 @@ mod balancing {
         h.record(all[1], Outcome::Unreachable, now);
         for (k, was) in before.iter().enumerate() {
             let now_on = h
-                .pick(&all, None, Choice::Hash(k as u64), now)
+                .pick(&all, None, Choice::Hash(k as u64), &|_| false, now)
                 .expect("one");
             if *was == all[1] {
                 assert_ne!(now_on, all[1]);
@@ -377,7 +397,10 @@ mod balancing {
         let now = Instant::now();
         let _busy: Vec<_> = (0..5).map(|_| h.in_flight(two[0])).collect();
         let picks: Vec<_> = (0..50)
-            .map(|_| h.pick(&two, None, Choice::LeastRequest, now).expect("one"))
+            .map(|_| {
+                h.pick(&two, None, Choice::LeastRequest, &|_| false, now)
+                    .expect("one")
+            })
             .collect();
         // Of two random choices, the busy one wins only when both are it.
         let busy = picks.iter().filter(|&&a| a == two[0]).count();

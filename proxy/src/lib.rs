@@ -11,6 +11,7 @@ pub mod admin;
 pub mod admission;
 pub mod breaker;
 pub mod buffers;
+pub mod checks;
 pub mod conn;
 pub mod error;
 pub mod gateway;

@@ -33,6 +33,7 @@ pub const UPSTREAM_TIMEOUTS: &str = "ringwall_upstream_timeouts_total";
 pub const UPSTREAM_CONNECTIONS: &str = "ringwall_upstream_connections_total";
 pub const UPSTREAM_RETRIES: &str = "ringwall_upstream_retries_total";
 pub const UPSTREAM_EJECTIONS: &str = "ringwall_upstream_ejections_total";
+pub const ENDPOINT_HEALTHY: &str = "ringwall_upstream_endpoint_healthy";
 pub const ACTIVE_CONNECTIONS: &str = "ringwall_active_connections";
 pub const ACCEPT_PAUSED: &str = "ringwall_accept_paused_total";
 pub const REFUSED: &str = "ringwall_refused_total";
@@ -503,6 +504,10 @@ fn describe() {
     describe_counter!(
         UPSTREAM_EJECTIONS,
         "Upstream endpoints set aside for a while after a failed connect or 5 answers of 5xx in a row"
+    );
+    describe_gauge!(
+        ENDPOINT_HEALTHY,
+        "Whether a Service's health check has its endpoint in (1) or out (0)"
     );
     describe_gauge!(ACTIVE_CONNECTIONS, "Open client connections");
     describe_counter!(

@@ -68,9 +68,7 @@ pub enum ServerError {
 /// Runs the gateway until a termination signal, then drains it.
 pub fn run(gateway: Arc<Gateway>, opts: &Options) -> Result<(), ServerError> {
     // Connects now, so the first requests find it up; reloads keep or replace it.
-    if let Some(shared) = &gateway.shared {
-        shared.start();
-    }
+    gateway.start();
     let control = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -351,9 +349,7 @@ impl Live {
             tracing::warn!("reload: {w}");
         }
         let gateway = Arc::new(gateway);
-        if let Some(shared) = &gateway.shared {
-            shared.start();
-        }
+        gateway.start();
         // Listeners that stay keep their sockets; new ones are bound now (a port that
         // cannot be bound fails the reload); removed ones stop accepting once the workers
         // take the update, and their connections close after their current exchange.

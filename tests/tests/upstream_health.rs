@@ -164,3 +164,53 @@ fn least_request_steers_around_a_busy_endpoint() {
         }
     })
 }
+
+#[test]
+fn active_health_checks_take_an_endpoint_out_and_back() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    within(TEST_LIMIT, || {
+        let sick = Arc::new(AtomicBool::new(true));
+        let flag = Arc::clone(&sick);
+        let a = Origin::start(move |req| match req.path.as_str() {
+            "/healthz" if flag.load(Ordering::SeqCst) => Reply::new(503).body("sick"),
+            "/healthz" => Reply::ok("ok"),
+            _ => Reply::ok("a"),
+        });
+        let b = Origin::start(|req| Reply::ok(if req.path == "/healthz" { "ok" } else { "b" }));
+        let list = format!("    - {}\n    - {}\n", a.url(), b.url());
+        let svc = service("svc", "x").replace("  address: x\n", &format!("  addresses:\n{list}"))
+            + "  healthCheck:\n    path: /healthz\n    intervalSeconds: 0.05\n    \
+               timeoutSeconds: 0.5\n    unhealthyThreshold: 2\n    healthyThreshold: 2\n";
+        let config = documents(&[
+            &api_instance("api", ANY_PORT, &[]),
+            &svc,
+            &route_binding("api-route", "api", "svc", None, &[]),
+        ]);
+        let gw = Gateway::start(&[("api.yaml", &config)], &["--workers", "2"]);
+        let a_endpoint = a.addr().to_string();
+        let labels = [("service", "svc"), ("endpoint", a_endpoint.as_str())];
+        let state = gw.metric_until("ringwall_upstream_endpoint_healthy", &labels, |v| v == 0.0);
+        assert_eq!(state, 0.0, "the failing endpoint was not taken out");
+        let answers: Vec<String> = (0..10)
+            .map(|i| Client::connect(gw.addr("api")).get(&format!("/{i}")).text())
+            .collect();
+        assert!(answers.iter().all(|t| t == "b"), "{answers:?}");
+        // Probes carry the Service's host and say who they are.
+        let probe = a
+            .requests()
+            .into_iter()
+            .find(|r| r.path == "/healthz")
+            .expect("a probe");
+        assert_eq!(probe.header("user-agent"), Some("ringwall-health-check"));
+        assert_eq!(probe.header("host"), Some(a_endpoint.as_str()));
+
+        sick.store(false, Ordering::SeqCst);
+        let state = gw.metric_until("ringwall_upstream_endpoint_healthy", &labels, |v| v == 1.0);
+        assert_eq!(state, 1.0, "the endpoint did not come back");
+        let answers: Vec<String> = (0..10)
+            .map(|i| Client::connect(gw.addr("api")).get(&format!("/{i}")).text())
+            .collect();
+        assert!(answers.iter().any(|t| t == "a"), "{answers:?}");
+    })
+}
