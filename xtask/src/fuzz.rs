@@ -94,18 +94,36 @@ pub fn fuzz(options: &Options) -> Result<()> {
             .args(run_args(target, options.seconds))
             // The proxy's build script would build the XDP program: not needed here.
             .env("RINGWALL_SKIP_XDP", "1");
-        proc::run(&mut cmd).with_context(|| {
-            format!(
-                "fuzz target `{target}` failed: the input that broke it is in {}",
-                dir.join("artifacts").join(target).display()
-            )
-        })?;
+        let artifacts = dir.join("artifacts").join(target);
+        let before = entries(&artifacts);
+        if let Err(e) = proc::run(&mut cmd) {
+            // A crash leaves its input; a build that failed leaves nothing new.
+            let found: Vec<_> = entries(&artifacts)
+                .into_iter()
+                .filter(|f| !before.contains(f))
+                .collect();
+            if found.is_empty() {
+                return Err(e.context(format!("fuzz target `{target}` did not run")));
+            }
+            let found: Vec<String> = found.iter().map(|f| f.display().to_string()).collect();
+            bail!(
+                "fuzz target `{target}` crashed; the input that broke it: {}",
+                found.join(", ")
+            );
+        }
         println!(
             "<== fuzz {target}: no crash in {:.0} s",
             started.elapsed().as_secs_f64()
         );
     }
     Ok(())
+}
+
+/// The files in `dir` (none when it cannot be read).
+fn entries(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    fs::read_dir(dir)
+        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default()
 }
 
 /// Installs cargo-fuzz when `cargo fuzz` is missing or another version.
