@@ -193,6 +193,12 @@ impl Origin {
     ) -> Origin {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind an origin on 127.0.0.1:0");
         let addr = listener.local_addr().expect("origin local_addr");
+        // std listens with a backlog of 128: a gateway opening thousands of upstream
+        // connections at once (the soak test) overflowed it, and the kernel reset some.
+        // Listening again on a listening socket only changes its backlog.
+        // SAFETY: listen(2) on the descriptor `listener` owns, open for the call.
+        let rc = unsafe { libc::listen(listener.as_raw_fd(), 4096) };
+        assert_eq!(rc, 0, "listen: {}", std::io::Error::last_os_error());
         let shared = Arc::new(Shared {
             handler: Box::new(handler),
             accepted: AtomicUsize::new(0),
