@@ -1849,18 +1849,31 @@ fn health_checks_are_read_with_their_defaults() {
     };
     let snapshot = ok(&[(
         "s.yaml",
-        &with("http://127.0.0.1:9001", "    path: /healthz\n    intervalSeconds: 0.5\n"),
+        &with(
+            "http://127.0.0.1:9001",
+            "    path: /healthz\n    intervalSeconds: 0.5\n",
+        ),
     )]);
     let check = snapshot.services[0].health_check.clone().expect("a check");
     assert_eq!(
         (check.path.as_str(), check.interval, check.timeout),
-        ("/healthz", Duration::from_millis(500), Duration::from_secs(1))
+        (
+            "/healthz",
+            Duration::from_millis(500),
+            Duration::from_secs(1)
+        )
     );
     assert_eq!((check.healthy_threshold, check.unhealthy_threshold), (2, 3));
     let e = error(&with("http://127.0.0.1:9001", "    path: healthz\n"));
     assert_eq!(e.message, "`healthz` is not a path starting with `/`");
     let e = error(&with("https://127.0.0.1:9001", "    path: /healthz\n"));
-    assert_eq!(e.message, "health checks of `https://` Services are not supported yet");
-    let e = error(&with("http://127.0.0.1:9001", "    path: /h\n    intervalSeconds: 0\n"));
+    assert_eq!(
+        e.message,
+        "health checks of `https://` Services are not supported yet"
+    );
+    let e = error(&with(
+        "http://127.0.0.1:9001",
+        "    path: /h\n    intervalSeconds: 0\n",
+    ));
     assert_eq!(e.message, "must be at least 0.01 seconds, found 0");
 }

@@ -11,6 +11,7 @@ pub mod client;
 pub mod gateway;
 pub mod netns;
 pub mod origin;
+pub mod process;
 pub mod redis;
 pub mod tls;
 pub mod wire;

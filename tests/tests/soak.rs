@@ -23,6 +23,7 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use ringwall_tests::process::{raise_open_files, rss};
 use ringwall_tests::wire::{encode_chunked, Transport, IO_TIMEOUT};
 use ringwall_tests::*;
 
@@ -869,32 +870,6 @@ fn held(gw: &Gateway, origin: &Origin) -> Held {
         fds,
         clients,
         upstream,
-    }
-}
-
-/// The gateway's resident memory, in bytes.
-fn rss(pid: u32) -> usize {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    let kib: usize = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS");
-    kib * 1024
-}
-
-/// Raises this process's open-files limit to its hard limit; the gateway inherits it.
-fn raise_open_files() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit and setrlimit read or write the struct given, alive across the calls.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
     }
 }
 
