@@ -359,11 +359,6 @@ fn service(
         None => None,
     };
     let mut upstream = service_endpoints(name, &f, env, scope)?;
-    if let (Some(node), true) = (f.get("healthCheck"), upstream.https) {
-        let message = "health checks of `https://` Services are not supported yet";
-        scope.error(node.line, &f.path_of("healthCheck"), message);
-        return None;
-    }
     upstream.balancing = balancing.unwrap_or_default();
     upstream.health_check = check;
     Some(upstream)

@@ -1866,11 +1866,6 @@ fn health_checks_are_read_with_their_defaults() {
     assert_eq!((check.healthy_threshold, check.unhealthy_threshold), (2, 3));
     let e = error(&with("http://127.0.0.1:9001", "    path: healthz\n"));
     assert_eq!(e.message, "`healthz` is not a path starting with `/`");
-    let e = error(&with("https://127.0.0.1:9001", "    path: /healthz\n"));
-    assert_eq!(
-        e.message,
-        "health checks of `https://` Services are not supported yet"
-    );
     let e = error(&with(
         "http://127.0.0.1:9001",
         "    path: /h\n    intervalSeconds: 0\n",

@@ -3,7 +3,8 @@
 //! worker. An endpoint is taken out after `unhealthyThreshold` failures in a row (no answer
 //! within `timeout`, or a status other than 2xx) and back after `healthyThreshold`
 //! successes; workers skip the ones out (unless all are), beside what passive health tells
-//! them. Endpoints start in: traffic flows before the first probe.
+//! them. Endpoints start in: traffic flows before the first probe. Probes of an `https://`
+//! Service go over TLS with its `tls-outbound` settings, as its requests do.
 //!
 //! The threads start with the gateway that serves (never for `validate`) and end once that
 //! gateway is gone after a reload: each holds only a weak reference to what it checks.
@@ -17,12 +18,15 @@ use std::time::Duration;
 use hashbrown::HashMap;
 use ringwall_config::{HealthCheck, Snapshot, Upstream};
 
+use crate::tls::{TlsSetup, UpstreamTls};
+
 /// One checked Service.
-#[derive(Debug)]
 pub struct Target {
     service: String,
     authority: String,
     check: HealthCheck,
+    /// How to reach an `https://` Service, as its requests do.
+    tls: Option<Arc<UpstreamTls>>,
     endpoints: Vec<(SocketAddr, AtomicBool)>,
 }
 
@@ -45,23 +49,34 @@ pub struct Checks {
 }
 
 impl Checks {
-    pub fn build(snapshot: &Snapshot) -> Checks {
+    /// The checks of `snapshot`'s Services; `tls` is the same configuration's TLS, which
+    /// probes of `https://` Services use.
+    pub fn build(snapshot: &Snapshot, tls: &TlsSetup) -> Checks {
         let mut targets: Vec<Arc<Target>> = Vec::new();
         let mut by_upstream: HashMap<*const Upstream, Arc<Target>> = HashMap::new();
         let routes = snapshot
             .apis
             .iter()
-            .map(|api| {
+            .enumerate()
+            .map(|(a, api)| {
                 api.routes
                     .iter()
-                    .map(|route| {
+                    .enumerate()
+                    .map(|(r, route)| {
                         let up = &route.upstream;
                         let check = up.health_check.as_ref()?;
+                        let tls = tls
+                            .routes
+                            .get(a)
+                            .and_then(|routes| routes.get(r))
+                            .cloned()
+                            .flatten();
                         let target = by_upstream.entry(Arc::as_ptr(up)).or_insert_with(|| {
                             let target = Arc::new(Target {
                                 service: up.name.clone(),
                                 authority: up.authority.clone(),
                                 check: check.clone(),
+                                tls,
                                 endpoints: up
                                     .addrs
                                     .iter()
@@ -116,7 +131,7 @@ fn probe_loop(target: &Weak<Target>) {
         };
         streaks.resize(t.endpoints.len(), 0);
         for ((addr, healthy), streak) in t.endpoints.iter().zip(streaks.iter_mut()) {
-            let ok = probe(*addr, &t.authority, &t.check.path, t.check.timeout);
+            let ok = probe(*addr, &t, t.check.timeout);
             *streak = match (ok, *streak) {
                 (true, n) if n > 0 => n + 1,
                 (true, _) => 1,
@@ -147,18 +162,34 @@ fn probe_loop(target: &Weak<Target>) {
     }
 }
 
-/// One probe: whether `GET path` on `addr` answers 2xx within `timeout`.
-fn probe(addr: SocketAddr, authority: &str, path: &str, timeout: Duration) -> bool {
-    let Ok(mut stream) = TcpStream::connect_timeout(&addr, timeout) else {
+/// One probe: whether `GET path` on `addr` answers 2xx within `timeout`, over TLS for an
+/// `https://` Service.
+fn probe(addr: SocketAddr, target: &Target, timeout: Duration) -> bool {
+    let Ok(stream) = TcpStream::connect_timeout(&addr, timeout) else {
         return false;
     };
     let _ = stream.set_read_timeout(Some(timeout));
     let _ = stream.set_write_timeout(Some(timeout));
     let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: ringwall-health-check\r\n\
-         Connection: close\r\n\r\n"
+        "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: ringwall-health-check\r\n\
+         Connection: close\r\n\r\n",
+        target.check.path, target.authority
     );
-    if stream.write_all(request.as_bytes()).is_err() {
+    match &target.tls {
+        None => exchange(stream, &request),
+        Some(tls) => {
+            let config = Arc::clone(&tls.client.config);
+            let Ok(conn) = rustls::ClientConnection::new(config, tls.name.clone()) else {
+                return false;
+            };
+            exchange(rustls::StreamOwned::new(conn, stream), &request)
+        }
+    }
+}
+
+/// Sends `request` and reads the status line.
+fn exchange(mut stream: impl Read + Write, request: &str) -> bool {
+    if stream.write_all(request.as_bytes()).is_err() || stream.flush().is_err() {
         return false;
     }
     let mut head = [0u8; 64];

@@ -97,7 +97,7 @@ impl Gateway {
         let tls = crate::tls::setup::build(&snapshot, &listeners, previous.map(|g| &g.tls))?;
         let breakers = crate::breaker::Breakers::build(&snapshot, previous.map(|g| &g.breakers))?;
         let metrics = crate::metrics::GatewayMetrics::new(&snapshot);
-        let checks = crate::checks::Checks::build(&snapshot);
+        let checks = crate::checks::Checks::build(&snapshot, &tls);
         Ok(Self {
             snapshot,
             listeners,

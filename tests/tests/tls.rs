@@ -1167,3 +1167,45 @@ fn https_listeners_need_a_tls_policy_and_one_tls_context_per_port() {
         );
     })
 }
+
+#[test]
+fn health_checks_of_an_https_service_probe_over_tls() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    within(TEST_LIMIT, || {
+        let pki = Pki::new("origin CA");
+        let cert = pki.leaf("origin", &["localhost"], false);
+        let sick = Arc::new(AtomicBool::new(true));
+        let flag = Arc::clone(&sick);
+        let a = TlsOrigin::start(&cert, None, move |req| match req.path.as_str() {
+            "/healthz" if flag.load(Ordering::SeqCst) => Reply::new(503).body("sick"),
+            _ => Reply::ok("a"),
+        });
+        let b = TlsOrigin::start(&cert, None, |_| Reply::ok("b"));
+        let svc = format!(
+            "{}  addresses:\n    - {}\n    - {}\n  healthCheck:\n    path: /healthz\n    \
+             intervalSeconds: 0.05\n    unhealthyThreshold: 1\n    healthyThreshold: 1\n",
+            service("svc", "x").replace("  address: x\n", ""),
+            a.https("localhost"),
+            b.https("localhost"),
+        );
+        let config = documents(&[
+            &api_instance("api", ANY_PORT, &[]),
+            &svc,
+            &route_binding("api-route", "api", "svc", None, &[]),
+            &outbound_binding("svc-tls", "svc", &trusted(&pki)),
+        ]);
+        let gw = Gateway::start(&[("api.yaml", &config)], &[]);
+        let endpoint = format!("127.0.0.1:{}", a.addr().port());
+        let labels = [("service", "svc"), ("endpoint", endpoint.as_str())];
+        let out = gw.metric_until("ringwall_upstream_endpoint_healthy", &labels, |v| v == 0.0);
+        assert_eq!(out, 0.0, "the sick TLS endpoint was not taken out");
+        assert!(a.negotiated().iter().all(|n| n.sni.as_deref() == Some("localhost")));
+        for i in 0..6 {
+            assert_eq!(plain_get(gw.addr("api"), &format!("/{i}")).text(), "b");
+        }
+        sick.store(false, Ordering::SeqCst);
+        let back = gw.metric_until("ringwall_upstream_endpoint_healthy", &labels, |v| v == 1.0);
+        assert_eq!(back, 1.0, "the TLS endpoint did not come back");
+    })
+}
