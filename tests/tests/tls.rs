@@ -1200,7 +1200,10 @@ fn health_checks_of_an_https_service_probe_over_tls() {
         let labels = [("service", "svc"), ("endpoint", endpoint.as_str())];
         let out = gw.metric_until("ringwall_upstream_endpoint_healthy", &labels, |v| v == 0.0);
         assert_eq!(out, 0.0, "the sick TLS endpoint was not taken out");
-        assert!(a.negotiated().iter().all(|n| n.sni.as_deref() == Some("localhost")));
+        assert!(a
+            .negotiated()
+            .iter()
+            .all(|n| n.sni.as_deref() == Some("localhost")));
         for i in 0..6 {
             assert_eq!(plain_get(gw.addr("api"), &format!("/{i}")).text(), "b");
         }
