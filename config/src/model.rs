@@ -119,6 +119,10 @@ pub struct Upstream {
     /// `healthCheck` (Ringwall's): probes of every endpoint, once per process.
     #[serde(rename = "healthCheck", skip_serializing_if = "Option::is_none")]
     pub health_check: Option<HealthCheck>,
+    /// The weight of each of `addrs` (`addresses[i].weight`), for [`Balancing::Weighted`];
+    /// empty when the Service gave none (all weigh the same).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub weights: Vec<u32>,
 }
 
 /// A Service's active health check: `GET path` on each endpoint every `interval`.
@@ -143,6 +147,8 @@ pub enum Balancing {
     /// In turn (the default).
     #[default]
     RoundRobin,
+    /// At random, in proportion to each address's `weight`.
+    Weighted,
     /// The endpoint with fewer requests in flight from this worker, of two picked at random.
     LeastRequest,
     /// The same endpoint for the same key while it is healthy (rendezvous hashing).

@@ -422,7 +422,7 @@ fn health_check(node: &Node, path: &str, scope: &mut Scope<'_>) -> Option<Health
     (scope.diag.errors.len() == errors).then_some(check)
 }
 
-/// `loadBalancing` (Ringwall's): `algorithm` (`roundRobin`, `leastRequest`,
+/// `loadBalancing` (Ringwall's): `algorithm` (`roundRobin`, `weighted`, `leastRequest`,
 /// `consistentHash`), and for a consistent hash `hashOn` (`remoteAddress`, or `header` with
 /// `hashHeader`).
 fn balancing(node: &Node, path: &str, scope: &mut Scope<'_>) -> Option<Balancing> {
@@ -432,6 +432,7 @@ fn balancing(node: &Node, path: &str, scope: &mut Scope<'_>) -> Option<Balancing
     let chosen = match scope.str(algorithm, &algorithm_path)? {
         "roundRobin" => Balancing::RoundRobin,
         "leastRequest" => Balancing::LeastRequest,
+        "weighted" => Balancing::Weighted,
         "consistentHash" => {
             let on = scope.require(&f, "hashOn")?;
             let on_path = f.path_of("hashOn");
@@ -451,7 +452,7 @@ fn balancing(node: &Node, path: &str, scope: &mut Scope<'_>) -> Option<Balancing
         }
         other => {
             let message = format!(
-                "unknown algorithm `{other}`; expected `roundRobin`, `leastRequest` or `consistentHash`"
+                "unknown algorithm `{other}`; expected `roundRobin`, `weighted`, `leastRequest` or `consistentHash`"
             );
             scope.error(algorithm.line, &algorithm_path, message);
             return None;
@@ -509,10 +510,30 @@ fn endpoints(
     let mut valid = true;
     for (i, node) in items.iter().enumerate() {
         let item_path = item(path, i);
-        let Some(next) = upstream(name, node, &item_path, env, scope) else {
+        // `url`, or `{address: url, weight: n}` for the `weighted` algorithm.
+        let (address, address_path, weight) = match node.as_map() {
+            None => (node, item_path.clone(), 1),
+            Some(_) => {
+                let Some(f) = scope.map(node, &item_path, &["address", "weight"]) else {
+                    valid = false;
+                    continue;
+                };
+                let weight = match f.get("weight") {
+                    Some(w) => scope.int_in(w, &f.path_of("weight"), 1..=10_000),
+                    None => Some(1),
+                };
+                let (Some(address), Some(weight)) = (scope.require(&f, "address"), weight) else {
+                    valid = false;
+                    continue;
+                };
+                (address, f.path_of("address"), weight as u32)
+            }
+        };
+        let Some(mut next) = upstream(name, address, &address_path, env, scope) else {
             valid = false;
             continue;
         };
+        next.weights = vec![weight; next.addrs.len()];
         match &mut first {
             None => first = Some(next),
             Some(up) if up.https != next.https || up.path != next.path => {
@@ -520,7 +541,10 @@ fn endpoints(
                 scope.error(node.line, &item_path, message);
                 valid = false;
             }
-            Some(up) => up.addrs.extend(next.addrs),
+            Some(up) => {
+                up.addrs.extend(next.addrs);
+                up.weights.extend(next.weights);
+            }
         }
     }
     first.filter(|_| valid)
@@ -546,6 +570,7 @@ fn upstream(
             policies: Vec::new(),
             balancing: Balancing::default(),
             health_check: None,
+            weights: Vec::new(),
         }),
         Err(e) => {
             scope.error(node.line, path, e);

@@ -1787,6 +1787,19 @@ fn a_service_may_list_several_endpoints() {
         ("127.0.0.1:9001", "/v1")
     );
 
+    let weighted = text.replace(
+        "http://orders.internal:9002/v1",
+        "{address: 'http://orders.internal:9002/v1', weight: 3}",
+    );
+    let snapshot = ok(&[
+        ("s.yaml", &weighted),
+        ("a.yaml", &api("a", "http://127.0.0.1:0")),
+    ]);
+    assert_eq!(snapshot.services[0].weights, [1, 3]);
+    let heavy = weighted.replace("weight: 3", "weight: 0");
+    let e = error(&format!("{heavy}---\n{}", api("a", "http://127.0.0.1:0")));
+    assert_eq!(e.field.as_deref(), Some("spec.addresses[1].weight"));
+
     let mixed = text.replace(
         "http://orders.internal:9002/v1",
         "https://127.0.0.1:9002/v1",

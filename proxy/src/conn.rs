@@ -641,10 +641,14 @@ async fn forward(
     w.health.request(now);
     let checks = gateway.checks.of(plan.api, plan.route);
     let down = |a: &SocketAddr| checks.is_some_and(|c| c.is_down(a));
-    let Some(mut addr) = w
-        .health
-        .pick(&upstream.addrs, None, plan.choice, &down, now)
-    else {
+    let Some(mut addr) = w.health.pick(
+        &upstream.addrs,
+        None,
+        plan.choice,
+        &upstream.weights,
+        &down,
+        now,
+    ) else {
         let e = io::Error::new(io::ErrorKind::AddrNotAvailable, "upstream has no address");
         return Err(Failure::BeforeResponse(ProxyError::Connect(e), !has_body));
     };
@@ -1072,6 +1076,7 @@ async fn connect(
 fn choice(balancing: &Balancing, req: &request::Request<'_, '_>, peer: SocketAddr) -> Choice {
     match balancing {
         Balancing::RoundRobin => Choice::RoundRobin,
+        Balancing::Weighted => Choice::Weighted,
         Balancing::LeastRequest => Choice::LeastRequest,
         Balancing::ConsistentHash(HashOn::RemoteAddress) => Choice::Hash(match peer.ip() {
             std::net::IpAddr::V4(ip) => hash_key(&ip.octets()),
@@ -1102,9 +1107,14 @@ fn another_endpoint(
         return None;
     }
     let now = Instant::now();
-    let next = w
-        .health
-        .pick(&upstream.addrs, Some(failed), choice, down, now)?;
+    let next = w.health.pick(
+        &upstream.addrs,
+        Some(failed),
+        choice,
+        &upstream.weights,
+        down,
+        now,
+    )?;
     if next == failed || !w.health.retry(now) || !may_retry() {
         return None;
     }

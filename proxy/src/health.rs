@@ -57,6 +57,8 @@ pub struct Health {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Choice {
     RoundRobin,
+    /// At random in proportion to the endpoints' weights.
+    Weighted,
     LeastRequest,
     /// Rendezvous hashing on this key: the same endpoint while it stays usable, and only the
     /// keys of an endpoint that goes move.
@@ -130,6 +132,7 @@ impl Health {
         addrs: &[SocketAddr],
         avoid: Option<SocketAddr>,
         how: Choice,
+        weights: &[u32],
         down: &dyn Fn(&SocketAddr) -> bool,
         now: Instant,
     ) -> Option<SocketAddr> {
@@ -156,6 +159,25 @@ impl Health {
         let chosen = match how {
             Choice::RoundRobin => (0..len).map(nth).find(|a| usable(a)),
             Choice::Hash(key) => candidates.max_by_key(|a| rendezvous(key, a)).copied(),
+            Choice::Weighted => {
+                let weight = |a: &SocketAddr| {
+                    let i = addrs.iter().position(|x| x == a).unwrap_or(0);
+                    u64::from(weights.get(i).copied().unwrap_or(1))
+                };
+                let total: u64 = candidates.clone().map(weight).sum();
+                let mut point = (self.random() as u64) % total.max(1);
+                candidates
+                    .clone()
+                    .find(|a| {
+                        let w = weight(a);
+                        if point < w {
+                            return true;
+                        }
+                        point -= w;
+                        false
+                    })
+                    .copied()
+            }
             Choice::LeastRequest => {
                 let count = candidates.clone().count();
                 let (first, second) = (self.random(), self.random());
@@ -266,20 +288,21 @@ mod tests {
         h.record(addr(1), Outcome::Unreachable, t0);
         for _ in 0..4 {
             assert_eq!(
-                h.pick(&addrs, None, Choice::RoundRobin, &|_| false, t0),
+                h.pick(&addrs, None, Choice::RoundRobin, &[], &|_| false, t0),
                 Some(addr(2))
             );
         }
         // Back after a second, then out for two after a second ejection.
         let t1 = t0 + Duration::from_millis(1001);
         let picks: Vec<_> = (0..2)
-            .filter_map(|_| h.pick(&addrs, None, Choice::RoundRobin, &|_| false, t1))
+            .filter_map(|_| h.pick(&addrs, None, Choice::RoundRobin, &[], &|_| false, t1))
             .collect();
         assert!(picks.contains(&addr(1)));
         h.record(addr(1), Outcome::Unreachable, t1);
         let t2 = t1 + Duration::from_millis(1500);
-        assert!((0..4)
-            .all(|_| h.pick(&addrs, None, Choice::RoundRobin, &|_| false, t2) == Some(addr(2))));
+        assert!((0..4).all(
+            |_| h.pick(&addrs, None, Choice::RoundRobin, &[], &|_| false, t2) == Some(addr(2))
+        ));
         // An answer forgets it all.
         h.record(addr(1), Outcome::Answered, t2);
         assert!(h.endpoints.borrow().is_empty());
@@ -297,11 +320,13 @@ mod tests {
         for _ in 0..CONSECUTIVE_5XX - 1 {
             h.record(addr(1), Outcome::ServerError, now);
         }
-        assert!((0..4)
-            .any(|_| h.pick(&addrs, None, Choice::RoundRobin, &|_| false, now) == Some(addr(1))));
+        assert!((0..4).any(
+            |_| h.pick(&addrs, None, Choice::RoundRobin, &[], &|_| false, now) == Some(addr(1))
+        ));
         h.record(addr(1), Outcome::ServerError, now);
-        assert!((0..4)
-            .all(|_| h.pick(&addrs, None, Choice::RoundRobin, &|_| false, now) == Some(addr(2))));
+        assert!((0..4).all(
+            |_| h.pick(&addrs, None, Choice::RoundRobin, &[], &|_| false, now) == Some(addr(2))
+        ));
     }
 
     #[test]
@@ -312,10 +337,17 @@ mod tests {
         h.record(addr(1), Outcome::Unreachable, now);
         h.record(addr(2), Outcome::Unreachable, now);
         assert!(h
-            .pick(&addrs, None, Choice::RoundRobin, &|_| false, now)
+            .pick(&addrs, None, Choice::RoundRobin, &[], &|_| false, now)
             .is_some());
         assert_eq!(
-            h.pick(&addrs, Some(addr(2)), Choice::RoundRobin, &|_| false, now),
+            h.pick(
+                &addrs,
+                Some(addr(2)),
+                Choice::RoundRobin,
+                &[],
+                &|_| false,
+                now
+            ),
             Some(addr(1))
         );
         assert_eq!(
@@ -323,12 +355,16 @@ mod tests {
                 &[addr(3)],
                 Some(addr(3)),
                 Choice::RoundRobin,
+                &[],
                 &|_| false,
                 now
             ),
             Some(addr(3))
         );
-        assert_eq!(h.pick(&[], None, Choice::RoundRobin, &|_| false, now), None);
+        assert_eq!(
+            h.pick(&[], None, Choice::RoundRobin, &[], &|_| false, now),
+            None
+        );
     }
 
     #[test]
@@ -364,14 +400,14 @@ mod balancing {
         let now = Instant::now();
         let before: Vec<_> = (0..200u64)
             .map(|k| {
-                h.pick(&all, None, Choice::Hash(k), &|_| false, now)
+                h.pick(&all, None, Choice::Hash(k), &[], &|_| false, now)
                     .expect("one")
             })
             .collect();
         // Stable, and spread over every endpoint.
         for (k, chosen) in before.iter().enumerate() {
             assert_eq!(
-                h.pick(&all, None, Choice::Hash(k as u64), &|_| false, now),
+                h.pick(&all, None, Choice::Hash(k as u64), &[], &|_| false, now),
                 Some(*chosen)
             );
         }
@@ -380,7 +416,7 @@ mod balancing {
         h.record(all[1], Outcome::Unreachable, now);
         for (k, was) in before.iter().enumerate() {
             let now_on = h
-                .pick(&all, None, Choice::Hash(k as u64), &|_| false, now)
+                .pick(&all, None, Choice::Hash(k as u64), &[], &|_| false, now)
                 .expect("one");
             if *was == all[1] {
                 assert_ne!(now_on, all[1]);
@@ -398,7 +434,7 @@ mod balancing {
         let _busy: Vec<_> = (0..5).map(|_| h.in_flight(two[0])).collect();
         let picks: Vec<_> = (0..50)
             .map(|_| {
-                h.pick(&two, None, Choice::LeastRequest, &|_| false, now)
+                h.pick(&two, None, Choice::LeastRequest, &[], &|_| false, now)
                     .expect("one")
             })
             .collect();
@@ -407,5 +443,31 @@ mod balancing {
         assert!(busy < 25, "{busy} of 50 went to the busy endpoint");
         drop(_busy);
         assert_eq!(h.outstanding.borrow().get(&two[0]), Some(&0));
+    }
+}
+
+#[cfg(test)]
+mod weights {
+    use super::*;
+
+    #[test]
+    fn weighted_picks_follow_the_weights() {
+        let h = Health::default();
+        let addrs: Vec<SocketAddr> = (1..=2)
+            .map(|p| SocketAddr::from(([127, 0, 0, 1], p)))
+            .collect();
+        let now = Instant::now();
+        let heavy = (0..4000)
+            .filter(|_| {
+                h.pick(&addrs, None, Choice::Weighted, &[3, 1], &|_| false, now) == Some(addrs[0])
+            })
+            .count();
+        // 3 in 4, give or take.
+        assert!((2800..3200).contains(&heavy), "{heavy} of 4000");
+        // An endpoint out weighs nothing.
+        h.record(addrs[0], Outcome::Unreachable, now);
+        assert!((0..20).all(
+            |_| h.pick(&addrs, None, Choice::Weighted, &[3, 1], &|_| false, now) == Some(addrs[1])
+        ));
     }
 }

@@ -214,3 +214,34 @@ fn active_health_checks_take_an_endpoint_out_and_back() {
         assert!(answers.iter().any(|t| t == "a"), "{answers:?}");
     })
 }
+
+#[test]
+fn weighted_endpoints_take_their_share() {
+    within(TEST_LIMIT, || {
+        let heavy = Origin::ok("heavy");
+        let light = Origin::ok("light");
+        let list = format!(
+            "    - {{address: {}, weight: 3}}\n    - {{address: {}, weight: 1}}\n",
+            heavy.url(),
+            light.url()
+        );
+        let svc = service("svc", "x").replace("  address: x\n", &format!("  addresses:\n{list}"))
+            + "  loadBalancing:\n    algorithm: weighted\n";
+        let config = documents(&[
+            &api_instance("api", ANY_PORT, &[]),
+            &svc,
+            &route_binding("api-route", "api", "svc", None, &[]),
+        ]);
+        let gw = Gateway::start(&[("api.yaml", &config)], &["--workers", "1"]);
+        let mut client = Client::connect(gw.addr("api"));
+        let answers: Vec<String> = (0..80)
+            .map(|i| client.get(&format!("/{i}")).text())
+            .collect();
+        let to_heavy = answers.iter().filter(|a| *a == "heavy").count();
+        assert!(
+            (48..=72).contains(&to_heavy),
+            "{to_heavy} of 80 to the 3-weight endpoint"
+        );
+        assert_eq!(heavy.request_count() + light.request_count(), 80);
+    })
+}
