@@ -22,6 +22,12 @@ pub struct Rule {
 }
 
 impl Rule {
+    /// The rule's path pattern, anchored at both ends, when it has one: what an index over
+    /// many routes can match in one pass before the rules are checked whole.
+    pub fn path_pattern(&self) -> Option<&Regex> {
+        self.path.as_ref()
+    }
+
     /// Whether a request matches every field of this rule.
     ///
     /// `path` is the request path after the base path; a query string, if present, is ignored
