@@ -250,6 +250,12 @@ mod tls {
 
             let old = client.clone().only("1.2").client(origin.addr());
             assert_eq!(old.version(), "1.2");
+            // The origin records a handshake on its own thread, after the client has seen it
+            // complete: wait for the record, not for time.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while origin.negotiated().len() < 2 && std::time::Instant::now() < deadline {
+                std::thread::yield_now();
+            }
             let seen = origin.negotiated();
             assert_eq!(seen.len(), 2, "{seen:?}");
             assert_eq!(seen[0].sni.as_deref(), Some("origin.test"));
