@@ -21,6 +21,8 @@ use std::sync::Arc;
 
 use ringwall_config::{Diagnostics, LoadErrors, Policy, Scope, Snapshot, Upstream};
 
+use crate::per_route::PerRoute;
+
 /// What `config.thresholds` allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Thresholds {
@@ -130,8 +132,7 @@ impl Breaker {
 /// The breakers of one configuration.
 #[derive(Default)]
 pub struct Breakers {
-    /// Indexed by ApiInstance then route; `None` for a Service without the policy.
-    routes: Vec<Vec<Option<Arc<Breaker>>>>,
+    routes: PerRoute<Breaker>,
     /// By Service name, for the next reload to keep.
     by_name: HashMap<String, Arc<Breaker>>,
 }
@@ -141,28 +142,12 @@ impl Breakers {
     /// it had in `previous` keeps its breaker, so what is in flight stays counted.
     pub fn build(snapshot: &Snapshot, previous: Option<&Breakers>) -> Result<Breakers, LoadErrors> {
         let mut diag = Diagnostics::default();
-        let mut built: HashMap<*const Upstream, Option<Arc<Breaker>>> = HashMap::new();
         let mut by_name = HashMap::new();
-        let routes = snapshot
-            .apis
-            .iter()
-            .map(|api| {
-                api.routes
-                    .iter()
-                    .map(|route| {
-                        let up = &route.upstream;
-                        built
-                            .entry(Arc::as_ptr(up))
-                            .or_insert_with(|| {
-                                let breaker = breaker_of(up, previous, &mut diag)?;
-                                by_name.insert(up.name.clone(), Arc::clone(&breaker));
-                                Some(breaker)
-                            })
-                            .clone()
-                    })
-                    .collect()
-            })
-            .collect();
+        let routes = PerRoute::build(snapshot, |up| {
+            let breaker = breaker_of(up, previous, &mut diag)?;
+            by_name.insert(up.name.clone(), Arc::clone(&breaker));
+            Some(breaker)
+        });
         if diag.errors.is_empty() {
             Ok(Breakers { routes, by_name })
         } else {
@@ -172,7 +157,7 @@ impl Breakers {
 
     /// The breaker of route `route` of ApiInstance `api`.
     pub fn of(&self, api: usize, route: usize) -> Option<&Arc<Breaker>> {
-        self.routes.get(api)?.get(route)?.as_ref()
+        self.routes.get(api, route)
     }
 }
 

@@ -15,9 +15,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use hashbrown::HashMap;
-use ringwall_config::{HealthCheck, Snapshot, Upstream};
+use ringwall_config::{HealthCheck, Snapshot};
 
+use crate::per_route::PerRoute;
 use crate::tls::{TlsSetup, UpstreamTls};
 
 /// One checked Service.
@@ -42,9 +42,7 @@ impl Target {
 /// The checks of one configuration.
 #[derive(Default)]
 pub struct Checks {
-    targets: Vec<Arc<Target>>,
-    /// Indexed by ApiInstance then route.
-    routes: Vec<Vec<Option<Arc<Target>>>>,
+    routes: PerRoute<Target>,
     started: AtomicBool,
 }
 
@@ -52,47 +50,21 @@ impl Checks {
     /// The checks of `snapshot`'s Services; `tls` is the same configuration's TLS, which
     /// probes of `https://` Services use.
     pub fn build(snapshot: &Snapshot, tls: &TlsSetup) -> Checks {
-        let mut targets: Vec<Arc<Target>> = Vec::new();
-        let mut by_upstream: HashMap<*const Upstream, Arc<Target>> = HashMap::new();
-        let routes = snapshot
-            .apis
-            .iter()
-            .enumerate()
-            .map(|(a, api)| {
-                api.routes
+        let routes = PerRoute::build(snapshot, |up| {
+            let check = up.health_check.as_ref()?;
+            Some(Arc::new(Target {
+                service: up.name.clone(),
+                authority: up.authority.clone(),
+                check: check.clone(),
+                tls: tls.routes.of_upstream(up).cloned(),
+                endpoints: up
+                    .addrs
                     .iter()
-                    .enumerate()
-                    .map(|(r, route)| {
-                        let up = &route.upstream;
-                        let check = up.health_check.as_ref()?;
-                        let tls = tls
-                            .routes
-                            .get(a)
-                            .and_then(|routes| routes.get(r))
-                            .cloned()
-                            .flatten();
-                        let target = by_upstream.entry(Arc::as_ptr(up)).or_insert_with(|| {
-                            let target = Arc::new(Target {
-                                service: up.name.clone(),
-                                authority: up.authority.clone(),
-                                check: check.clone(),
-                                tls,
-                                endpoints: up
-                                    .addrs
-                                    .iter()
-                                    .map(|&a| (a, AtomicBool::new(true)))
-                                    .collect(),
-                            });
-                            targets.push(Arc::clone(&target));
-                            target
-                        });
-                        Some(Arc::clone(target))
-                    })
-                    .collect()
-            })
-            .collect();
+                    .map(|&a| (a, AtomicBool::new(true)))
+                    .collect(),
+            }))
+        });
         Checks {
-            targets,
             routes,
             started: AtomicBool::new(false),
         }
@@ -100,7 +72,7 @@ impl Checks {
 
     /// The checks of route `route` of ApiInstance `api`.
     pub fn of(&self, api: usize, route: usize) -> Option<&Arc<Target>> {
-        self.routes.get(api)?.get(route)?.as_ref()
+        self.routes.get(api, route)
     }
 
     /// Starts probing, once.
@@ -108,7 +80,7 @@ impl Checks {
         if self.started.swap(true, Ordering::AcqRel) {
             return;
         }
-        for target in &self.targets {
+        for target in self.routes.values() {
             let weak = Arc::downgrade(target);
             let name = format!("health-{}", target.service);
             let spawned = std::thread::Builder::new()

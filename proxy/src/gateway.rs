@@ -203,7 +203,7 @@ impl Gateway {
 
     /// How to reach route `route` of ApiInstance `api` over TLS; `None` for `http://`.
     pub fn upstream_tls(&self, api: usize, route: usize) -> Option<&Arc<UpstreamTls>> {
-        self.tls.routes.get(api)?.get(route)?.as_ref()
+        self.tls.routes.get(api, route)
     }
 
     /// The ApiInstance with the longest base path the request falls under, then its

@@ -19,6 +19,7 @@ pub mod health;
 pub mod http;
 pub mod io;
 pub mod metrics;
+pub mod per_route;
 pub mod policy;
 pub mod pool;
 pub mod runtime_log;

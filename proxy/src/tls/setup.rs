@@ -15,6 +15,7 @@ use rustls::ServerConfig;
 use super::settings::{next_id, system_roots};
 use super::{client_tls, server_config, server_tls, ClientTls, ServerTls};
 use crate::gateway::Listener;
+use crate::per_route::PerRoute;
 
 /// How connections to one upstream are made over TLS.
 pub struct UpstreamTls {
@@ -29,8 +30,8 @@ pub struct UpstreamTls {
 pub struct TlsSetup {
     /// Indexed like the gateway's listeners; `None` for a plain one.
     pub listeners: Vec<Option<Arc<ServerConfig>>>,
-    /// Indexed by ApiInstance then route; `None` for an `http://` upstream.
-    pub routes: Vec<Vec<Option<Arc<UpstreamTls>>>>,
+    /// Each route's upstream's; none for an `http://` upstream.
+    pub routes: PerRoute<UpstreamTls>,
     /// Each `https://` upstream's, by name, for the next reload to keep.
     upstreams: HashMap<String, Kept>,
     pub warnings: Vec<ConfigError>,
@@ -57,39 +58,23 @@ pub fn build(
         .iter()
         .map(|l| listener(snapshot, l, &mut diag))
         .collect();
-    let mut built: HashMap<*const Upstream, Option<Arc<UpstreamTls>>> = HashMap::new();
     let mut upstreams = HashMap::new();
     let mut system = false;
-    let routes = snapshot
-        .apis
-        .iter()
-        .map(|api| {
-            api.routes
-                .iter()
-                .map(|route| {
-                    let up = &route.upstream;
-                    if !up.https {
-                        return None;
-                    }
-                    system |= up.tls.is_none();
-                    built
-                        .entry(Arc::as_ptr(up))
-                        .or_insert_with(|| {
-                            let old = previous.and_then(|p| p.upstreams.get(&up.name));
-                            let tls = upstream(up, old, &mut diag)?;
-                            let kept = Kept {
-                                config: up.tls.as_ref().map(|p| p.config.clone()),
-                                host: up.host.clone(),
-                                tls: Arc::clone(&tls),
-                            };
-                            upstreams.insert(up.name.clone(), kept);
-                            Some(tls)
-                        })
-                        .clone()
-                })
-                .collect()
-        })
-        .collect();
+    let routes = PerRoute::build(snapshot, |up| {
+        if !up.https {
+            return None;
+        }
+        system |= up.tls.is_none();
+        let old = previous.and_then(|p| p.upstreams.get(&up.name));
+        let tls = upstream(up, old, &mut diag)?;
+        let kept = Kept {
+            config: up.tls.as_ref().map(|p| p.config.clone()),
+            host: up.host.clone(),
+            tls: Arc::clone(&tls),
+        };
+        upstreams.insert(up.name.clone(), kept);
+        Some(tls)
+    });
     if system {
         if let Some(warning) = system_roots().1 {
             diag.warnings.push(ConfigError {
