@@ -704,7 +704,6 @@ async fn forward(
                 match opened {
                     Ok(up) => up,
                     Err(e @ (ProxyError::Connect(_) | ProxyError::ConnectTimeout)) => {
-                        w.health.record(addr, Outcome::Unreachable, Instant::now());
                         // Nothing was sent: any request may try another endpoint.
                         match another_endpoint(
                             w,
@@ -815,7 +814,6 @@ async fn forward(
             // and a request that can be replayed goes to another.
             Err(e) if !reused && replayable && e.is_stale_connection() => {
                 abort(&up.stream);
-                w.health.record(addr, Outcome::Unreachable, Instant::now());
                 match another_endpoint(
                     w,
                     upstream,
@@ -1092,8 +1090,9 @@ fn choice(balancing: &Balancing, req: &request::Request<'_, '_>, peer: SocketAdd
 /// Tries per request, the first included, when endpoints fail.
 const MAX_ATTEMPTS: u32 = 3;
 
-/// Another endpoint of `upstream` than `failed`, when the request may try it: fewer than
-/// [`MAX_ATTEMPTS`] so far, the worker's retry budget and the Service's `maxRetries` allow.
+/// Records that `failed` is unreachable, then gives another endpoint of `upstream` when the
+/// request may try it: fewer than [`MAX_ATTEMPTS`] so far, the worker's retry budget and the
+/// Service's `maxRetries` allow.
 fn another_endpoint(
     w: &Worker,
     upstream: &ringwall_config::Upstream,
@@ -1103,6 +1102,8 @@ fn another_endpoint(
     attempts: &mut u32,
     may_retry: &mut impl FnMut() -> bool,
 ) -> Option<SocketAddr> {
+    w.health
+        .record(failed, Outcome::Unreachable, Instant::now());
     if *attempts >= MAX_ATTEMPTS || upstream.addrs.len() < 2 {
         return None;
     }
