@@ -17,6 +17,7 @@ use tokio_uring::net::TcpStream;
 
 use crate::access_log::Entry;
 use crate::breaker::{Breaker, Open};
+use crate::deadline::Deadline;
 use crate::error::ProxyError;
 use crate::gateway::Gateway;
 use crate::health::{hash_key, Choice, Outcome};
@@ -67,6 +68,8 @@ struct Client {
     client_headers: HeaderLines,
     /// The request is HTTP/1.0 and asked to keep the connection: its answers must say so.
     keep_alive_10: bool,
+    /// Times every read and write of the exchange, client side and upstream alike.
+    timer: Deadline,
 }
 
 /// What the log phase records about one exchange (metrics, and the access log when one
@@ -160,6 +163,7 @@ pub(crate) async fn serve(
         up_headers: HeaderLines::default(),
         client_headers: HeaderLines::default(),
         keep_alive_10: false,
+        timer: Deadline::default(),
     };
     loop {
         match exchange(&mut client, &listener, &worker).await {
@@ -303,6 +307,11 @@ async fn phases(c: &mut Client, listener: &ListenerHandle, w: &Worker) -> Next {
             if resume.from == 0 {
                 resume.pick = w.random();
             }
+            // The upstream head is written into a pooled buffer rather than grown from
+            // nothing, request after request.
+            if c.out.capacity() == 0 {
+                c.out = w.buffers.take();
+            }
             match plan_request(c, &gateway, index, &mut resume, w.logs()) {
                 Ok(Planned::Go(plan)) => break (gateway, plan),
                 Ok(Planned::More) => {}
@@ -347,9 +356,6 @@ async fn phases(c: &mut Client, listener: &ListenerHandle, w: &Worker) -> Next {
         if idle && (w.is_draining() || listener.is_closed()) {
             return Next::Close;
         }
-        if !idle && c.out.capacity() == 0 {
-            c.out = w.buffers.take();
-        }
         let timeouts = &gateway.snapshot.settings.timeouts;
         // Idle, a keep-alive connection may wait `streamIdleSeconds`; once a head has begun
         // it must be whole within `requestHeaderSeconds` of its first byte, however it
@@ -364,7 +370,7 @@ async fn phases(c: &mut Client, listener: &ListenerHandle, w: &Worker) -> Next {
         };
         drop(gateway);
         let spare = if idle { IDLE_READ } else { MIN_READ };
-        let read = read_more(&mut c.stream, &mut c.buf, wait, spare);
+        let read = read_more(&mut c.stream, &mut c.buf, &mut c.timer, wait, spare);
         let n = if idle {
             tokio::select! {
                 n = read => n,
@@ -733,7 +739,7 @@ async fn forward(
 
         // === Phase: request head and body upstream ===
         let head = std::mem::take(&mut c.out);
-        let (res, head) = write_all(&mut up.stream, head, response_timeout).await;
+        let (res, head) = write_all(&mut up.stream, head, &mut c.timer, response_timeout).await;
         c.out = head;
         match res {
             Ok(()) => {}
@@ -752,7 +758,7 @@ async fn forward(
         }
         if has_body {
             if plan.expect_continue {
-                let (res, _) = write_all(&mut c.stream, CONTINUE, stream_idle).await;
+                let (res, _) = write_all(&mut c.stream, CONTINUE, &mut c.timer, stream_idle).await;
                 if let Err(f) = res {
                     abort(&up.stream);
                     return Err(Failure::AfterResponse(f.client()));
@@ -763,6 +769,7 @@ async fn forward(
                 &mut c.stream,
                 &mut up.stream,
                 &mut c.buf,
+                &mut c.timer,
                 plan.framing,
                 RelayOpts {
                     dechunk: false,
@@ -796,6 +803,7 @@ async fn forward(
             plan,
             draining,
             &mut c.out,
+            &mut c.timer,
             response_timeout,
             policies,
         )
@@ -858,7 +866,7 @@ async fn forward(
     }
     let head = std::mem::take(&mut c.out);
     let written = head.len() as u64;
-    let (res, head) = write_all(&mut c.stream, head, stream_idle).await;
+    let (res, head) = write_all(&mut c.stream, head, &mut c.timer, stream_idle).await;
     c.out = head;
     c.out.clear();
     if let Err(e) = res {
@@ -872,6 +880,7 @@ async fn forward(
             &mut up.stream,
             &mut c.stream,
             &mut up.buf,
+            &mut c.timer,
             resp.framing,
             RelayOpts {
                 dechunk,
@@ -928,6 +937,7 @@ async fn read_response_head(
     plan: &Plan,
     draining: bool,
     out: &mut BytesMut,
+    timer: &mut Deadline,
     wait: Duration,
     policies: ResponsePolicies<'_>,
 ) -> Result<ResponseHead, ProxyError> {
@@ -997,7 +1007,7 @@ async fn read_response_head(
             }
         }
         let left = deadline.saturating_duration_since(Instant::now());
-        match read_more(&mut up.stream, &mut up.buf, left, MIN_READ).await {
+        match read_more(&mut up.stream, &mut up.buf, timer, left, MIN_READ).await {
             Ok(0) if !received => return Err(ProxyError::UpstreamClosed),
             Ok(0) => return Err(ProxyError::BadResponse(response::BadResponse::Malformed)),
             Ok(_) => received = true,
@@ -1208,7 +1218,7 @@ async fn send_local(c: &mut Client, status: u16, close: bool) -> Next {
     c.rec.status = status;
     c.rec.bytes_out += c.out.len() as u64;
     let out = std::mem::take(&mut c.out);
-    let (res, out) = write_all(&mut c.stream, out, Duration::from_secs(5)).await;
+    let (res, out) = write_all(&mut c.stream, out, &mut c.timer, Duration::from_secs(5)).await;
     c.out = out;
     c.out.clear();
     match (res, close) {
@@ -1305,6 +1315,7 @@ async fn relay(
     src: &mut impl Io,
     dst: &mut impl Io,
     buf: &mut BytesMut,
+    timer: &mut Deadline,
     framing: Framing,
     opts: RelayOpts,
     written: &mut u64,
@@ -1356,7 +1367,7 @@ async fn relay(
             };
             if !chunk.is_empty() {
                 let len = chunk.len() as u64;
-                let (res, _) = write_all(dst, chunk, opts.write_timeout).await;
+                let (res, _) = write_all(dst, chunk, timer, opts.write_timeout).await;
                 res.map_err(RelayError::Write)?;
                 *written += len;
             }
@@ -1364,7 +1375,7 @@ async fn relay(
                 return Ok(());
             }
         }
-        match read_more(src, buf, opts.read_timeout, MIN_READ).await {
+        match read_more(src, buf, timer, opts.read_timeout, MIN_READ).await {
             Ok(0) if framing == Framing::UntilClose => return Ok(()),
             Ok(0) => return Err(RelayError::Eof),
             Ok(_) => {}
@@ -1402,6 +1413,7 @@ impl Fail {
 async fn read_more(
     stream: &mut impl Io,
     buf: &mut BytesMut,
+    timer: &mut Deadline,
     wait: Duration,
     spare: usize,
 ) -> Result<usize, Fail> {
@@ -1409,22 +1421,27 @@ async fn read_more(
         buf.reserve(if spare < MIN_READ { spare } else { BUF_SIZE });
     }
     let owned = std::mem::take(buf);
-    match timeout(wait, stream.read(owned)).await {
-        Ok((res, owned)) => {
+    match timer.within(wait, stream.read(owned)).await {
+        Some((res, owned)) => {
             *buf = owned;
             res.map_err(Fail::Io)
         }
         // The buffer stays with the abandoned read; the caller aborts the stream.
-        Err(_) => Err(Fail::Timeout),
+        None => Err(Fail::Timeout),
     }
 }
 
-async fn write_all<B>(stream: &mut impl Io, buf: B, wait: Duration) -> (Result<(), Fail>, B)
+async fn write_all<B>(
+    stream: &mut impl Io,
+    buf: B,
+    timer: &mut Deadline,
+    wait: Duration,
+) -> (Result<(), Fail>, B)
 where
     B: tokio_uring::buf::BoundedBuf + AsRef<[u8]> + Default,
 {
-    match timeout(wait, stream.write_all(buf)).await {
-        Ok((res, buf)) => (res.map_err(Fail::Io), buf),
-        Err(_) => (Err(Fail::Timeout), B::default()),
+    match timer.within(wait, stream.write_all(buf)).await {
+        Some((res, buf)) => (res.map_err(Fail::Io), buf),
+        None => (Err(Fail::Timeout), B::default()),
     }
 }

@@ -13,6 +13,7 @@ pub mod breaker;
 pub mod buffers;
 pub mod checks;
 pub mod conn;
+pub mod deadline;
 pub mod error;
 pub mod gateway;
 pub mod health;
