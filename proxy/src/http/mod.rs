@@ -49,28 +49,76 @@ pub fn header_has_token(value: &[u8], token: &[u8]) -> bool {
         .any(|item| item.trim_ascii().eq_ignore_ascii_case(token))
 }
 
-/// Hop-by-hop fields (RFC 9110 §7.6.1) and the fields a `Connection` header names.
-/// The framing fields are never among them, whatever `Connection` says: bodies are
-/// forwarded in their own framing, so dropping `Content-Length` or `Transfer-Encoding`
-/// would let the next hop read the body as another message (request smuggling).
-pub fn is_hop_by_hop(name: &str, headers: &[httparse::Header<'_>]) -> bool {
-    if name.eq_ignore_ascii_case("content-length") || name.eq_ignore_ascii_case("transfer-encoding")
-    {
-        return false;
+/// The hop-by-hop fields of one message (RFC 9110 §7.6.1): the fixed ones, and those its
+/// `Connection` headers name. The framing fields are never among them, whatever
+/// `Connection` says: bodies are forwarded in their own framing, so dropping
+/// `Content-Length` or `Transfer-Encoding` would let the next hop read the body as another
+/// message (request smuggling). Built once per message, so that asking about each of its
+/// fields does not scan the others again.
+pub struct HopByHop<'a, 'h> {
+    headers: &'a [httparse::Header<'h>],
+    /// A `Connection` header names a field beyond its usual `close` or `keep-alive`.
+    names_fields: bool,
+}
+
+impl<'a, 'h> HopByHop<'a, 'h> {
+    pub fn of(headers: &'a [httparse::Header<'h>]) -> Self {
+        let names_fields = headers.iter().any(|h| {
+            is_named(h.name, "connection")
+                && h.value.split(|&b| b == b',').any(|item| {
+                    let item = item.trim_ascii();
+                    !item.is_empty()
+                        && !item.eq_ignore_ascii_case(b"close")
+                        && !item.eq_ignore_ascii_case(b"keep-alive")
+                })
+        });
+        HopByHop {
+            headers,
+            names_fields,
+        }
     }
-    const HOP: [&str; 7] = [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "upgrade",
-        "proxy-authorization",
-    ];
-    HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
-        || headers.iter().any(|h| {
-            h.name.eq_ignore_ascii_case("connection") && header_has_token(h.value, name.as_bytes())
-        })
+
+    pub fn contains(&self, name: &str) -> bool {
+        fixed_hop_by_hop(name)
+            || (self.names_fields
+                && !is_framing(name)
+                && self.headers.iter().any(|h| {
+                    is_named(h.name, "connection") && header_has_token(h.value, name.as_bytes())
+                }))
+    }
+}
+
+/// The fields that are hop-by-hop whatever the message says. By length first: most
+/// fields are then ruled out without a comparison.
+fn fixed_hop_by_hop(name: &str) -> bool {
+    match name.len() {
+        2 => is_named(name, "te"),
+        7 => is_named(name, "trailer") || is_named(name, "upgrade"),
+        10 => is_named(name, "connection") || is_named(name, "keep-alive"),
+        16 => is_named(name, "proxy-connection"),
+        19 => is_named(name, "proxy-authorization"),
+        _ => false,
+    }
+}
+
+/// `Content-Length` or `Transfer-Encoding`.
+pub fn is_framing(name: &str) -> bool {
+    match name.len() {
+        14 => is_named(name, "content-length"),
+        17 => is_named(name, "transfer-encoding"),
+        _ => false,
+    }
+}
+
+/// Appends `n` in decimal, without `fmt`'s machinery: heads carry a status and a length each.
+pub fn put_decimal(out: &mut BytesMut, n: u64) {
+    out.put_slice(itoa::Buffer::new().format(n).as_bytes());
+}
+
+/// Whether field `name` is `lower` (a lower-case field name), as HTTP compares them.
+#[inline]
+pub fn is_named(name: &str, lower: &str) -> bool {
+    name.len() == lower.len() && name.eq_ignore_ascii_case(lower)
 }
 
 pub fn reason(status: u16) -> &'static str {
@@ -111,18 +159,22 @@ pub fn write_local_response(
     close: bool,
     head_only: bool,
 ) {
-    use std::fmt::Write;
     let body_len = if message.is_empty() {
         0
     } else {
         message.len() + 1
     };
-    // BytesMut's fmt::Write never fails.
-    let _ = write!(out, "HTTP/1.1 {status} {}\r\n", reason(status));
+    out.put_slice(b"HTTP/1.1 ");
+    put_decimal(out, u64::from(status));
+    out.put_u8(b' ');
+    out.put_slice(reason(status).as_bytes());
+    out.put_slice(b"\r\n");
     if body_len > 0 {
         out.put_slice(b"Content-Type: text/plain\r\n");
     }
-    let _ = write!(out, "Content-Length: {body_len}\r\n");
+    out.put_slice(b"Content-Length: ");
+    put_decimal(out, body_len as u64);
+    out.put_slice(b"\r\n");
     out.put_slice(extra);
     if close {
         out.put_slice(b"Connection: close\r\n");
@@ -152,17 +204,50 @@ mod tests {
             name: "Connection",
             value: b"x-secret",
         }];
-        assert!(is_hop_by_hop("X-Secret", &headers));
-        assert!(is_hop_by_hop("Keep-Alive", &headers));
-        assert!(!is_hop_by_hop("Transfer-Encoding", &headers));
-        assert!(!is_hop_by_hop("Accept", &headers));
+        let hop = HopByHop::of(&headers);
+        assert!(hop.contains("X-Secret"));
+        assert!(hop.contains("Keep-Alive"));
+        assert!(!hop.contains("Transfer-Encoding"));
+        assert!(!hop.contains("Accept"));
         // Naming a framing field in Connection must not strip it.
         let framing = [httparse::Header {
             name: "Connection",
             value: b"content-length, Transfer-Encoding",
         }];
-        assert!(!is_hop_by_hop("Content-Length", &framing));
-        assert!(!is_hop_by_hop("transfer-encoding", &framing));
+        let hop = HopByHop::of(&framing);
+        assert!(!hop.contains("Content-Length"));
+        assert!(!hop.contains("transfer-encoding"));
+    }
+
+    #[test]
+    fn the_fixed_hop_by_hop_fields_whatever_connection_says() {
+        let plain = [httparse::Header {
+            name: "connection",
+            value: b"Keep-Alive",
+        }];
+        let hop = HopByHop::of(&plain);
+        for name in [
+            "TE",
+            "Trailer",
+            "upgrade",
+            "Connection",
+            "keep-alive",
+            "Proxy-Connection",
+            "proxy-authorization",
+        ] {
+            assert!(hop.contains(name), "{name}");
+            assert!(HopByHop::of(&[]).contains(name), "{name}");
+        }
+        for name in [
+            "Tf",
+            "Trailers",
+            "Accept",
+            "X-Connection",
+            "Content-Length",
+            "Host",
+        ] {
+            assert!(!hop.contains(name), "{name}");
+        }
     }
 
     #[test]

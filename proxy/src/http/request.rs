@@ -8,7 +8,7 @@ use std::net::IpAddr;
 
 use bytes::{BufMut, BytesMut};
 
-use super::{header_has_token, is_hop_by_hop, Framing, HttpError};
+use super::{header_has_token, is_named, put_decimal, Framing, HopByHop, HttpError};
 
 /// Most header fields accepted in one request head.
 pub const MAX_HEADERS: usize = 128;
@@ -241,18 +241,10 @@ pub fn write_upstream_head(req: &Request<'_, '_>, fwd: &Forward<'_>, out: &mut B
     out.put_slice(fwd.upstream_authority.as_bytes());
     out.put_slice(b"\r\n");
 
+    let hop = HopByHop::of(req.headers);
     for h in req.headers {
         let name = h.name;
-        if name.eq_ignore_ascii_case("host")
-            || name.eq_ignore_ascii_case("expect")
-            || name.eq_ignore_ascii_case("x-forwarded-for")
-            || name.eq_ignore_ascii_case("x-forwarded-proto")
-            || name.eq_ignore_ascii_case("x-forwarded-host")
-            || name.eq_ignore_ascii_case("content-length")
-            || name.eq_ignore_ascii_case("transfer-encoding")
-            || is_hop_by_hop(name, req.headers)
-            || (fwd.strip)(name)
-        {
+        if rewritten_upstream(name) || hop.contains(name) || (fwd.strip)(name) {
             continue;
         }
         put_header(out, name.as_bytes(), h.value);
@@ -285,11 +277,11 @@ pub fn write_upstream_head(req: &Request<'_, '_>, fwd: &Forward<'_>, out: &mut B
 /// `Transfer-Encoding` could be read by the upstream as another framing, or as none, and the
 /// body bytes as the next request (TE.TE smuggling).
 fn put_framing(req: &Request<'_, '_>, out: &mut BytesMut) {
-    use std::fmt::Write;
     match req.framing {
         Framing::Length(n) => {
-            // BytesMut's fmt::Write never fails.
-            let _ = write!(out, "Content-Length: {n}\r\n");
+            out.put_slice(b"Content-Length: ");
+            put_decimal(out, n);
+            out.put_slice(b"\r\n");
         }
         Framing::Chunked => {
             out.put_slice(b"Transfer-Encoding: ");
@@ -323,6 +315,21 @@ fn put_framing(req: &Request<'_, '_>, out: &mut BytesMut) {
     }
 }
 
+/// The client's fields the gateway writes its own version of (or none): `Host`, the
+/// framing, `Expect` (answered here) and the `X-Forwarded-*` it extends. By length first,
+/// so most fields are passed without a comparison.
+fn rewritten_upstream(name: &str) -> bool {
+    match name.len() {
+        4 => is_named(name, "host"),
+        6 => is_named(name, "expect"),
+        14 => is_named(name, "content-length"),
+        15 => is_named(name, "x-forwarded-for"),
+        16 => is_named(name, "x-forwarded-host"),
+        17 => is_named(name, "x-forwarded-proto") || is_named(name, "transfer-encoding"),
+        _ => false,
+    }
+}
+
 fn put_header(out: &mut BytesMut, name: &[u8], value: &[u8]) {
     out.put_slice(name);
     out.put_slice(b": ");
@@ -331,9 +338,23 @@ fn put_header(out: &mut BytesMut, name: &[u8], value: &[u8]) {
 }
 
 fn put_ip(out: &mut BytesMut, ip: IpAddr) {
-    use std::fmt::Write;
-    // BytesMut's fmt::Write never fails.
-    let _ = write!(out, "{ip}");
+    match ip {
+        // Every request writes one: its octets directly rather than through `fmt`.
+        IpAddr::V4(v4) => {
+            let [a, b, c, d] = v4.octets();
+            for (i, octet) in [a, b, c, d].into_iter().enumerate() {
+                if i > 0 {
+                    out.put_u8(b'.');
+                }
+                put_decimal(out, u64::from(octet));
+            }
+        }
+        IpAddr::V6(v6) => {
+            use std::fmt::Write;
+            // BytesMut's fmt::Write never fails.
+            let _ = write!(out, "{v6}");
+        }
+    }
 }
 
 /// Splits an origin-form or absolute-form target into the origin-form part and the

@@ -3,7 +3,7 @@
 
 use bytes::{BufMut, BytesMut};
 
-use super::{header_has_token, is_hop_by_hop, Framing};
+use super::{header_has_token, is_named, put_decimal, Framing, HopByHop};
 
 /// Most header fields accepted in one response head.
 pub const MAX_HEADERS: usize = 128;
@@ -118,18 +118,21 @@ pub struct ToClient<'a> {
 /// Appends the head sent to the client: hop-by-hop fields dropped, connection
 /// management of our own.
 pub fn write_client_head(resp: &Response<'_, '_>, to: ToClient<'_>, out: &mut BytesMut) {
-    use std::fmt::Write;
-    // BytesMut's fmt::Write never fails.
-    let _ = write!(out, "HTTP/1.1 {} {}\r\n", resp.status, resp.reason);
+    out.put_slice(b"HTTP/1.1 ");
+    put_decimal(out, u64::from(resp.status));
+    out.put_u8(b' ');
+    out.put_slice(resp.reason.as_bytes());
+    out.put_slice(b"\r\n");
     let has_te = resp
         .headers
         .iter()
-        .any(|h| h.name.eq_ignore_ascii_case("transfer-encoding"));
+        .any(|h| is_named(h.name, "transfer-encoding"));
+    let hop = HopByHop::of(resp.headers);
     for h in resp.headers {
-        let te = h.name.eq_ignore_ascii_case("transfer-encoding");
+        let te = is_named(h.name, "transfer-encoding");
         // A message with Transfer-Encoding must not carry Content-Length as well.
-        let cl_with_te = has_te && h.name.eq_ignore_ascii_case("content-length");
-        if is_hop_by_hop(h.name, resp.headers) || cl_with_te || (te && to.dechunk) {
+        let cl_with_te = has_te && is_named(h.name, "content-length");
+        if hop.contains(h.name) || cl_with_te || (te && to.dechunk) {
             continue;
         }
         if (to.strip)(h.name) {
