@@ -28,7 +28,7 @@ use crate::http::{write_local_response, Framing, HttpError, CONTINUE};
 use crate::io::{ClientStream, Io, Stream};
 use crate::metrics::MethodClass;
 use crate::policy::{Chain, HeaderLines, Hold, Overrides, RequestCx, ResponseCx, Stop, Verdict};
-use crate::pool::{peek, still_open, Peek, PoolKey, UpstreamConn};
+use crate::pool::{peek, peek_with_next_write, still_open, Peek, PoolKey, UpstreamConn};
 use crate::tls::{HandshakeFailure, Session, TlsStream, UpstreamTls};
 use crate::worker::{ConnectionGuard, ListenerHandle, Worker};
 use ringwall_config::{Balancing, HashOn};
@@ -696,12 +696,14 @@ async fn forward(
             .overrides
             .upstream_idle
             .unwrap_or(timeouts.upstream_idle);
+        // A pooled connection must be open and silent: a replay covers a closed one, but
+        // bytes nobody asked for would be taken for this request's response. Pooled TLS
+        // connections were drained when put back (see the end of this function): anything
+        // since is in the socket, where a peek sees it. A request that may be sent again
+        // is peeked at on the ring together with its head's write (below); any other
+        // before it is sent.
         let mut up = match w.pool.take(key, pooled_idle) {
-            // Even a replayable request needs the peek: a replay covers a closed
-            // connection, not one holding bytes nobody asked for, which would be taken
-            // for this request's response.
-            // Pooled TLS connections were drained when put back (see the end of this
-            // function): anything since is in the socket, where the peek sees it.
+            Some(up) if replayable => up,
             Some(up) if still_open(up.stream.socket()) => up,
             Some(_) | None => {
                 let opened =
@@ -738,9 +740,29 @@ async fn forward(
         }
 
         // === Phase: request head and body upstream ===
+        let peeked = (reused && replayable).then(|| peek_with_next_write(up.stream.socket()));
         let head = std::mem::take(&mut c.out);
         let (res, head) = write_all(&mut up.stream, head, &mut c.timer, response_timeout).await;
         c.out = head;
+        let found = match peeked {
+            Some(peek) if res.is_ok() => peek.await,
+            _ => Peek::Silent,
+        };
+        if found != Peek::Silent {
+            // Sent, but on a connection that was closed or held bytes nobody asked for:
+            // the request goes again on another, as for a write that failed.
+            abort(&up.stream);
+            if may_replay() {
+                tracing::trace!(?found, "stale pooled connection, sent again");
+                replayable = false;
+                continue;
+            }
+            let e = match found {
+                Peek::Data => ProxyError::BadResponse(response::BadResponse::Malformed),
+                _ => ProxyError::UpstreamClosed,
+            };
+            return Err(before(e));
+        }
         match res {
             Ok(()) => {}
             // A closed pooled connection fails fast with an IO error; a timeout says

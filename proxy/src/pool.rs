@@ -4,11 +4,13 @@
 use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
+use std::sync::atomic::AtomicU8;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use hashbrown::HashMap;
 use tokio_uring::net::TcpStream;
+use tokio_uring::{InFlightOneshot, OneshotOutputTransform, UnsubmittedOneshot};
 
 use crate::io::UpstreamStream;
 
@@ -108,6 +110,51 @@ pub enum Peek {
     Closed,
 }
 
+/// Looks at `stream` on the ring, in the same submission as the write that comes next:
+/// the peek goes in now, hard-linked to the next operation submitted, so the kernel runs
+/// the two in order without a syscall of their own, and the request pays no round trip
+/// for the look. The write goes out whatever the peek finds: this is for requests that
+/// may be sent again on another connection if it finds anything (see `conn::forward`).
+/// The caller must submit the write before it awaits anything else.
+pub fn peek_with_next_write(stream: &TcpStream) -> InFlightOneshot<(), PeekResult> {
+    use io_uring::{opcode, squeue, types};
+    let sqe = opcode::Recv::new(types::Fd(stream.as_raw_fd()), PEEK_SINK.as_ptr(), 1)
+        .flags(libc::MSG_PEEK | libc::MSG_DONTWAIT)
+        .build()
+        .flags(squeue::Flags::IO_HARDLINK);
+    // What the kernel is handed stays valid: the buffer is a static byte, valid for the
+    // life of the process and never read, and the descriptor belongs to `stream`, which the
+    // caller keeps open at least until the write that follows completes. A recv with
+    // MSG_DONTWAIT completes at once; it cannot outlive the connection.
+    UnsubmittedOneshot::new((), PeekResult, sqe).submit()
+}
+
+/// Where peeks on the ring put the byte they look at. Nothing reads it: only whether a
+/// byte was there matters.
+static PEEK_SINK: AtomicU8 = AtomicU8::new(0);
+
+/// Turns the completion of [`peek_with_next_write`] into a [`Peek`].
+pub struct PeekResult;
+
+impl OneshotOutputTransform for PeekResult {
+    type Output = Peek;
+    type StoredData = ();
+
+    fn transform_oneshot_output(self, (): (), cqe: io_uring::cqueue::Entry) -> Peek {
+        peek_outcome(cqe.result())
+    }
+}
+
+/// What a `recv` with `MSG_PEEK | MSG_DONTWAIT` returning `n` (or `-errno`) says.
+fn peek_outcome(n: i32) -> Peek {
+    match n {
+        1.. => Peek::Data,
+        0 => Peek::Closed,
+        n if n == -libc::EAGAIN => Peek::Silent,
+        _ => Peek::Closed,
+    }
+}
+
 /// Looks at `stream` without reading from it: one non-blocking `recv` with `MSG_PEEK`.
 pub fn peek(stream: &TcpStream) -> Peek {
     let mut byte = 0u8;
@@ -122,11 +169,21 @@ pub fn peek(stream: &TcpStream) -> Peek {
         )
     };
     match n {
-        1.. => Peek::Data,
-        0 => Peek::Closed,
-        _ if std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock => {
-            Peek::Silent
-        }
-        _ => Peek::Closed,
+        0.. => peek_outcome(n.min(1) as i32),
+        _ => peek_outcome(-std::io::Error::last_os_error().raw_os_error().unwrap_or(0)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_a_peek_returns_says_whether_the_connection_can_be_reused() {
+        assert_eq!(peek_outcome(1), Peek::Data);
+        assert_eq!(peek_outcome(0), Peek::Closed);
+        assert_eq!(peek_outcome(-libc::EAGAIN), Peek::Silent);
+        assert_eq!(peek_outcome(-libc::ECONNRESET), Peek::Closed);
+        assert_eq!(peek_outcome(-libc::EBADF), Peek::Closed);
     }
 }
