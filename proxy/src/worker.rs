@@ -343,9 +343,7 @@ pub enum DrainPhase {
 /// The body of a worker thread: reports readiness (or why it could not start) on
 /// `ready`, serves until the drain signal, then waits for its connections to finish.
 pub fn run(setup: WorkerSetup, ready: mpsc::Sender<Result<usize, String>>) {
-    let mut builder = tokio_uring::builder();
-    builder.entries(RING_ENTRIES);
-    let rt = match tokio_uring::Runtime::new(&builder) {
+    let rt = match ring() {
         Ok(rt) => rt,
         Err(e) => {
             let _ = ready.send(Err(io_uring_unavailable(&e)));
@@ -421,6 +419,27 @@ pub fn run(setup: WorkerSetup, ready: mpsc::Sender<Result<usize, String>>) {
             let _ = tokio::time::timeout(Duration::from_secs(2), log.flush_now()).await;
         }
     });
+}
+
+/// The worker's runtime and ring. Only this thread submits to the ring, and it enters the
+/// kernel often (every batch of submissions, every park), so completions need not
+/// interrupt it: with `COOP_TASKRUN` the kernel runs the ring's deferred work at the
+/// thread's next transition instead of forcing one with an inter-processor interrupt,
+/// and `SINGLE_ISSUER` lets it skip the locking a shared ring needs. Kernels before 6.0
+/// know neither flag; there the ring is made without them.
+fn ring() -> io::Result<tokio_uring::Runtime> {
+    let mut flags = tokio_uring::uring_builder();
+    flags.setup_coop_taskrun().setup_single_issuer();
+    let mut builder = tokio_uring::builder();
+    builder.entries(RING_ENTRIES).uring_builder(&flags);
+    match tokio_uring::Runtime::new(&builder) {
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            tracing::debug!("io_uring without COOP_TASKRUN and SINGLE_ISSUER: {e}");
+            builder.uring_builder(&tokio_uring::uring_builder());
+            tokio_uring::Runtime::new(&builder)
+        }
+        made => made,
+    }
 }
 
 async fn accept_loop(listener: TcpListener, handle: Rc<ListenerHandle>, worker: Rc<Worker>) {
