@@ -7,6 +7,7 @@
 
 use std::io;
 use std::net::{Shutdown, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -370,16 +371,9 @@ async fn phases(c: &mut Client, listener: &ListenerHandle, w: &Worker) -> Next {
         };
         drop(gateway);
         let spare = if idle { IDLE_READ } else { MIN_READ };
-        let read = read_more(&mut c.stream, &mut c.buf, &mut c.timer, wait, spare);
-        let n = if idle {
-            tokio::select! {
-                n = read => n,
-                () = w.draining() => return Next::Close,
-                () = listener.closed() => return Next::Close,
-            }
-        } else {
-            read.await
-        };
+        // Idle, the wait ends early when the worker drains or the listener goes.
+        let _waiting = idle.then(|| w.idle_wait(c.stream.socket().as_raw_fd(), listener));
+        let n = read_more(&mut c.stream, &mut c.buf, &mut c.timer, wait, spare).await;
         match n {
             Ok(0) | Err(_) if idle => return Next::Close,
             Ok(0) => return Next::Close,
