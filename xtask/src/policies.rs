@@ -198,7 +198,7 @@ pub fn haproxy_frontend() -> String {
         "  stick-table type ip size 100k expire 30s store http_req_rate(1s)
   http-request track-sc0 src
   http-request set-var(txn.rate) sc_http_req_rate(0)
-  http-request deny deny_status 429 if {{ var(txn.rate) gt {RATE_PER_SECOND} }}
+  http-request deny deny_status 429 if {{ var(txn.rate) -m int gt {RATE_PER_SECOND} }}
   http-request deny deny_status 401 unless {{ http_auth_bearer,jwt_header_query('$.alg') -m str HS256 }}
   http-request deny deny_status 401 unless {{ http_auth_bearer,jwt_verify(\"HS256\",\"{JWT_SECRET}\") -m int 1 }}
   http-request set-var(txn.exp) http_auth_bearer,jwt_payload_query('$.exp','int')
@@ -384,7 +384,7 @@ mod tests {
         let haproxy = haproxy_frontend();
         for needed in [
             "http-request track-sc0 src",
-            "deny_status 429 if { var(txn.rate) gt 10000000 }",
+            "deny_status 429 if { var(txn.rate) -m int gt 10000000 }",
             "jwt_verify(\"HS256\",\"ringwall-bench-hs256-secret-0123\") -m int 1",
             "jwt_payload_query('$.exp','int')",
             "http-request set-header x-bench-inbound ringwall-bench",
