@@ -314,11 +314,11 @@ pub fn bench(options: &Options) -> Result<()> {
     if plan.modes.contains(&Mode::Pinned) && thread::available_parallelism()?.get() < 2 {
         eprintln!("warning: fewer than 2 CPUs: pinned runs share one CPU");
     }
-    let nginx_jwt = Path::new(policies::NJS_MODULE).is_file();
-    if plan.peers.contains(&Peer::Nginx) && plan.policies.contains(&Policies::Typical) && !nginx_jwt
-    {
+    let njs = Path::new(policies::NJS_MODULE).is_file();
+    if !njs {
         eprintln!(
-            "nginx skips JWT validation: {} is missing (Debian: libnginx-mod-http-js)",
+            "{} is missing (Debian: libnginx-mod-http-js): nginx skips JWT validation, and \
+             the upstream answers uploads before reading them",
             policies::NJS_MODULE
         );
     }
@@ -332,7 +332,7 @@ pub fn bench(options: &Options) -> Result<()> {
     };
     let setup = peers::Setup {
         tls: pki.as_ref(),
-        nginx_jwt,
+        njs,
     };
     peers::write_configs(work.path(), &setup)?;
     let jwt = Jwt::new();
@@ -345,7 +345,7 @@ pub fn bench(options: &Options) -> Result<()> {
         work: work.path(),
         bins: &bins,
         jwt: &jwt,
-        nginx_jwt,
+        njs,
         results: out_dir.join("results.json"),
         runs: Vec::new(),
         negotiated: Vec::new(),
@@ -433,8 +433,8 @@ struct Session<'a> {
     work: &'a Path,
     bins: &'a Bins,
     jwt: &'a Jwt,
-    /// Whether nginx validates JWTs (njs is installed).
-    nginx_jwt: bool,
+    /// Whether njs is installed: nginx validates JWTs, the upstream reads uploads whole.
+    njs: bool,
     results: PathBuf,
     runs: Vec<Run>,
     /// What each peer's TLS handshake settled on, with the probe.
@@ -446,7 +446,7 @@ struct Session<'a> {
 impl Session<'_> {
     /// What `peer` enforces of a policy set.
     fn applied(&self, peer: Peer, policies: Policies) -> &'static [&'static str] {
-        policies::applied(policies, peer != Peer::Nginx || self.nginx_jwt)
+        policies::applied(policies, peer != Peer::Nginx || self.njs)
     }
 
     /// Starts `peer` in `mode` from its configuration for `stage` (TLS with `pki`), checks
@@ -682,11 +682,16 @@ impl Session<'_> {
                 "response_header": format!("{outbound}: {outbound_value}"),
                 "jwt": "HS256, Authorization: Bearer, signature and exp checked",
                 "applied": applied,
-                "nginx_jwt": if self.nginx_jwt {
+                "nginx_jwt": if self.njs {
                     "njs (libnginx-mod-http-js)".to_owned()
                 } else {
                     format!("skipped: {} is missing", policies::NJS_MODULE)
                 },
+            },
+            "upstream_upload": if self.njs {
+                "njs js_content: the body is read whole before the answer"
+            } else {
+                "return 200: the answer goes before the body is read (no njs)"
             },
             "envoy": self.bins.envoy.as_ref().map(|bin| bin.display().to_string()),
             "skipped": self.skipped,

@@ -264,22 +264,23 @@ pub fn log_name(peer: Peer, tls: bool, policies: Policies) -> String {
 pub struct Setup<'a> {
     /// With it, the TLS configurations too, and the upstream's TLS listener.
     pub tls: Option<&'a Pki>,
-    /// Whether nginx's typical configuration validates JWTs (njs is installed).
-    pub nginx_jwt: bool,
+    /// Whether njs is installed: with it nginx's typical configuration validates JWTs, and
+    /// the upstream reads a whole upload before it answers.
+    pub njs: bool,
 }
 
 /// The configuration files, for both policy sets, and the files the upstream serves.
 pub fn write_configs(work: &Path, setup: &Setup<'_>) -> Result<()> {
     let mut files: Vec<(PathBuf, String)> = vec![(
         work.join("upstream.conf"),
-        nginx_upstream_conf(work, setup.tls),
+        nginx_upstream_conf(work, setup.tls, setup.njs),
     )];
     for policies in [Policies::None, Policies::Typical] {
         let name = |peer| log_name(peer, false, policies);
         files.extend([
             (
                 work.join(format!("{}.conf", name(Peer::Nginx))),
-                nginx_proxy_conf(work, None, policies, setup.nginx_jwt),
+                nginx_proxy_conf(work, None, policies, setup.njs),
             ),
             (
                 work.join(format!("{}.cfg", name(Peer::Haproxy))),
@@ -295,8 +296,9 @@ pub fn write_configs(work: &Path, setup: &Setup<'_>) -> Result<()> {
             ),
         ]);
     }
-    if setup.nginx_jwt {
+    if setup.njs {
         files.push((work.join("jwt.js"), policies::njs_script()));
+        files.push((work.join("upstream.js"), UPSTREAM_NJS.to_owned()));
     }
     if let Some(pki) = setup.tls {
         let name = |peer| log_name(peer, true, Policies::None);
@@ -376,11 +378,41 @@ fn nginx_ssl(pki: &Pki) -> String {
     )
 }
 
-fn nginx_upstream_conf(work: &Path, tls: Option<&Pki>) -> String {
+/// The upstream's answer to an upload, through njs: `js_content` reads the whole body before
+/// it runs, as an API that takes uploads would. nginx's own `return` answers at once and
+/// discards the body afterwards, so a proxy streaming the body upstream gets its answer
+/// early, cannot reuse that upstream connection and (nginx) closes the client's.
+const UPSTREAM_NJS: &str = "// Written by `cargo xtask bench`: the upstream's upload handler.
+function upload(r) {
+    r.return(200, 'uploaded');
+}
+
+export default { upload };
+";
+
+/// The upstream: every workload's answer (see the module doc); with `njs`, uploads read
+/// whole before the answer (see [`UPSTREAM_NJS`]).
+fn nginx_upstream_conf(work: &Path, tls: Option<&Pki>, njs: bool) -> String {
     let files = work.join("files");
     let files = files.display();
     let (inbound, _) = policies::INBOUND_HEADER;
     let inbound = inbound.replace('-', "_");
+    let (module, import, upload) = if njs {
+        (
+            format!("load_module {};\n", policies::NJS_MODULE),
+            format!(
+                "  js_import upstream from {}/upstream.js;\n",
+                work.display()
+            ),
+            "client_body_buffer_size 2m; js_content upstream.upload;".to_owned(),
+        )
+    } else {
+        (
+            String::new(),
+            String::new(),
+            format!("return 200 \"{UPLOADED}\";"),
+        )
+    };
     // `direct` over TLS: the same answer, behind the bench's certificate.
     let tls_server = tls.map_or(String::new(), |pki| {
         format!(
@@ -393,15 +425,15 @@ fn nginx_upstream_conf(work: &Path, tls: Option<&Pki>) -> String {
         )
     });
     format!(
-        "{}http {{
-{}  sendfile on;
+        "{module}{}http {{
+{}{import}  sendfile on;
   server {{
     listen 127.0.0.1:{UPSTREAM_PORT} backlog=4096;
     client_max_body_size 2m;
     location / {{ return 200 \"{HELLO}\"; }}
     location = /64k {{ alias {files}/64k; }}
     location = /1m {{ alias {files}/1m; }}
-    location = /upload {{ return 200 \"{UPLOADED}\"; }}
+    location = /upload {{ {upload} }}
     location = {ECHO_INBOUND} {{ return 200 \"$http_{inbound}\"; }}
   }}
 {tls_server}}}
@@ -413,7 +445,10 @@ fn nginx_upstream_conf(work: &Path, tls: Option<&Pki>) -> String {
 
 /// nginx as the proxy. Bodies stream both ways (`proxy_buffering off`,
 /// `proxy_request_buffering off`), as the other peers do by default: buffered, nginx would
-/// write a 1 MiB response to a temporary file.
+/// write a 1 MiB response to a temporary file. Streaming, nginx reads the upstream into its
+/// `proxy_buffer_size` buffer, one page by default (258 reads for 1 MiB, counted): 16 KiB,
+/// HAProxy's buffer size, so that neither reads in smaller pieces than the other (and
+/// `proxy_buffers` to match, which nginx checks even when it does not buffer).
 fn nginx_proxy_conf(work: &Path, tls: Option<&Pki>, policies: Policies, jwt: bool) -> String {
     let name = log_name(Peer::Nginx, tls.is_some(), policies);
     let listen = match tls {
@@ -451,6 +486,8 @@ fn nginx_proxy_conf(work: &Path, tls: Option<&Pki>, policies: Policies, jwt: boo
     {listen}    client_max_body_size 2m;
     proxy_buffering off;
     proxy_request_buffering off;
+    proxy_buffer_size 16k;
+    proxy_buffers 8 16k;
 {server}    location / {{
       proxy_pass http://origin;
       proxy_http_version 1.1;
@@ -573,7 +610,7 @@ mod tests {
     #[test]
     fn configs_listen_where_the_peers_are_driven() {
         let work = Path::new("/tmp/w");
-        let upstream = nginx_upstream_conf(work, None);
+        let upstream = nginx_upstream_conf(work, None, false);
         assert!(upstream.contains("listen 127.0.0.1:9000 "));
         assert!(upstream.contains("return 200 \"hello\";"));
         assert!(upstream.contains("pid /tmp/w/upstream.pid;"));
@@ -593,6 +630,7 @@ mod tests {
             "client_max_body_size 2m;",
             "proxy_buffering off;",
             "proxy_request_buffering off;",
+            "proxy_buffer_size 16k;",
         ] {
             assert!(proxy.contains(streaming), "{streaming}");
         }
@@ -615,7 +653,7 @@ mod tests {
     #[test]
     fn tls_configs_terminate_with_the_one_certificate_where_the_peers_are_driven() {
         let (work, pki) = (Path::new("/tmp/w"), pki());
-        let upstream = nginx_upstream_conf(work, Some(&pki));
+        let upstream = nginx_upstream_conf(work, Some(&pki), false);
         assert!(upstream.contains("listen 127.0.0.1:9000 backlog=4096;"));
         assert!(upstream.contains("listen 127.0.0.1:9443 ssl backlog=4096;"));
         let proxy = nginx_proxy_conf(work, Some(&pki), Policies::None, true);
@@ -686,11 +724,11 @@ spec:
     fn nginx_configs_balance_their_braces() {
         let pki = pki();
         for conf in [
-            nginx_upstream_conf(Path::new("/w"), None),
+            nginx_upstream_conf(Path::new("/w"), None, true),
             nginx_proxy_conf(Path::new("/w"), None, Policies::None, true),
             nginx_proxy_conf(Path::new("/w"), None, Policies::Typical, true),
             nginx_proxy_conf(Path::new("/w"), None, Policies::Typical, false),
-            nginx_upstream_conf(Path::new("/w"), Some(&pki)),
+            nginx_upstream_conf(Path::new("/w"), Some(&pki), false),
             nginx_proxy_conf(Path::new("/w"), Some(&pki), Policies::None, false),
         ] {
             assert_eq!(
@@ -729,6 +767,13 @@ spec:
     #[test]
     fn typical_configs_carry_the_policies_where_each_peer_reads_them() {
         let work = Path::new("/w");
+        let upstream = nginx_upstream_conf(work, None, true);
+        assert!(upstream.starts_with("load_module /usr/lib/nginx/modules/ngx_http_js_module.so;\n"));
+        assert!(upstream.contains("  js_import upstream from /w/upstream.js;\n"));
+        assert!(upstream.contains(
+            "location = /upload { client_body_buffer_size 2m; js_content upstream.upload; }"
+        ));
+        assert!(UPSTREAM_NJS.contains("r.return(200, 'uploaded');"));
         let nginx = nginx_proxy_conf(work, None, Policies::Typical, true);
         assert!(nginx.starts_with(
             "load_module /usr/lib/nginx/modules/ngx_http_js_module.so;\nworker_processes 1;"
@@ -766,7 +811,7 @@ spec:
         let work = crate::proc::TempDir::new("xtask-peers-test").unwrap();
         let setup = Setup {
             tls: None,
-            nginx_jwt: true,
+            njs: true,
         };
         write_configs(work.path(), &setup).unwrap();
         for file in [
@@ -780,6 +825,7 @@ spec:
             "ringwall/gateway.yaml",
             "ringwall-typical/gateway.yaml",
             "jwt.js",
+            "upstream.js",
         ] {
             assert!(work.path().join(file).is_file(), "{file}");
         }
