@@ -109,7 +109,8 @@ pub struct Options {
     /// The TLS scenarios: short for --workloads "tls-keepalive tls-handshake".
     #[arg(long, conflicts_with = "scenarios")]
     tls: bool,
-    /// Count instructions (callgrind) and syscalls (perf) per request instead of timing.
+    /// Count instructions (callgrind) and syscalls (perf) per request instead of timing
+    /// (pinned, the plain workloads).
     #[arg(long)]
     count: bool,
     /// Requests per (peer, workload, policies) in --count (a tenth for 1 MiB workloads and
@@ -368,6 +369,9 @@ pub fn bench(options: &Options) -> Result<()> {
                 if let Some(why) = Plan::skip_reason(peer, &stage) {
                     if peer != Peer::Direct {
                         eprintln!("skipping {} over TLS: {why}", peer.name());
+                        session
+                            .skipped
+                            .push(format!("{} over TLS: {why}", peer.name()));
                     }
                     continue;
                 }

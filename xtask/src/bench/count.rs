@@ -466,7 +466,7 @@ pub fn parse_perf_stat(csv: &str, requests: u32) -> Result<Syscalls> {
 /// and the syscalls that make up most of them.
 pub fn table(rows: &[Counted]) -> String {
     let mut out = format!(
-        "{:<9} {:<8} {:<7} {:>8} {:>12} {:>8} {:>10} {:>9}  {}\n",
+        "{:<9} {:<8} {:<8} {:>8} {:>12} {:>8} {:>12} {:>9}  {}\n",
         "peer",
         "policies",
         "workload",
@@ -502,7 +502,7 @@ pub fn table(rows: &[Counted]) -> String {
             None => ("-".into(), "-".into(), "-".into(), String::new()),
         };
         let line = format!(
-            "{:<9} {:<8} {:<7} {:>8} {:>12} {:>8} {:>10} {:>9}  {top}",
+            "{:<9} {:<8} {:<8} {:>8} {:>12} {:>8} {:>12} {:>9}  {top}",
             row.peer, row.policies, row.scenario, ir_reqs, ir, sys_reqs, sys, sqes
         );
         out.push_str(line.trim_end());
@@ -634,13 +634,18 @@ mod tests {
         let lines: Vec<&str> = table.lines().collect();
         assert!(
             lines[1].starts_with(
-                "ringwall  none     small       1000        25000     2000       0.51      4.00"
+                "ringwall  none     small        1000        25000     2000         0.51      4.00"
             ),
             "{table}"
         );
         assert!(lines[1].ends_with("io_uring_enter 0.50, read 0.01"));
+        let header = lines[0];
+        let column = |line: &str, name: &str| line.find(name).map(|at| at + name.len());
+        // Each figure ends where its heading does.
+        assert_eq!(column(header, "syscalls/req"), column(lines[1], "0.51"));
+        assert_eq!(column(header, "SQEs/req"), column(lines[1], "4.00"));
         assert!(
-            lines[2].ends_with("       -            -        -          -         -"),
+            lines[2].ends_with("       -            -        -            -         -"),
             "{table}"
         );
         let doc = to_json(&rows);
