@@ -39,7 +39,7 @@ use tokio_rustls::TlsConnector;
 
 use crate::proc;
 use crate::tls::{response_end, REQUEST, SERVER_NAME};
-use crate::wrk::WrkReport;
+use crate::wrk::{WrkReport, PERCENTILES};
 
 /// An exchange that takes longer is a timeout error (wrk's default timeout).
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -60,13 +60,7 @@ pub fn run(
         thread::Builder::new()
             .name("handshakes".to_owned())
             .spawn(move || -> Result<Tally> {
-                if let Some(cpu) = cpu {
-                    pin_this_thread(cpu)?;
-                }
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_io()
-                    .enable_time()
-                    .build()?;
+                let runtime = runtime_on(cpu)?;
                 let cpu_before = thread_cpu_time();
                 let mut tally = runtime.block_on(load(connector, addr, conns, duration));
                 tally.client_cpu = thread_cpu_time().saturating_sub(cpu_before);
@@ -150,11 +144,14 @@ impl Tally {
         }
         self.latencies_us.sort_unstable();
         let requests = self.latencies_us.len() as u64;
+        let at = |pct: f64| percentile(&self.latencies_us, pct) as f64;
         Ok(WrkReport {
             requests,
             requests_per_sec: requests as f64 / duration.as_secs_f64(),
-            p50_us: percentile(&self.latencies_us, 50.0) as f64,
-            p99_us: percentile(&self.latencies_us, 99.0) as f64,
+            p50_us: at(50.0),
+            p99_us: at(99.0),
+            p999_us: at(99.9),
+            percentiles: PERCENTILES.iter().map(|&pct| (pct, at(pct))).collect(),
             socket_errors: self.errors,
             non_2xx: self.non_2xx,
         })
@@ -309,6 +306,17 @@ impl ServerCertVerifier for BenchCertificate {
     }
 }
 
+/// A client's runtime on the calling thread, which it first pins to `cpu` if given.
+pub(crate) fn runtime_on(cpu: Option<u32>) -> Result<tokio::runtime::Runtime> {
+    if let Some(cpu) = cpu {
+        pin_this_thread(cpu)?;
+    }
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()?)
+}
+
 /// Runs the calling thread on `cpu` alone, as `taskset -c CPU` runs wrk.
 fn pin_this_thread(cpu: u32) -> Result<()> {
     let cpu = usize::try_from(cpu)?;
@@ -356,6 +364,9 @@ mod tests {
         assert_eq!(report.requests, 4);
         assert_eq!(report.requests_per_sec, 2.0);
         assert_eq!((report.p50_us, report.p99_us), (200.0, 400.0));
+        assert_eq!(report.p999_us, 400.0);
+        assert_eq!(report.percentiles.len(), PERCENTILES.len());
+        assert_eq!(report.percentiles[0], (10.0, 100.0));
         assert_eq!(report.errors(), 3);
 
         let resumed = Tally {

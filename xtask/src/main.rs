@@ -4,15 +4,19 @@
 mod bench;
 mod build;
 mod ci;
+mod client;
 mod demo;
+mod envoy;
 mod fuzz;
 mod handshakes;
 mod peers;
+mod policies;
 mod proc;
 mod report;
 mod setup;
 mod synflood;
 mod tls;
+mod venv;
 mod wrk;
 mod xdp_check;
 
@@ -48,7 +52,7 @@ enum Task {
     },
     /// Every check CI runs: setup, build-ebpf, fmt, clippy, build, tests.
     Test,
-    /// Load benchmark of Ringwall beside nginx and HAProxy (wrk, loopback only).
+    /// Load benchmark of Ringwall beside nginx, HAProxy and Envoy (wrk, loopback only).
     Bench(bench::Options),
     /// CPU cost of dropping a SYN flood: XDP, nftables, iptables, accept, no rule (namespaces).
     BenchSyn(synflood::Options),

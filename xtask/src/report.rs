@@ -1,7 +1,8 @@
-//! The bench's arithmetic and its outputs: medians per (scenario, peer, mode, connections),
-//! the Ringwall/nginx and Ringwall/HAProxy ratios (the figures that mean something on a noisy
-//! shared machine, because both sides are measured in the same run), the printed tables and
-//! the JSON document.
+//! The bench's arithmetic and its outputs: medians per (scenario, policies, peer, mode,
+//! connections), of requests/s and of the latency at each percentile wrk reported; the
+//! Ringwall/nginx, Ringwall/HAProxy and Ringwall/Envoy ratios (the figures that mean something
+//! on a noisy shared machine, because both sides are measured in the same run); the printed
+//! tables and the JSON document.
 
 use std::fmt::Write as _;
 
@@ -13,6 +14,10 @@ use crate::wrk::WrkReport;
 #[derive(Debug, Clone)]
 pub struct Run {
     pub scenario: String,
+    /// The policy set (`none`, `typical`).
+    pub policies: String,
+    /// What of it the peer enforces (nginx without njs skips JWT).
+    pub applied: Vec<String>,
     pub peer: String,
     pub mode: String,
     pub conns: u32,
@@ -31,10 +36,12 @@ pub struct PeerCpu {
     pub us_per_request: f64,
 }
 
-/// The runs of one (scenario, peer, mode, connections), summarised.
+/// The runs of one (scenario, policies, peer, mode, connections), summarised.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Row {
     pub scenario: String,
+    pub policies: String,
+    pub applied: Vec<String>,
     pub peer: String,
     pub mode: String,
     pub conns: u32,
@@ -44,21 +51,26 @@ pub struct Row {
     pub spread_pct: f64,
     pub p50_us: f64,
     pub p99_us: f64,
+    pub p999_us: f64,
+    /// The median over the runs of the latency at each percentile (the plot's points).
+    pub percentiles: Vec<(f64, f64)>,
     /// Socket errors and non-2xx responses, summed over the runs.
     pub errors: u64,
     /// Medians, when the runs measured it.
     pub peer_cpu: Option<PeerCpu>,
 }
 
-/// Ringwall's figures divided by a peer's, for one (scenario, mode, connections).
+/// Ringwall's figures divided by a peer's, for one (scenario, policies, mode, connections).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Ratio {
     pub scenario: String,
+    pub policies: String,
     pub mode: String,
     pub conns: u32,
     pub baseline: String,
     pub requests_per_sec: f64,
     pub p99: f64,
+    pub p999: f64,
     /// Ringwall's CPU per request over the peer's, when both were measured.
     pub cpu_per_request: Option<f64>,
 }
@@ -83,12 +95,23 @@ pub fn spread_pct(values: &[f64]) -> f64 {
     }
 }
 
-/// One row per (scenario, peer, mode, connections), in the order first run.
+/// Whether a run belongs to a row's group.
+fn same_group(run: &Run, key: &(&str, &str, &str, &str, u32)) -> bool {
+    let &(scenario, policies, peer, mode, conns) = key;
+    run.scenario == scenario
+        && run.policies == policies
+        && run.peer == peer
+        && run.mode == mode
+        && run.conns == conns
+}
+
+/// One row per (scenario, policies, peer, mode, connections), in the order first run.
 pub fn summarize(runs: &[Run]) -> Vec<Row> {
-    let mut keys: Vec<(&str, &str, &str, u32)> = Vec::new();
+    let mut keys: Vec<(&str, &str, &str, &str, u32)> = Vec::new();
     for run in runs {
         let key = (
             run.scenario.as_str(),
+            run.policies.as_str(),
             run.peer.as_str(),
             run.mode.as_str(),
             run.conns,
@@ -98,25 +121,14 @@ pub fn summarize(runs: &[Run]) -> Vec<Row> {
         }
     }
     keys.into_iter()
-        .map(|(scenario, peer, mode, conns)| {
-            let group: Vec<&WrkReport> = runs
-                .iter()
-                .filter(|r| {
-                    r.scenario == scenario && r.peer == peer && r.mode == mode && r.conns == conns
-                })
-                .map(|r| &r.report)
-                .collect();
+        .map(|key| {
+            let (scenario, policies, peer, mode, conns) = key;
+            let group: Vec<&Run> = runs.iter().filter(|r| same_group(r, &key)).collect();
             let of = |field: fn(&WrkReport) -> f64| -> Vec<f64> {
-                group.iter().map(|r| field(r)).collect()
+                group.iter().map(|r| field(&r.report)).collect()
             };
             let rps = of(|r| r.requests_per_sec);
-            let cpus: Vec<PeerCpu> = runs
-                .iter()
-                .filter(|r| {
-                    r.scenario == scenario && r.peer == peer && r.mode == mode && r.conns == conns
-                })
-                .filter_map(|r| r.peer_cpu)
-                .collect();
+            let cpus: Vec<PeerCpu> = group.iter().filter_map(|r| r.peer_cpu).collect();
             let peer_cpu = (!cpus.is_empty()).then(|| {
                 let of = |field: fn(&PeerCpu) -> f64| -> f64 {
                     median(&cpus.iter().map(field).collect::<Vec<_>>()).unwrap_or(0.0)
@@ -126,8 +138,11 @@ pub fn summarize(runs: &[Run]) -> Vec<Row> {
                     us_per_request: of(|c| c.us_per_request),
                 }
             });
+            let reports: Vec<&WrkReport> = group.iter().map(|r| &r.report).collect();
             Row {
                 scenario: scenario.to_owned(),
+                policies: policies.to_owned(),
+                applied: group.first().map(|r| r.applied.clone()).unwrap_or_default(),
                 peer: peer.to_owned(),
                 mode: mode.to_owned(),
                 conns,
@@ -136,21 +151,47 @@ pub fn summarize(runs: &[Run]) -> Vec<Row> {
                 spread_pct: spread_pct(&rps),
                 p50_us: median(&of(|r| r.p50_us)).unwrap_or(0.0),
                 p99_us: median(&of(|r| r.p99_us)).unwrap_or(0.0),
-                errors: group.iter().map(|r| r.errors()).sum(),
+                p999_us: median(&of(|r| r.p999_us)).unwrap_or(0.0),
+                percentiles: median_percentiles(&reports),
+                errors: group.iter().map(|r| r.report.errors()).sum(),
                 peer_cpu,
             }
         })
         .collect()
 }
 
-/// Ringwall against nginx and HAProxy for every (scenario, mode, connections) where both ran.
+/// At each percentile the first run reported, the median of the runs' latencies there.
+fn median_percentiles(reports: &[&WrkReport]) -> Vec<(f64, f64)> {
+    let Some(first) = reports.first() else {
+        return Vec::new();
+    };
+    first
+        .percentiles
+        .iter()
+        .filter_map(|&(pct, _)| {
+            let values: Vec<f64> = reports
+                .iter()
+                .filter_map(|r| r.percentiles.iter().find(|(p, _)| *p == pct))
+                .map(|&(_, us)| us)
+                .collect();
+            median(&values).map(|us| (pct, us))
+        })
+        .collect()
+}
+
+/// The peers Ringwall is compared with.
+pub const BASELINES: [&str; 3] = ["nginx", "haproxy", "envoy"];
+
+/// Ringwall against each baseline for every (scenario, policies, mode, connections) where
+/// both ran.
 pub fn ratios(rows: &[Row]) -> Vec<Ratio> {
     let mut ratios = Vec::new();
     for ringwall in rows.iter().filter(|r| r.peer == "ringwall") {
-        for baseline in ["nginx", "haproxy"] {
+        for baseline in BASELINES {
             let Some(base) = rows.iter().find(|r| {
                 r.peer == baseline
                     && r.scenario == ringwall.scenario
+                    && r.policies == ringwall.policies
                     && r.mode == ringwall.mode
                     && r.conns == ringwall.conns
             }) else {
@@ -158,11 +199,13 @@ pub fn ratios(rows: &[Row]) -> Vec<Ratio> {
             };
             ratios.push(Ratio {
                 scenario: ringwall.scenario.clone(),
+                policies: ringwall.policies.clone(),
                 mode: ringwall.mode.clone(),
                 conns: ringwall.conns,
                 baseline: baseline.to_owned(),
                 requests_per_sec: divide(ringwall.requests_per_sec, base.requests_per_sec),
                 p99: divide(ringwall.p99_us, base.p99_us),
+                p999: divide(ringwall.p999_us, base.p999_us),
                 cpu_per_request: ringwall
                     .peer_cpu
                     .zip(base.peer_cpu)
@@ -181,21 +224,44 @@ fn divide(a: f64, b: f64) -> f64 {
     }
 }
 
-/// The medians; with the proxies' CPU columns when some row measured it.
+/// What a row's peer enforced, short: `rl+hdr+jwt`.
+fn applied_short(applied: &[String]) -> String {
+    let short: Vec<&str> = applied
+        .iter()
+        .map(|policy| match policy.as_str() {
+            "rate-limit" => "rl",
+            "header-injection" => "hdr",
+            other => other,
+        })
+        .collect();
+    if short.is_empty() {
+        "-".to_owned()
+    } else {
+        short.join("+")
+    }
+}
+
+/// The medians; with an `applied` column when some row ran policies, and the proxies' CPU
+/// columns when some row measured it.
 pub fn table(rows: &[Row]) -> String {
     let cpu = rows.iter().any(|row| row.peer_cpu.is_some());
+    let applied = rows.iter().any(|row| !row.applied.is_empty());
     let mut out = format!(
-        "{:<9} {:<9} {:>5} {:>11} {:>8} {:>8} {:>9} {:>7}",
-        "peer", "mode", "conns", "req/s", "spread%", "p50 µs", "p99 µs", "errors"
+        "{:<9} {:<9} {:>5} {:>11} {:>8} {:>8} {:>9} {:>9} {:>7}",
+        "peer", "mode", "conns", "req/s", "spread%", "p50 µs", "p99 µs", "p99.9 µs", "errors"
     );
+    if applied {
+        let _ = write!(out, " {:<11}", "applied");
+    }
     if cpu {
         let _ = write!(out, " {:>9} {:>10}", "peer CPU%", "CPU µs/req");
     }
+    out.truncate(out.trim_end_matches(' ').len());
     out.push('\n');
     for row in rows {
         let _ = write!(
             out,
-            "{:<9} {:<9} {:>5} {:>11.0} {:>8.1} {:>8.0} {:>9.0} {:>7}",
+            "{:<9} {:<9} {:>5} {:>11.0} {:>8.1} {:>8.0} {:>9.0} {:>9.0} {:>7}",
             row.peer,
             row.mode,
             row.conns,
@@ -203,8 +269,12 @@ pub fn table(rows: &[Row]) -> String {
             row.spread_pct,
             row.p50_us,
             row.p99_us,
+            row.p999_us,
             row.errors
         );
+        if applied {
+            let _ = write!(out, " {:<11}", applied_short(&row.applied));
+        }
         match (cpu, row.peer_cpu) {
             (true, Some(c)) => {
                 let _ = write!(out, " {:>9.0} {:>10.1}", c.busy_pct, c.us_per_request);
@@ -214,6 +284,9 @@ pub fn table(rows: &[Row]) -> String {
             }
             (false, _) => {}
         }
+        // Trailing spaces from an `applied` column at the end of the line.
+        let trimmed = out.trim_end_matches(' ').len();
+        out.truncate(trimmed);
         out.push('\n');
     }
     out
@@ -223,8 +296,8 @@ pub fn table(rows: &[Row]) -> String {
 pub fn ratio_table(ratios: &[Ratio]) -> String {
     let cpu = ratios.iter().any(|ratio| ratio.cpu_per_request.is_some());
     let mut out = format!(
-        "{:<18} {:<9} {:>5} {:>7} {:>7}",
-        "ratio", "mode", "conns", "req/s", "p99"
+        "{:<18} {:<9} {:>5} {:>7} {:>7} {:>7}",
+        "ratio", "mode", "conns", "req/s", "p99", "p99.9"
     );
     if cpu {
         let _ = write!(out, " {:>7}", "CPU/req");
@@ -233,12 +306,13 @@ pub fn ratio_table(ratios: &[Ratio]) -> String {
     for ratio in ratios {
         let _ = write!(
             out,
-            "{:<18} {:<9} {:>5} {:>7.2} {:>7.2}",
+            "{:<18} {:<9} {:>5} {:>7.2} {:>7.2} {:>7.2}",
             format!("ringwall/{}", ratio.baseline),
             ratio.mode,
             ratio.conns,
             ratio.requests_per_sec,
-            ratio.p99
+            ratio.p99,
+            ratio.p999
         );
         if cpu {
             let _ = match ratio.cpu_per_request {
@@ -259,6 +333,8 @@ pub fn to_json(settings: Value, runs: &[Run]) -> Value {
         "settings": settings,
         "runs": runs.iter().map(|run| json!({
             "scenario": run.scenario,
+            "policies": run.policies,
+            "applied": run.applied,
             "peer": run.peer,
             "mode": run.mode,
             "conns": run.conns,
@@ -267,6 +343,8 @@ pub fn to_json(settings: Value, runs: &[Run]) -> Value {
             "requests_per_sec": run.report.requests_per_sec,
             "p50_us": run.report.p50_us,
             "p99_us": run.report.p99_us,
+            "p999_us": run.report.p999_us,
+            "percentiles": run.report.percentiles,
             "socket_errors": run.report.socket_errors,
             "non_2xx": run.report.non_2xx,
             "peer_cpu_pct": run.peer_cpu.map(|c| c.busy_pct),
@@ -274,6 +352,8 @@ pub fn to_json(settings: Value, runs: &[Run]) -> Value {
         })).collect::<Vec<_>>(),
         "medians": rows.iter().map(|row| json!({
             "scenario": row.scenario,
+            "policies": row.policies,
+            "applied": row.applied,
             "peer": row.peer,
             "mode": row.mode,
             "conns": row.conns,
@@ -282,6 +362,8 @@ pub fn to_json(settings: Value, runs: &[Run]) -> Value {
             "spread_pct": row.spread_pct,
             "p50_us": row.p50_us,
             "p99_us": row.p99_us,
+            "p999_us": row.p999_us,
+            "percentiles": row.percentiles,
             "errors": row.errors,
             "peer_cpu_pct": row.peer_cpu.map(|c| c.busy_pct),
             "peer_cpu_us_per_request": row.peer_cpu.map(|c| c.us_per_request),
@@ -290,10 +372,12 @@ pub fn to_json(settings: Value, runs: &[Run]) -> Value {
         "ratios": ratios.iter().map(|ratio| json!({
             "ratio": format!("ringwall/{}", ratio.baseline),
             "scenario": ratio.scenario,
+            "policies": ratio.policies,
             "mode": ratio.mode,
             "conns": ratio.conns,
             "requests_per_sec": ratio.requests_per_sec,
             "p99": ratio.p99,
+            "p999": ratio.p999,
             "cpu_per_request": ratio.cpu_per_request,
         })).collect::<Vec<_>>(),
     })
@@ -305,7 +389,9 @@ mod tests {
 
     fn run(peer: &str, conns: u32, rps: f64, p99_us: f64, errors: u64) -> Run {
         Run {
-            scenario: "plain".to_owned(),
+            scenario: "small".to_owned(),
+            policies: "none".to_owned(),
+            applied: Vec::new(),
             peer: peer.to_owned(),
             mode: "pinned".to_owned(),
             conns,
@@ -315,11 +401,90 @@ mod tests {
                 requests_per_sec: rps,
                 p50_us: p99_us / 2.0,
                 p99_us,
+                p999_us: p99_us * 2.0,
+                percentiles: vec![(50.0, p99_us / 2.0), (99.0, p99_us), (99.9, p99_us * 2.0)],
                 socket_errors: errors,
                 non_2xx: 1,
             },
             peer_cpu: None,
         }
+    }
+
+    fn with_policies(mut run: Run, applied: &[&str]) -> Run {
+        run.policies = "typical".to_owned();
+        run.applied = applied.iter().map(|a| (*a).to_owned()).collect();
+        run
+    }
+
+    #[test]
+    fn policy_sets_are_summarised_and_compared_apart_with_every_baseline() {
+        let full = ["rate-limit", "header-injection", "jwt"];
+        let rows = summarize(&[
+            run("nginx", 64, 100.0, 40.0, 0),
+            run("envoy", 64, 50.0, 80.0, 0),
+            run("ringwall", 64, 100.0, 20.0, 0),
+            with_policies(run("nginx", 64, 80.0, 50.0, 0), &full[..2]),
+            with_policies(run("envoy", 64, 40.0, 100.0, 0), &full),
+            with_policies(run("ringwall", 64, 90.0, 25.0, 0), &full),
+        ]);
+        assert_eq!(rows.len(), 6, "one row per policy set and peer");
+        assert_eq!(rows[3].applied, ["rate-limit", "header-injection"]);
+        let ratios = ratios(&rows);
+        let pairs: Vec<(&str, &str, f64, f64)> = ratios
+            .iter()
+            .map(|r| {
+                (
+                    r.policies.as_str(),
+                    r.baseline.as_str(),
+                    r.requests_per_sec,
+                    r.p999,
+                )
+            })
+            .collect();
+        assert_eq!(
+            pairs,
+            [
+                ("none", "nginx", 1.0, 0.5),
+                ("none", "envoy", 2.0, 0.25),
+                ("typical", "nginx", 1.125, 0.5),
+                ("typical", "envoy", 2.25, 0.25),
+            ]
+        );
+        let table = table(&rows);
+        assert!(table.lines().next().unwrap().ends_with("errors applied"));
+        assert!(
+            table.lines().nth(4).unwrap().ends_with(" rl+hdr"),
+            "{table}"
+        );
+        assert!(table.lines().nth(6).unwrap().ends_with(" rl+hdr+jwt"));
+        assert!(table.lines().nth(1).unwrap().ends_with(" -"));
+        let doc = to_json(
+            json!({}),
+            &[with_policies(run("nginx", 64, 1.0, 2.0, 0), &full)],
+        );
+        assert_eq!(doc["runs"][0]["applied"][2], "jwt");
+        assert_eq!(doc["medians"][0]["policies"], "typical");
+    }
+
+    #[test]
+    fn percentiles_are_the_median_of_the_runs_at_each_point() {
+        let mut runs = [
+            run("nginx", 64, 100.0, 40.0, 0),
+            run("nginx", 64, 100.0, 10.0, 0),
+            run("nginx", 64, 100.0, 30.0, 0),
+        ];
+        // A run that lacks a point leaves it to the others.
+        runs[2].report.percentiles.pop();
+        let rows = summarize(&runs);
+        assert_eq!(
+            rows[0].percentiles,
+            [(50.0, 15.0), (99.0, 30.0), (99.9, 50.0)]
+        );
+        assert_eq!(rows[0].p999_us, 60.0);
+        let doc = to_json(json!({}), &runs);
+        assert_eq!(doc["medians"][0]["percentiles"][1], json!([99.0, 30.0]));
+        assert_eq!(doc["runs"][0]["percentiles"][2], json!([99.9, 80.0]));
+        assert_eq!(doc["runs"][1]["p999_us"], 20.0);
     }
 
     #[test]
@@ -395,7 +560,7 @@ mod tests {
         assert_eq!(ratios.len(), 2, "no HAProxy: one ratio per scenario");
         assert_eq!(
             (ratios[0].scenario.as_str(), ratios[0].requests_per_sec),
-            ("plain", 1.5)
+            ("small", 1.5)
         );
         assert_eq!(
             (
@@ -464,11 +629,11 @@ mod tests {
         ]);
         assert_eq!(
             table(&rows).lines().next().unwrap(),
-            "peer      mode      conns       req/s  spread%   p50 µs    p99 µs  errors"
+            "peer      mode      conns       req/s  spread%   p50 µs    p99 µs  p99.9 µs  errors"
         );
         assert_eq!(
             ratio_table(&ratios(&rows)).lines().next().unwrap(),
-            "ratio              mode      conns   req/s     p99"
+            "ratio              mode      conns   req/s     p99   p99.9"
         );
     }
 
@@ -482,8 +647,8 @@ mod tests {
         assert_eq!(doc["runs"].as_array().unwrap().len(), 2);
         assert_eq!(doc["medians"][1]["peer"], "ringwall");
         assert_eq!(doc["ratios"][0]["requests_per_sec"], 0.5);
-        assert_eq!(doc["ratios"][0]["scenario"], "plain");
-        assert_eq!(doc["runs"][1]["scenario"], "plain");
+        assert_eq!(doc["ratios"][0]["scenario"], "small");
+        assert_eq!(doc["runs"][1]["scenario"], "small");
         assert_eq!(doc["settings"]["duration_s"], 1);
     }
 }

@@ -11,15 +11,21 @@ use anyhow::{bail, Result};
 
 use crate::proc;
 
-/// Debian packages: the kernel-plane tools, Redis for shared storage, the bench peers, and
-/// what bench-syn floods and filters with (trafgen is in netsniff-ng).
+/// Debian packages: the kernel-plane tools, Redis for shared storage, the bench peers (with
+/// njs, nginx's JWT validation in the bench; and python3-venv for Envoy's wheel and the
+/// latency plot), what `bench --count` counts with (valgrind, perf), and what bench-syn
+/// floods and filters with (trafgen is in netsniff-ng).
 pub const APT_PACKAGES: &[&str] = &[
     "iproute2",
     "bpftool",
     "redis-server",
     "nginx",
+    "libnginx-mod-http-js",
     "haproxy",
+    "python3-venv",
     "wrk",
+    "valgrind",
+    "linux-perf",
     "curl",
     "netsniff-ng",
     "nftables",
