@@ -1,40 +1,14 @@
 //! The request and response phases of a warm policy chain allocate nothing: a counting
-//! global allocator (this test binary's own) watches a chain of every per-request policy
+//! global allocator (`counting`) watches a chain of every per-request policy
 //! whose common path must stay allocation-free. JWT validation is left out: decoding a token
 //! allocates by nature.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use ringwall::http::request;
 use ringwall::policy::{compile, HeaderLines, Overrides, RequestCx, ResponseCx, Stop};
 
-struct Counting;
-
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: every call is forwarded unchanged to the system allocator; the counter is the only
-// addition and it does not allocate.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as ours.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as ours.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
+mod counting;
 
 /// The policies under watch, bound to one ApiInstance.
 const CONFIG: &str = "apiVersion: gateway.mulesoft.com/v1alpha1
@@ -139,11 +113,11 @@ fn a_warm_chain_allocates_nothing_per_request() {
     let (applied, overrides) = exchange();
     assert_eq!(applied.count_ones(), 9);
     assert!(overrides.response_timeout.is_some());
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    let before = counting::allocations();
     for _ in 0..1000 {
         exchange();
     }
-    let allocated = ALLOCATIONS.load(Ordering::Relaxed) - before;
+    let allocated = counting::allocations() - before;
     assert_eq!(
         allocated, 0,
         "{allocated} allocations in 1000 warm exchanges"
