@@ -38,6 +38,11 @@ use ringwall_config::{Balancing, HashOn};
 const BUF_SIZE: usize = 16 * 1024;
 /// Spare room a read asks for at least.
 const MIN_READ: usize = 4 * 1024;
+/// The read size for a body known to be larger than [`BUF_SIZE`]: a read takes what has
+/// arrived up to this much, and each read is one write onward, so a 64 KiB response goes
+/// out in one or two sends rather than four to six (each send on a loopback or LAN socket
+/// costs the receiver a wakeup). A connection keeps such a buffer only while it relays.
+const LARGE_READ: usize = 64 * 1024;
 /// A read buffer's size while its connection waits for a request: most heads fit, and a
 /// connection left idle holds no more than this.
 const IDLE_READ: usize = 2 * 1024;
@@ -917,6 +922,11 @@ async fn forward(
     // Bytes past the response, in our buffer or still in TLS, would be read as the next
     // request's response.
     if resp.reusable && up.buf.is_empty() && up.stream.is_drained() {
+        // Grown for a large body (reclaiming shows the allocation's real size): an idle
+        // connection keeps an ordinary buffer.
+        if up.buf.try_reclaim(BUF_SIZE) && up.buf.capacity() > BUF_SIZE {
+            up.buf = BytesMut::with_capacity(BUF_SIZE);
+        }
         w.pool.put(up);
     } else {
         abort(&up.stream);
@@ -1391,7 +1401,11 @@ async fn relay(
                 return Ok(());
             }
         }
-        match read_more(src, buf, timer, opts.read_timeout, MIN_READ).await {
+        let want = match framing {
+            Framing::Length(_) if remaining > BUF_SIZE as u64 => LARGE_READ,
+            _ => MIN_READ,
+        };
+        match read_more(src, buf, timer, opts.read_timeout, want).await {
             Ok(0) if framing == Framing::UntilClose => return Ok(()),
             Ok(0) => return Err(RelayError::Eof),
             Ok(_) => {}
@@ -1424,8 +1438,9 @@ impl Fail {
     }
 }
 
-/// Reads into the spare capacity of `buf`, growing it when less than `spare` is left (to
-/// `spare` itself below [`MIN_READ`], the idle read's size, else by [`BUF_SIZE`]).
+/// Reads into the spare capacity of `buf`, growing it when less than `spare` is left: by
+/// [`BUF_SIZE`] when `spare` is [`MIN_READ`], else by `spare` itself (the idle read's
+/// small size, or a large body's [`LARGE_READ`]).
 async fn read_more(
     stream: &mut impl Io,
     buf: &mut BytesMut,
@@ -1434,7 +1449,11 @@ async fn read_more(
     spare: usize,
 ) -> Result<usize, Fail> {
     if buf.capacity() - buf.len() < spare {
-        buf.reserve(if spare < MIN_READ { spare } else { BUF_SIZE });
+        buf.reserve(match spare {
+            ..MIN_READ => spare,
+            MIN_READ => BUF_SIZE,
+            _ => spare,
+        });
     }
     let owned = std::mem::take(buf);
     match timer.within(wait, stream.read(owned)).await {
