@@ -26,7 +26,7 @@ use crate::http::chunked::ChunkedDecoder;
 use crate::http::request::{self, Forward};
 use crate::http::response::{self, ToClient};
 use crate::http::{write_local_response, Framing, HttpError, CONTINUE};
-use crate::io::{ClientStream, Io, Stream};
+use crate::io::{ClientStream, Io, IoVecs, Stream};
 use crate::metrics::MethodClass;
 use crate::policy::{Chain, HeaderLines, Hold, Overrides, RequestCx, ResponseCx, Stop, Verdict};
 use crate::pool::{peek, peek_with_next_write, still_open, Peek, PoolKey, UpstreamConn};
@@ -76,6 +76,8 @@ struct Client {
     keep_alive_10: bool,
     /// Times every read and write of the exchange, client side and upstream alike.
     timer: Deadline,
+    /// For writing a response head and body bytes together (see `Stream::write_both`).
+    iov: Option<IoVecs>,
 }
 
 /// What the log phase records about one exchange (metrics, and the access log when one
@@ -170,6 +172,7 @@ pub(crate) async fn serve(
         client_headers: HeaderLines::default(),
         keep_alive_10: false,
         timer: Deadline::default(),
+        iov: None,
     };
     loop {
         match exchange(&mut client, &listener, &worker).await {
@@ -885,10 +888,38 @@ async fn forward(
             body_done = true;
         }
     }
+    // A larger body's bytes that came with the head go out with it, in one send.
+    let mut framing = resp.framing;
+    let with_head = match framing {
+        Framing::Length(n) if !body_done && !up.buf.is_empty() => {
+            let part = up.buf.split_to(up.buf.len().min(n as usize));
+            framing = Framing::Length(n - part.len() as u64);
+            body_done = framing == Framing::Length(0);
+            Some(part)
+        }
+        _ => None,
+    };
     let head = std::mem::take(&mut c.out);
-    let written = head.len() as u64;
-    let (res, head) = write_all(&mut c.stream, head, &mut c.timer, stream_idle).await;
-    c.out = head;
+    let written = (head.len() + with_head.as_ref().map_or(0, BytesMut::len)) as u64;
+    let res = match with_head {
+        None => {
+            let (res, head) = write_all(&mut c.stream, head, &mut c.timer, stream_idle).await;
+            c.out = head;
+            res
+        }
+        Some(part) => {
+            let iov = c.iov.take().unwrap_or_default();
+            let both = c.stream.write_both(head, part, iov);
+            match c.timer.within(stream_idle, both).await {
+                Some((res, head, _, iov)) => {
+                    c.out = head;
+                    c.iov = Some(iov);
+                    res.map_err(Fail::Io)
+                }
+                None => Err(Fail::Timeout),
+            }
+        }
+    };
     c.out.clear();
     if let Err(e) = res {
         abort(&up.stream);
@@ -902,7 +933,7 @@ async fn forward(
             &mut c.stream,
             &mut up.buf,
             &mut c.timer,
-            resp.framing,
+            framing,
             RelayOpts {
                 dechunk,
                 limit: None,

@@ -140,3 +140,45 @@ fn expect_100_continue_gets_continue_before_the_body_is_sent() {
         assert_eq!(origin.single_request().body, b"hello world");
     })
 }
+
+/// Bodies on either side of the sizes where the relay changes how it moves them: copied
+/// next to the head (16 KiB and under, when whole), sent with the head in one gathered
+/// write (the part that came with it), read 64 KiB at a time. One keep-alive connection
+/// carries them all, so a body cut or overrun shows in the next response.
+#[test]
+fn content_length_bodies_around_the_relay_sizes_arrive_intact_on_one_connection() {
+    within(TEST_LIMIT, || {
+        let sizes = [
+            0,
+            1,
+            16 << 10,
+            (16 << 10) + 1,
+            40 << 10,
+            64 << 10,
+            (64 << 10) + 1,
+            (128 << 10) + 7,
+            300 << 10,
+        ];
+        let mut rng = Rng::new(0x5eed_0007);
+        let bodies: Vec<Vec<u8>> = sizes.iter().map(|&n| rng.bytes(n)).collect();
+        let served = bodies.clone();
+        let origin = Origin::start(move |req| {
+            let i: usize = req.path.trim_start_matches("/b").parse().unwrap_or(0);
+            Reply::ok(served.get(i).cloned().unwrap_or_default())
+        });
+        let gw = gateway_to(&origin);
+        let mut client = Client::connect(gw.addr("api"));
+        for round in 0..3 {
+            for (i, body) in bodies.iter().enumerate() {
+                let resp = client.get(&format!("/b{i}"));
+                assert_eq!(resp.status, 200, "round {round}, {} bytes", body.len());
+                assert_same_bytes(&resp.body, body, &format!("{} bytes", body.len()));
+            }
+        }
+        assert_eq!(
+            origin.connections(),
+            1,
+            "the upstream connection was reused throughout"
+        );
+    })
+}
