@@ -18,6 +18,7 @@ use tokio_uring::net::TcpStream;
 
 use crate::access_log::Entry;
 use crate::breaker::{Breaker, Open};
+use crate::buffers::{Buffers, LARGE_BUF};
 use crate::deadline::Deadline;
 use crate::error::ProxyError;
 use crate::gateway::Gateway;
@@ -38,11 +39,6 @@ use ringwall_config::{Balancing, HashOn};
 const BUF_SIZE: usize = 16 * 1024;
 /// Spare room a read asks for at least.
 const MIN_READ: usize = 4 * 1024;
-/// The read size for a body known to be larger than [`BUF_SIZE`]: a read takes what has
-/// arrived up to this much, and each read is one write onward, so a 64 KiB response goes
-/// out in one or two sends rather than four to six (each send on a loopback or LAN socket
-/// costs the receiver a wakeup). A connection keeps such a buffer only while it relays.
-const LARGE_READ: usize = 64 * 1024;
 /// A read buffer's size while its connection waits for a request: most heads fit, and a
 /// connection left idle holds no more than this.
 const IDLE_READ: usize = 2 * 1024;
@@ -802,6 +798,7 @@ async fn forward(
                     write_timeout: response_timeout,
                 },
                 &mut c.rec.bytes_in,
+                &w.large,
             )
             .await;
             if let Err(e) = relayed {
@@ -941,6 +938,7 @@ async fn forward(
                 write_timeout: stream_idle,
             },
             &mut c.rec.bytes_out,
+            &w.large,
         )
         .await;
         if let Err(e) = relayed {
@@ -953,11 +951,6 @@ async fn forward(
     // Bytes past the response, in our buffer or still in TLS, would be read as the next
     // request's response.
     if resp.reusable && up.buf.is_empty() && up.stream.is_drained() {
-        // Grown for a large body (reclaiming shows the allocation's real size): an idle
-        // connection keeps an ordinary buffer.
-        if up.buf.try_reclaim(BUF_SIZE) && up.buf.capacity() > BUF_SIZE {
-            up.buf = BytesMut::with_capacity(BUF_SIZE);
-        }
         w.pool.put(up);
     } else {
         abort(&up.stream);
@@ -1368,6 +1361,7 @@ impl RelayError {
 /// that follow the body (a pipelined request) stay in `buf`. Adds the bytes written to
 /// `dst`, framing included, to `written` as it goes, so a body cut short still counts
 /// what crossed; `opts.limit` applies to the body's data.
+#[allow(clippy::too_many_arguments)]
 async fn relay(
     src: &mut impl Io,
     dst: &mut impl Io,
@@ -1376,6 +1370,34 @@ async fn relay(
     framing: Framing,
     opts: RelayOpts,
     written: &mut u64,
+    large: &Buffers,
+) -> Result<(), RelayError> {
+    let mut own = None;
+    let relayed = relay_body(
+        src, dst, buf, timer, framing, opts, written, large, &mut own,
+    )
+    .await;
+    // The connection's own buffer comes back, unless bytes past the body wait in the
+    // large one (a pipelined request): they stay where they were read.
+    if let Some(own) = own.filter(|_| buf.is_empty()) {
+        large.give(std::mem::replace(buf, own));
+    }
+    relayed
+}
+
+/// [`relay`]'s loop. A body known to be large is read through one of the worker's large
+/// buffers, swapped in for the connection's own (kept in `own`) once `buf` is empty.
+#[allow(clippy::too_many_arguments)]
+async fn relay_body(
+    src: &mut impl Io,
+    dst: &mut impl Io,
+    buf: &mut BytesMut,
+    timer: &mut Deadline,
+    framing: Framing,
+    opts: RelayOpts,
+    written: &mut u64,
+    large: &Buffers,
+    own: &mut Option<BytesMut>,
 ) -> Result<(), RelayError> {
     let mut sent: u64 = 0;
     let mut decoder = ChunkedDecoder::new();
@@ -1433,9 +1455,12 @@ async fn relay(
             }
         }
         let want = match framing {
-            Framing::Length(_) if remaining > BUF_SIZE as u64 => LARGE_READ,
+            Framing::Length(_) if remaining > BUF_SIZE as u64 => LARGE_BUF,
             _ => MIN_READ,
         };
+        if want == LARGE_BUF && own.is_none() && buf.is_empty() && buf.capacity() < LARGE_BUF {
+            *own = Some(std::mem::replace(buf, large.take()));
+        }
         match read_more(src, buf, timer, opts.read_timeout, want).await {
             Ok(0) if framing == Framing::UntilClose => return Ok(()),
             Ok(0) => return Err(RelayError::Eof),
@@ -1471,7 +1496,7 @@ impl Fail {
 
 /// Reads into the spare capacity of `buf`, growing it when less than `spare` is left: by
 /// [`BUF_SIZE`] when `spare` is [`MIN_READ`], else by `spare` itself (the idle read's
-/// small size, or a large body's [`LARGE_READ`]).
+/// small size, or a large body's [`LARGE_BUF`]).
 async fn read_more(
     stream: &mut impl Io,
     buf: &mut BytesMut,

@@ -43,6 +43,8 @@ pub struct Worker {
     pub pool: Pool,
     /// Spare write buffers, which idle keep-alive connections give back.
     pub buffers: crate::buffers::Buffers,
+    /// Spare buffers for relaying large bodies.
+    pub large: crate::buffers::Buffers,
     /// Responses close their connections: the drain period has begun.
     closing: Cell<bool>,
     draining: Cell<bool>,
@@ -70,7 +72,8 @@ impl Worker {
             admission: RefCell::new(update.admission.clone()),
             access_log: RefCell::new(None),
             pool: Pool::default(),
-            buffers: crate::buffers::Buffers::default(),
+            buffers: crate::buffers::Buffers::write(),
+            large: crate::buffers::Buffers::large(),
             closing: Cell::new(false),
             draining: Cell::new(false),
             drain_started: Notify::new(),
