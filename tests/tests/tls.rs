@@ -1184,7 +1184,8 @@ fn health_checks_of_an_https_service_probe_over_tls() {
         let b = TlsOrigin::start(&cert, None, |_| Reply::ok("b"));
         let svc = format!(
             "{}  addresses:\n    - {}\n    - {}\n  healthCheck:\n    path: /healthz\n    \
-             intervalSeconds: 0.05\n    unhealthyThreshold: 1\n    healthyThreshold: 1\n",
+             intervalSeconds: 0.05\n    timeoutSeconds: 5\n    unhealthyThreshold: 1\n    \
+             healthyThreshold: 1\n",
             service("svc", "x").replace("  address: x\n", ""),
             a.https("localhost"),
             b.https("localhost"),
@@ -1200,6 +1201,15 @@ fn health_checks_of_an_https_service_probe_over_tls() {
         let labels = [("service", "svc"), ("endpoint", endpoint.as_str())];
         let out = gw.metric_until("ringwall_upstream_endpoint_healthy", &labels, |v| v == 0.0);
         assert_eq!(out, 0.0, "the sick TLS endpoint was not taken out");
+        // With every endpoint down the gateway would use them all: `b` must be up too. (A
+        // probe over TLS slower than the default second, on a loaded test machine, took
+        // it out with a threshold of one.)
+        let b_endpoint = format!("127.0.0.1:{}", b.addr().port());
+        let b_labels = [("service", "svc"), ("endpoint", b_endpoint.as_str())];
+        let up = gw.metric_until("ringwall_upstream_endpoint_healthy", &b_labels, |v| {
+            v == 1.0
+        });
+        assert_eq!(up, 1.0, "the healthy TLS endpoint was taken out");
         assert!(a
             .negotiated()
             .iter()
