@@ -739,8 +739,23 @@ async fn forward(
 
         // === Phase: request head and body upstream ===
         let peeked = (reused && replayable).then(|| peek_with_next_write(up.stream.socket()));
+        // The body bytes that came with the head go with it, in one send. (Only a request
+        // with a body, which is never sent twice, so they cannot be needed again.)
+        let (with_head, framing) = match plan.expect_continue {
+            false => body_with_head(&mut c.buf, plan.framing),
+            true => (None, plan.framing),
+        };
+        c.rec.bytes_in += with_head.as_ref().map_or(0, |part| part.len() as u64);
         let head = std::mem::take(&mut c.out);
-        let (res, head) = write_all(&mut up.stream, head, &mut c.timer, response_timeout).await;
+        let (res, head) = write_head(
+            &mut up.stream,
+            head,
+            with_head,
+            &mut c.timer,
+            response_timeout,
+            &mut c.iov,
+        )
+        .await;
         c.out = head;
         let found = match peeked {
             Some(peek) if res.is_ok() => peek.await,
@@ -776,7 +791,7 @@ async fn forward(
                 return Err(before(e.upstream()));
             }
         }
-        if has_body {
+        if has_body && framing != Framing::Length(0) {
             if plan.expect_continue {
                 let (res, _) = write_all(&mut c.stream, CONTINUE, &mut c.timer, stream_idle).await;
                 if let Err(f) = res {
@@ -790,7 +805,7 @@ async fn forward(
                 &mut up.stream,
                 &mut c.buf,
                 &mut c.timer,
-                plan.framing,
+                framing,
                 RelayOpts {
                     dechunk: false,
                     limit: settings.limits.max_body_bytes,
@@ -886,37 +901,23 @@ async fn forward(
         }
     }
     // A larger body's bytes that came with the head go out with it, in one send.
-    let mut framing = resp.framing;
-    let with_head = match framing {
-        Framing::Length(n) if !body_done && !up.buf.is_empty() => {
-            let part = up.buf.split_to(up.buf.len().min(n as usize));
-            framing = Framing::Length(n - part.len() as u64);
-            body_done = framing == Framing::Length(0);
-            Some(part)
-        }
-        _ => None,
+    let (with_head, framing) = match body_done {
+        false => body_with_head(&mut up.buf, resp.framing),
+        true => (None, resp.framing),
     };
+    body_done |= framing == Framing::Length(0);
     let head = std::mem::take(&mut c.out);
     let written = (head.len() + with_head.as_ref().map_or(0, BytesMut::len)) as u64;
-    let res = match with_head {
-        None => {
-            let (res, head) = write_all(&mut c.stream, head, &mut c.timer, stream_idle).await;
-            c.out = head;
-            res
-        }
-        Some(part) => {
-            let iov = c.iov.take().unwrap_or_default();
-            let both = c.stream.write_both(head, part, iov);
-            match c.timer.within(stream_idle, both).await {
-                Some((res, head, _, iov)) => {
-                    c.out = head;
-                    c.iov = Some(iov);
-                    res.map_err(Fail::Io)
-                }
-                None => Err(Fail::Timeout),
-            }
-        }
-    };
+    let (res, head) = write_head(
+        &mut c.stream,
+        head,
+        with_head,
+        &mut c.timer,
+        stream_idle,
+        &mut c.iov,
+    )
+    .await;
+    c.out = head;
     c.out.clear();
     if let Err(e) = res {
         abort(&up.stream);
@@ -1519,6 +1520,47 @@ async fn read_more(
         }
         // The buffer stays with the abandoned read; the caller aborts the stream.
         None => Err(Fail::Timeout),
+    }
+}
+
+/// The part of a `Content-Length` body already read (into `buf`, after the head), split off
+/// to be sent with the head, and the framing of the rest.
+fn body_with_head(buf: &mut BytesMut, framing: Framing) -> (Option<BytesMut>, Framing) {
+    match framing {
+        Framing::Length(n) if !buf.is_empty() => {
+            let part = buf.split_to(buf.len().min(usize::try_from(n).unwrap_or(usize::MAX)));
+            let rest = Framing::Length(n - part.len() as u64);
+            (Some(part), rest)
+        }
+        _ => (None, framing),
+    }
+}
+
+/// Writes a message head, and `part` of its body after it in the same send when there is
+/// one (see [`Stream::write_both`]); gives the head's buffer back.
+async fn write_head<C, D>(
+    stream: &mut Stream<C>,
+    head: BytesMut,
+    part: Option<BytesMut>,
+    timer: &mut Deadline,
+    wait: Duration,
+    iov: &mut Option<IoVecs>,
+) -> (Result<(), Fail>, BytesMut)
+where
+    C: std::ops::DerefMut<Target = rustls::ConnectionCommon<D>>,
+    D: rustls::SideData + 'static,
+{
+    let Some(part) = part else {
+        return write_all(stream, head, timer, wait).await;
+    };
+    let both = stream.write_both(head, part, iov.take().unwrap_or_default());
+    match timer.within(wait, both).await {
+        Some((res, head, _, vecs)) => {
+            *iov = Some(vecs);
+            (res.map_err(Fail::Io), head)
+        }
+        // The buffers stay with the abandoned write; the caller aborts the stream.
+        None => (Err(Fail::Timeout), BytesMut::new()),
     }
 }
 
