@@ -3,9 +3,11 @@
 //! snapshot, off the hot path, and shared read-only by every worker.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use regex_automata::{PatternID, PatternSet};
 use ringwall_config::{ApiInstance, LoadErrors, Route, Snapshot};
 
 use crate::http::request::Request;
@@ -39,11 +41,19 @@ pub struct Gateway {
 const INDEXED_FROM: usize = 16;
 
 struct RouteIndex {
-    set: regex::RegexSet,
-    /// The route of each pattern in `set`.
-    owner: Vec<usize>,
+    /// Every pattern, searched for all at once (`MatchKind::All`, as a `RegexSet` is).
+    set: regex_automata::meta::Regex,
+    /// The patterns of route `i` are `starts[i]..starts[i + 1]` in `set`.
+    starts: Vec<usize>,
     /// Routes matched whatever the path: no rules, or a rule without a path.
     any_path: Vec<bool>,
+}
+
+thread_local! {
+    /// Which patterns of an index matched the path in hand: reused request after request,
+    /// so routing through an index allocates nothing once warm (`RegexSet` would make one
+    /// per search).
+    static HITS: RefCell<PatternSet> = RefCell::new(PatternSet::new(0));
 }
 
 impl RouteIndex {
@@ -52,42 +62,54 @@ impl RouteIndex {
             return None;
         }
         let mut patterns = Vec::new();
-        let mut owner = Vec::new();
+        let mut starts = Vec::with_capacity(api.routes.len() + 1);
         let mut any_path = vec![false; api.routes.len()];
         for (i, route) in api.routes.iter().enumerate() {
+            starts.push(patterns.len());
             if route.rules.is_empty() {
                 any_path[i] = true;
             }
             for rule in &route.rules {
                 match rule.path_pattern() {
-                    Some(re) => {
-                        patterns.push(re.as_str().to_owned());
-                        owner.push(i);
-                    }
+                    Some(re) => patterns.push(re.as_str().to_owned()),
                     None => any_path[i] = true,
                 }
             }
         }
+        starts.push(patterns.len());
         // Too large a set for the limits: routing stays linear, and correct.
-        let set = regex::RegexSetBuilder::new(&patterns)
-            .size_limit(256 << 20)
-            .dfa_size_limit(64 << 20)
-            .build()
+        let set = regex_automata::meta::Regex::builder()
+            .configure(
+                regex_automata::meta::Regex::config()
+                    .match_kind(regex_automata::MatchKind::All)
+                    .nfa_size_limit(Some(256 << 20))
+                    .dfa_size_limit(Some(64 << 20)),
+            )
+            .build_many(&patterns)
             .ok()?;
         Some(RouteIndex {
             set,
-            owner,
+            starts,
             any_path,
         })
     }
 
-    /// Which routes may match `path`.
-    fn candidates(&self, path: &str) -> Vec<bool> {
-        let mut candidates = self.any_path.clone();
-        for hit in self.set.matches(path).iter() {
-            candidates[self.owner[hit]] = true;
-        }
-        candidates
+    /// Runs `f` with a test of whether route `i` may match `path`.
+    fn with_candidates<T>(&self, path: &str, f: impl FnOnce(&dyn Fn(usize) -> bool) -> T) -> T {
+        HITS.with_borrow_mut(|hits| {
+            if hits.capacity() < self.set.pattern_len() {
+                *hits = PatternSet::new(self.set.pattern_len());
+            }
+            hits.clear();
+            self.set
+                .which_overlapping_matches(&regex_automata::Input::new(path), hits);
+            let hits = &*hits;
+            f(&|i| {
+                self.any_path[i]
+                    || (self.starts[i]..self.starts[i + 1])
+                        .any(|p| hits.contains(PatternID::new_unchecked(p)))
+            })
+        })
     }
 }
 
@@ -232,21 +254,14 @@ impl Gateway {
         let rest = api.strip_base(req.target)?;
         // With an index, only routes whose path pattern matched (or that have a rule with
         // none) are checked whole, in their order.
-        let candidates = self
-            .indexes
-            .get(api_index)
-            .and_then(Option::as_ref)
-            .map(|index| index.candidates(&path));
-        let matches = |i: usize, r: &Route| {
-            candidates.as_ref().is_none_or(|c| c[i])
-                && r.matches(req.method, &path, req.host, |name| req.header(name))
+        let matches = |r: &Route| r.matches(req.method, &path, req.host, |name| req.header(name));
+        let chosen = match self.indexes.get(api_index).and_then(Option::as_ref) {
+            Some(index) => {
+                index.with_candidates(&path, |may| choose_route(api, may, &matches, pick))
+            }
+            None => choose_route(api, &|_| true, &matches, pick),
         };
-        let Some(first) = api
-            .routes
-            .iter()
-            .enumerate()
-            .position(|(i, r)| matches(i, r))
-        else {
+        let Some(route_index) = chosen else {
             return Some(Routed {
                 api,
                 route: None,
@@ -255,16 +270,6 @@ impl Gateway {
                 path,
                 rest,
             });
-        };
-        let route_index = if api.routes[first].weight.is_some() {
-            let weighted = api
-                .routes
-                .iter()
-                .enumerate()
-                .filter(|&(i, r)| r.weight.is_some() && matches(i, r));
-            weighted_choice(weighted, pick).unwrap_or(first)
-        } else {
-            first
         };
         Some(Routed {
             api,
@@ -372,6 +377,27 @@ pub fn normalize_path(path: &str) -> Cow<'_, str> {
 }
 
 /// Picks one of the (index, route) pairs with probability proportional to its weight.
+/// The first route of `api` that `may` match and `matches`; when it is weighted, one of
+/// every weighted route that does, chosen by `pick` (see [`Gateway::route`]).
+fn choose_route(
+    api: &ApiInstance,
+    may: &dyn Fn(usize) -> bool,
+    matches: &dyn Fn(&Route) -> bool,
+    pick: u64,
+) -> Option<usize> {
+    let hit = |i: usize, r: &Route| may(i) && matches(r);
+    let first = api.routes.iter().enumerate().position(|(i, r)| hit(i, r))?;
+    if api.routes[first].weight.is_none() {
+        return Some(first);
+    }
+    let weighted = api
+        .routes
+        .iter()
+        .enumerate()
+        .filter(|&(i, r)| r.weight.is_some() && hit(i, r));
+    Some(weighted_choice(weighted, pick).unwrap_or(first))
+}
+
 fn weighted_choice<'g>(
     routes: impl Iterator<Item = (usize, &'g Route)> + Clone,
     pick: u64,

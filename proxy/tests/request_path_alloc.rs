@@ -246,7 +246,23 @@ fn start_gateway() -> Running {
     }
 }
 
+/// Routes with path rules the requests never match, before the one they take: enough of
+/// them for the gateway to route through its index of path patterns, which is then on the
+/// path of every request counted.
+const UNMATCHED_ROUTES: usize = 20;
+
 fn config(addr: SocketAddr, origin: SocketAddr) -> String {
+    let unmatched: String = (0..UNMATCHED_ROUTES)
+        .map(|i| {
+            format!(
+                "        - rules:
+            - path: /unmatched{i}/.*
+          config:
+            destinationPath: /
+"
+            )
+        })
+        .collect();
     format!(
         "apiVersion: gateway.mulesoft.com/v1alpha1
 kind: ApiInstance
@@ -258,7 +274,7 @@ spec:
     origin:
       address: http://{origin}
       routes:
-        - config:
+{unmatched}        - config:
             destinationPath: /
 "
     )
