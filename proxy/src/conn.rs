@@ -1506,11 +1506,7 @@ async fn read_more(
     spare: usize,
 ) -> Result<usize, Fail> {
     if buf.capacity() - buf.len() < spare {
-        buf.reserve(match spare {
-            ..MIN_READ => spare,
-            MIN_READ => BUF_SIZE,
-            _ => spare,
-        });
+        buf.reserve(if spare == MIN_READ { BUF_SIZE } else { spare });
     }
     let owned = std::mem::take(buf);
     match timer.within(wait, stream.read(owned)).await {
