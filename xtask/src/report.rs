@@ -1,13 +1,14 @@
 //! The bench's arithmetic and its outputs: medians per (scenario, policies, peer, mode,
 //! connections), of requests/s and of the latency at each percentile wrk reported; the
 //! Ringwall/nginx, Ringwall/HAProxy and Ringwall/Envoy ratios (the figures that mean something
-//! on a noisy shared machine, because both sides are measured in the same run); the printed
-//! tables and the JSON document.
+//! on a noisy shared machine, because both sides are measured in the same run); each proxy's
+//! scaling, two workers over one; the printed tables and the JSON document.
 
 use std::fmt::Write as _;
 
 use serde_json::{json, Value};
 
+use crate::peers::Mode;
 use crate::wrk::WrkReport;
 
 /// One wrk run (or one run of the handshake client, in wrk's shape).
@@ -72,6 +73,19 @@ pub struct Ratio {
     pub p99: f64,
     pub p999: f64,
     /// Ringwall's CPU per request over the peer's, when both were measured.
+    pub cpu_per_request: Option<f64>,
+}
+
+/// A peer with two workers over itself with one (both unpinned), for one (scenario,
+/// policies, connections).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scaling {
+    pub scenario: String,
+    pub policies: String,
+    pub peer: String,
+    pub conns: u32,
+    pub requests_per_sec: f64,
+    /// CPU per request with two workers over that with one, when both were measured.
     pub cpu_per_request: Option<f64>,
 }
 
@@ -216,6 +230,32 @@ pub fn ratios(rows: &[Row]) -> Vec<Ratio> {
     ratios
 }
 
+/// Each peer's `2-workers` row over its `unpinned` row, where both ran.
+pub fn scaling(rows: &[Row]) -> Vec<Scaling> {
+    let two = rows.iter().filter(|r| r.mode == Mode::TwoWorkers.name());
+    two.filter_map(|two| {
+        let one = rows.iter().find(|r| {
+            r.mode == Mode::Unpinned.name()
+                && r.peer == two.peer
+                && r.scenario == two.scenario
+                && r.policies == two.policies
+                && r.conns == two.conns
+        })?;
+        Some(Scaling {
+            scenario: two.scenario.clone(),
+            policies: two.policies.clone(),
+            peer: two.peer.clone(),
+            conns: two.conns,
+            requests_per_sec: divide(two.requests_per_sec, one.requests_per_sec),
+            cpu_per_request: two
+                .peer_cpu
+                .zip(one.peer_cpu)
+                .map(|(t, o)| divide(t.us_per_request, o.us_per_request)),
+        })
+    })
+    .collect()
+}
+
 fn divide(a: f64, b: f64) -> f64 {
     if b > 0.0 {
         a / b
@@ -325,10 +365,32 @@ pub fn ratio_table(ratios: &[Ratio]) -> String {
     out
 }
 
-/// The whole bench as JSON: its settings, every run, the medians and the ratios.
+/// The scaling figures: req/s and CPU per request, two workers over one.
+pub fn scaling_table(scaling: &[Scaling]) -> String {
+    let mut out = format!(
+        "{:<9} {:>5} {:>13} {:>13}\n",
+        "peer", "conns", "req/s 2w/1w", "CPU/req 2w/1w"
+    );
+    for s in scaling {
+        let _ = write!(
+            out,
+            "{:<9} {:>5} {:>13.2}",
+            s.peer, s.conns, s.requests_per_sec
+        );
+        let _ = match s.cpu_per_request {
+            Some(value) => writeln!(out, " {value:>13.2}"),
+            None => writeln!(out, " {:>13}", "-"),
+        };
+    }
+    out
+}
+
+/// The whole bench as JSON: its settings, every run, the medians, the ratios and the
+/// scaling.
 pub fn to_json(settings: Value, runs: &[Run]) -> Value {
     let rows = summarize(runs);
     let ratios = ratios(&rows);
+    let scaling = scaling(&rows);
     json!({
         "settings": settings,
         "runs": runs.iter().map(|run| json!({
@@ -379,6 +441,15 @@ pub fn to_json(settings: Value, runs: &[Run]) -> Value {
             "p99": ratio.p99,
             "p999": ratio.p999,
             "cpu_per_request": ratio.cpu_per_request,
+        })).collect::<Vec<_>>(),
+        "scaling": scaling.iter().map(|s| json!({
+            "ratio": "2-workers/unpinned",
+            "scenario": s.scenario,
+            "policies": s.policies,
+            "peer": s.peer,
+            "conns": s.conns,
+            "requests_per_sec": s.requests_per_sec,
+            "cpu_per_request": s.cpu_per_request,
         })).collect::<Vec<_>>(),
     })
 }
@@ -535,6 +606,35 @@ mod tests {
         assert_eq!(ratios[1].baseline, "haproxy");
         assert_eq!(ratios[1].requests_per_sec, 0.75);
         assert_eq!(ratios[1].p99, 1.5);
+    }
+
+    #[test]
+    fn scaling_divides_two_workers_by_one_per_peer_and_conns() {
+        let in_mode = |mode: Mode, mut run: Run| {
+            run.mode = mode.name().to_owned();
+            run
+        };
+        let rows = summarize(&[
+            in_mode(Mode::Unpinned, run("ringwall", 64, 100.0, 40.0, 0)),
+            in_mode(Mode::TwoWorkers, run("ringwall", 64, 180.0, 30.0, 0)),
+            in_mode(Mode::Unpinned, run("nginx", 64, 100.0, 40.0, 0)),
+            in_mode(Mode::TwoWorkers, run("nginx", 256, 150.0, 40.0, 0)),
+            run("ringwall", 64, 500.0, 10.0, 0),
+        ]);
+        let scaling = scaling(&rows);
+        assert_eq!(
+            scaling.len(),
+            1,
+            "nginx ran 2 workers at another count; pinned is apart"
+        );
+        assert_eq!(scaling[0].peer, "ringwall");
+        assert_eq!(scaling[0].requests_per_sec, 1.8);
+        assert_eq!(scaling[0].cpu_per_request, None);
+        let table = scaling_table(&scaling);
+        assert_eq!(
+            table.lines().nth(1),
+            Some("ringwall     64          1.80             -")
+        );
     }
 
     #[test]

@@ -104,7 +104,7 @@ pub(super) fn count(session: &Session<'_>, out: &Path) -> Result<()> {
     }
     let mode = Mode::Pinned;
     let upstream_cpu = placement(mode, Peer::Nginx).upstream;
-    let mut upstream = start_nginx("upstream", session.work, upstream_cpu, &Launch::plain())?;
+    let mut upstream = start_nginx("upstream", session.work, upstream_cpu, 1, &Launch::plain())?;
     wait_answering(&mut upstream, UPSTREAM_PORT, None, &[], START_TIMEOUT)?;
     let mut counted = Vec::new();
     for &policies in &plan.policies {
