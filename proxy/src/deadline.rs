@@ -1,8 +1,11 @@
-//! A connection's one timer, re-armed for each read and write it waits on. A timer made
-//! and dropped per operation costs the runtime a registration and a removal in its timer
-//! wheel every time; re-arming one that is already registered to a later instant only
-//! moves its deadline (tokio re-files it lazily, if it ever comes due), so the steady state
-//! of a keep-alive connection touches the wheel about once per timeout period.
+//! A connection's one timer, serving each read and write it waits on. A timer made and
+//! dropped per operation costs the runtime a registration and a removal in its timer wheel
+//! every time, and so does moving a registered timer earlier. So the timer is only ever
+//! moved earlier when an operation must end before it would fire; otherwise it is left
+//! where it is, and when it fires before the operation's own deadline it is moved on to it.
+//! A keep-alive connection whose operations alternate between short and long waits (15 s
+//! for an upstream, 300 s for an idle client) thus touches the wheel about once per short
+//! wait period instead of on every request.
 
 use std::future::{poll_fn, Future};
 use std::pin::{pin, Pin};
@@ -15,6 +18,7 @@ use tokio::time::{Instant, Sleep};
 const UNARMED: Duration = Duration::from_secs(365 * 24 * 3600);
 
 pub struct Deadline {
+    /// Armed at or before the deadline of the operation waited on.
     sleep: Pin<Box<Sleep>>,
 }
 
@@ -31,7 +35,10 @@ impl Deadline {
     /// is dropped unfinished. The operations of one connection run one at a time, so one
     /// timer serves them all.
     pub async fn within<F: Future>(&mut self, wait: Duration, op: F) -> Option<F::Output> {
-        self.sleep.as_mut().reset(Instant::now() + wait);
+        let due = Instant::now() + wait;
+        if self.sleep.deadline() > due {
+            self.sleep.as_mut().reset(due);
+        }
         let mut op = pin!(op);
         let sleep = &mut self.sleep;
         poll_fn(move |cx| {
@@ -39,7 +46,15 @@ impl Deadline {
             if let Poll::Ready(out) = op.as_mut().poll(cx) {
                 return Poll::Ready(Some(out));
             }
-            sleep.as_mut().poll(cx).map(|()| None)
+            // Fired: at `due` the time is up; earlier (armed for an operation before this
+            // one), it moves on to `due` and waits again.
+            while sleep.as_mut().poll(cx).is_ready() {
+                if sleep.deadline() >= due {
+                    return Poll::Ready(None);
+                }
+                sleep.as_mut().reset(due);
+            }
+            Poll::Pending
         })
         .await
     }
@@ -76,6 +91,48 @@ mod tests {
             let started = Instant::now();
             assert_eq!(deadline.within(Duration::from_millis(30), slow).await, None);
             assert!(started.elapsed() < Duration::from_secs(2));
+        });
+    }
+
+    #[test]
+    fn a_timer_left_armed_for_a_shorter_wait_neither_cuts_a_longer_one_short_nor_forgets_it() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let mut deadline = Deadline::default();
+            assert_eq!(
+                deadline
+                    .within(Duration::from_millis(40), async { 1 })
+                    .await,
+                Some(1)
+            );
+            // Still armed 40 ms after the first operation began: it fires during this one.
+            let done_in_time = tokio::time::sleep(Duration::from_millis(150));
+            assert_eq!(
+                deadline
+                    .within(Duration::from_millis(400), done_in_time)
+                    .await,
+                Some(())
+            );
+            assert_eq!(
+                deadline
+                    .within(Duration::from_millis(40), async { 2 })
+                    .await,
+                Some(2)
+            );
+            let started = Instant::now();
+            let slow = tokio::time::sleep(Duration::from_secs(5));
+            assert_eq!(
+                deadline.within(Duration::from_millis(200), slow).await,
+                None
+            );
+            let took = started.elapsed();
+            assert!(
+                took >= Duration::from_millis(200) && took < Duration::from_secs(2),
+                "cut off at its own deadline, not the earlier one: {took:?}"
+            );
         });
     }
 }
