@@ -8,7 +8,7 @@
 //! wait period instead of on every request.
 
 use std::future::{poll_fn, Future};
-use std::pin::{pin, Pin};
+use std::pin::Pin;
 use std::task::Poll;
 use std::time::Duration;
 
@@ -34,12 +34,16 @@ impl Deadline {
     /// Runs `op` until it completes or `wait` has passed; `None` when time ran out, and `op`
     /// is dropped unfinished. The operations of one connection run one at a time, so one
     /// timer serves them all.
-    pub async fn within<F: Future>(&mut self, wait: Duration, op: F) -> Option<F::Output> {
+    pub async fn within<F: Future>(&mut self, wait: Duration, mut op: F) -> Option<F::Output> {
         let due = Instant::now() + wait;
         if self.sleep.deadline() > due {
             self.sleep.as_mut().reset(due);
         }
-        let mut op = pin!(op);
+        // Polled where it is, not moved into a pinned slot of its own (a copy of the whole
+        // operation, per read and write).
+        // SAFETY: `op` lives in this future's state, which is pinned while it runs, and is
+        // neither moved nor reached any other way after this point.
+        let mut op = unsafe { Pin::new_unchecked(&mut op) };
         let sleep = &mut self.sleep;
         poll_fn(move |cx| {
             // The operation first: one that is done wins even if the time is up as well.
