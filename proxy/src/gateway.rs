@@ -5,8 +5,9 @@
 use std::borrow::Cow;
 use std::cell::RefCell;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
+use regex_automata::meta::{self, Cache};
 use regex_automata::{PatternID, PatternSet};
 use ringwall_config::{ApiInstance, LoadErrors, Route, Snapshot};
 
@@ -42,7 +43,10 @@ const INDEXED_FROM: usize = 16;
 
 struct RouteIndex {
     /// Every pattern, searched for all at once (`MatchKind::All`, as a `RegexSet` is).
-    set: regex_automata::meta::Regex,
+    set: meta::Regex,
+    /// Alive as long as the index: what a thread's cache for it is found by, and what tells
+    /// the thread the index is gone.
+    token: Arc<()>,
     /// The patterns of route `i` are `starts[i]..starts[i + 1]` in `set`.
     starts: Vec<usize>,
     /// Routes matched whatever the path: no rules, or a rule without a path.
@@ -54,6 +58,12 @@ thread_local! {
     /// so routing through an index allocates nothing once warm (`RegexSet` would make one
     /// per search).
     static HITS: RefCell<PatternSet> = RefCell::new(PatternSet::new(0));
+
+    /// This thread's search cache for each index it has searched. Without one the regex
+    /// takes a cache from its shared pool, under a lock on every thread but the first to
+    /// search it: a worker keeps its own instead, and drops those of indexes a reload
+    /// replaced the next time it meets a new one.
+    static CACHES: RefCell<Vec<(Weak<()>, Cache)>> = const { RefCell::new(Vec::new()) };
 }
 
 impl RouteIndex {
@@ -78,9 +88,9 @@ impl RouteIndex {
         }
         starts.push(patterns.len());
         // Too large a set for the limits: routing stays linear, and correct.
-        let set = regex_automata::meta::Regex::builder()
+        let set = meta::Regex::builder()
             .configure(
-                regex_automata::meta::Regex::config()
+                meta::Regex::config()
                     .match_kind(regex_automata::MatchKind::All)
                     .nfa_size_limit(Some(256 << 20))
                     .dfa_size_limit(Some(64 << 20)),
@@ -89,6 +99,7 @@ impl RouteIndex {
             .ok()?;
         Some(RouteIndex {
             set,
+            token: Arc::new(()),
             starts,
             any_path,
         })
@@ -101,14 +112,35 @@ impl RouteIndex {
                 *hits = PatternSet::new(self.set.pattern_len());
             }
             hits.clear();
-            self.set
-                .which_overlapping_matches(&regex_automata::Input::new(path), hits);
+            self.search(path, hits);
             let hits = &*hits;
             f(&|i| {
                 self.any_path[i]
                     || (self.starts[i]..self.starts[i + 1])
                         .any(|p| hits.contains(PatternID::new_unchecked(p)))
             })
+        })
+    }
+
+    /// Which patterns match `path`, into `hits`, with this thread's cache for the index.
+    fn search(&self, path: &str, hits: &mut PatternSet) {
+        CACHES.with_borrow_mut(|caches| {
+            // Found by address, without touching the token's counts (shared by every
+            // worker) on each search. A `Weak` keeps its allocation, so no later index
+            // has the address of one a cache here was made for.
+            let mine = Arc::as_ptr(&self.token);
+            let at = match caches.iter().position(|(token, _)| token.as_ptr() == mine) {
+                Some(at) => at,
+                None => {
+                    caches.retain(|(token, _)| token.strong_count() > 0);
+                    let token = Arc::downgrade(&self.token);
+                    caches.push((token, self.set.create_cache()));
+                    caches.len() - 1
+                }
+            };
+            let input = regex_automata::Input::new(path);
+            self.set
+                .which_overlapping_matches_with(&mut caches[at].1, &input, hits);
         })
     }
 }
@@ -543,6 +575,59 @@ spec:
                 assert_eq!(routed.route.map(|_| routed.route_index), linear, "{raw:?}");
             }
         }
+    }
+
+    /// An ApiInstance with 20 routes, `/{prefix}{i}/...` to route `i`.
+    fn indexed(prefix: &str) -> Gateway {
+        let mut yaml = String::from(
+            "apiVersion: gateway.mulesoft.com/v1alpha1\nkind: ApiInstance\nmetadata: {name: a}\n\
+             spec:\n  address: http://127.0.0.1:0\n---\n\
+             apiVersion: gateway.mulesoft.com/v1alpha1\nkind: Service\nmetadata: {name: s}\n\
+             spec:\n  address: http://127.0.0.1:9\n",
+        );
+        for i in 0..20 {
+            yaml.push_str(&format!(
+                "---\napiVersion: gateway.mulesoft.com/v1alpha1\nkind: PolicyBinding\n\
+                 metadata: {{name: r{i}}}\nspec:\n  targetRef: {{name: a}}\n  \
+                 policyRef: {{name: route}}\n  order: {i}\n  rules: [{{path: /{prefix}{i}/.*}}]\n  \
+                 config: {{destinationRef: {{name: s}}}}\n"
+            ));
+        }
+        let snapshot =
+            ringwall_config::load_files(&[("g.yaml".into(), yaml)]).expect("valid config");
+        Gateway::build(Arc::new(snapshot), None).expect("valid policies")
+    }
+
+    fn routed_index(g: &Gateway, path: &str) -> Option<usize> {
+        let raw = format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n");
+        let mut headers = [httparse::EMPTY_HEADER; request::MAX_HEADERS];
+        let req = request::parse(raw.as_bytes(), &mut headers, 8192).ok()??;
+        let routed = g.route(0, &req, 0)?;
+        routed.route.map(|_| routed.route_index)
+    }
+
+    /// Each thread searches an index with a cache of its own, and a reload's new index
+    /// never gets the cache of the one it replaced.
+    #[test]
+    fn each_thread_keeps_a_search_cache_per_live_index() {
+        let cached = || CACHES.with_borrow(|caches| caches.len());
+        let before = indexed("a");
+        assert!(before.indexes[0].is_some());
+        assert_eq!(routed_index(&before, "/a7/x"), Some(7));
+        assert_eq!(cached(), 1);
+        assert_eq!(routed_index(&before, "/a19/x"), Some(19));
+        assert_eq!(cached(), 1, "the same index, the same cache");
+        drop(before);
+        let after = indexed("b");
+        assert_eq!(routed_index(&after, "/a7/x"), None);
+        assert_eq!(routed_index(&after, "/b3/x"), Some(3));
+        assert_eq!(cached(), 1, "the replaced index's cache was dropped");
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                assert_eq!(routed_index(&after, "/b12/y"), Some(12));
+                assert_eq!(cached(), 1, "a cache of this thread's own");
+            });
+        });
     }
 
     fn route_of(g: &Gateway, raw: &[u8], pick: u64) -> Option<String> {
