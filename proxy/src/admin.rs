@@ -297,7 +297,7 @@ spec:
             generation: 3,
             snapshot: Arc::new(snapshot),
         });
-        let recorder = crate::metrics::recorder().expect("recorder");
+        let recorder = crate::metrics::recorder();
         let metrics = metrics::with_local_recorder(&recorder, || Exporter::new(recorder.handle()));
         AdminState {
             phase: watch::channel(Phase::Ready).1,

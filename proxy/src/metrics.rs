@@ -8,19 +8,26 @@
 //! ([`GatewayMetrics`], one [`RouteMetrics`] per route) and per worker ([`WorkerMetrics`]),
 //! and a request costs an index and an atomic add on a counter all workers share, contended
 //! when several cores serve one route; per-core cells summed at scrape time are the later
-//! optimisation. A duration sample goes into the exporter's lock-free bucket, which allocates
-//! a block per 64 samples and is drained into the buckets at every scrape and by
-//! [`Exporter::upkeep`] every [`UPKEEP_INTERVAL`]. Registering a key again returns the same
-//! counter, so a reload keeps every series that survives it.
+//! optimisation. Request durations are kept by the recorder itself ([`Recorder`]), in fixed
+//! buckets a sample adds one to: the exporter's histograms keep every sample until a scrape
+//! or an upkeep folds them into buckets, and allocate a block per 64 of them, on the
+//! request path. Registering a key again returns the same handle, so a reload keeps every
+//! series that survives it.
 //!
 //! What is already counted elsewhere is read at scrape time ([`Scrape`]): the connection
 //! rules' counters (the XDP program's or the accept-time check's) and the generation of the
 //! configuration in force.
 
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use metrics::{Counter, Gauge, Histogram, Unit};
-use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusRecorder};
+use metrics::{Counter, Gauge, Histogram, HistogramFn, Key, KeyName, Metadata, SharedString, Unit};
+use metrics_exporter_prometheus::formatting::{
+    sanitize_label_key, sanitize_label_value, write_help_line, write_type_line,
+};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 use ringwall_config::Snapshot;
 
 use crate::error::ProxyError;
@@ -50,29 +57,160 @@ pub const DURATION_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-/// How often histogram samples are folded into their buckets when nobody scrapes.
+/// How often the exporter's own upkeep runs (histograms other than the request durations,
+/// should any be added, fold their samples then).
 pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+const REQUEST_DURATION_HELP: &str = "From a complete request head to the end of the response";
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
-    #[error("cannot build the Prometheus recorder: {0}")]
-    Build(#[from] BuildError),
     #[error("a metrics recorder is already installed")]
     AlreadyInstalled,
 }
 
-/// The recorder, with the request duration's buckets.
-pub fn recorder() -> Result<PrometheusRecorder, BuildError> {
-    Ok(PrometheusBuilder::new()
-        .set_buckets_for_metric(Matcher::Full(REQUEST_DURATION.into()), &DURATION_BUCKETS)?
-        .build_recorder())
+/// The recorder: the Prometheus exporter's, with the request durations in fixed buckets of
+/// its own.
+pub fn recorder() -> Recorder {
+    Recorder {
+        prometheus: PrometheusBuilder::new().build_recorder(),
+        durations: Arc::default(),
+    }
+}
+
+/// The Prometheus exporter's recorder, but for [`REQUEST_DURATION`], which it keeps itself.
+#[derive(Debug)]
+pub struct Recorder {
+    prometheus: PrometheusRecorder,
+    durations: Arc<DurationSeries>,
+}
+
+impl Recorder {
+    /// What renders this recorder's metrics.
+    pub fn handle(&self) -> Handle {
+        Handle {
+            prometheus: self.prometheus.handle(),
+            durations: self.durations.clone(),
+        }
+    }
+}
+
+/// What an [`Exporter`] renders from.
+#[derive(Debug, Clone)]
+pub struct Handle {
+    prometheus: PrometheusHandle,
+    durations: Arc<DurationSeries>,
+}
+
+impl metrics::Recorder for Recorder {
+    fn describe_counter(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+        self.prometheus.describe_counter(key, unit, description);
+    }
+
+    fn describe_gauge(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+        self.prometheus.describe_gauge(key, unit, description);
+    }
+
+    fn describe_histogram(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+        self.prometheus.describe_histogram(key, unit, description);
+    }
+
+    fn register_counter(&self, key: &Key, metadata: &Metadata<'_>) -> Counter {
+        self.prometheus.register_counter(key, metadata)
+    }
+
+    fn register_gauge(&self, key: &Key, metadata: &Metadata<'_>) -> Gauge {
+        self.prometheus.register_gauge(key, metadata)
+    }
+
+    fn register_histogram(&self, key: &Key, metadata: &Metadata<'_>) -> Histogram {
+        if key.name() == REQUEST_DURATION {
+            Histogram::from_arc(self.durations.series(key))
+        } else {
+            self.prometheus.register_histogram(key, metadata)
+        }
+    }
+}
+
+/// Every series of request durations, by key (ApiInstance and route). Locked only to
+/// register a series (per route, per snapshot) and to render them, never per request: a
+/// request records through the `Arc<Durations>` its route holds.
+#[derive(Debug, Default)]
+#[allow(clippy::disallowed_types)]
+struct DurationSeries(std::sync::Mutex<Vec<(Key, Arc<Durations>)>>);
+
+impl DurationSeries {
+    fn series(&self, key: &Key) -> Arc<Durations> {
+        let mut all = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, durations)) = all.iter().find(|(k, _)| k == key) {
+            return durations.clone();
+        }
+        let durations = Arc::new(Durations::default());
+        all.push((key.clone(), durations.clone()));
+        durations
+    }
+
+    /// Appends the histogram in the text format: each series' cumulative buckets, sum and
+    /// count.
+    fn render(&self, out: &mut String) {
+        let all = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if all.is_empty() {
+            return;
+        }
+        let name = REQUEST_DURATION;
+        write_help_line(out, name, None, None, REQUEST_DURATION_HELP);
+        write_type_line(out, name, None, None, "histogram");
+        for (key, durations) in all.iter() {
+            let mut labels = String::new();
+            for label in key.labels() {
+                let _ = write!(
+                    labels,
+                    "{}=\"{}\",",
+                    sanitize_label_key(label.key()),
+                    sanitize_label_value(label.value())
+                );
+            }
+            let mut cumulative = 0;
+            for (i, bucket) in durations.buckets.iter().enumerate() {
+                cumulative += bucket.load(Ordering::Relaxed);
+                let _ = match DURATION_BUCKETS.get(i) {
+                    Some(le) => writeln!(out, "{name}_bucket{{{labels}le=\"{le}\"}} {cumulative}"),
+                    None => writeln!(out, "{name}_bucket{{{labels}le=\"+Inf\"}} {cumulative}"),
+                };
+            }
+            let labels = labels.trim_end_matches(',');
+            let sum = durations.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+            let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+            let _ = writeln!(out, "{name}_count{{{labels}}} {cumulative}");
+        }
+        out.push('\n');
+    }
+}
+
+/// Request durations of one series in fixed buckets: a sample is two relaxed atomic adds.
+#[derive(Debug, Default)]
+struct Durations {
+    /// Samples up to `DURATION_BUCKETS[i]` and above the bucket before it; the last, above
+    /// them all.
+    buckets: [AtomicU64; DURATION_BUCKETS.len() + 1],
+    sum_nanos: AtomicU64,
+}
+
+impl HistogramFn for Durations {
+    fn record(&self, seconds: f64) {
+        let i = DURATION_BUCKETS.partition_point(|&le| le < seconds);
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        // A float-to-int cast saturates: a negative or NaN sample adds nothing.
+        self.sum_nanos
+            .fetch_add((seconds * 1e9) as u64, Ordering::Relaxed);
+    }
 }
 
 /// Installs the recorder for the whole process and returns what renders it. Call once,
 /// before the first [`GatewayMetrics`] and [`WorkerMetrics`] are made: handles made earlier
 /// record nothing.
 pub fn install() -> Result<Exporter, MetricsError> {
-    let recorder = recorder()?;
+    let recorder = recorder();
     let exporter = metrics::with_local_recorder(&recorder, || Exporter::new(recorder.handle()));
     metrics::set_global_recorder(recorder).map_err(|_| MetricsError::AlreadyInstalled)?;
     Ok(exporter)
@@ -395,7 +533,7 @@ pub struct Scrape {
 /// Renders the recorder's metrics as Prometheus text.
 #[derive(Debug, Clone)]
 pub struct Exporter {
-    handle: metrics_exporter_prometheus::PrometheusHandle,
+    handle: Handle,
     /// `[plane][outcome]`, in the order of [`Plane`] and [`OUTCOMES`].
     connection_rules: [[Counter; OUTCOMES.len()]; 2],
     generation: Gauge,
@@ -404,7 +542,7 @@ pub struct Exporter {
 impl Exporter {
     /// Describes the metrics and registers the scrape-time ones with the recorder in force,
     /// which must be the one `handle` reads.
-    pub fn new(handle: metrics_exporter_prometheus::PrometheusHandle) -> Self {
+    pub fn new(handle: Handle) -> Self {
         describe();
         // Both results exist from the start, so a rate over them never starts with a gap.
         for result in ["ok", "failed"] {
@@ -438,12 +576,15 @@ impl Exporter {
                 counter.absolute(value);
             }
         }
-        self.handle.render()
+        let mut out = self.handle.prometheus.render();
+        self.handle.durations.render(&mut out);
+        out
     }
 
-    /// Folds recorded samples into their buckets, so memory stays bounded between scrapes.
+    /// Runs the exporter's upkeep (its histograms fold their samples into buckets; the
+    /// request durations are always in theirs).
     pub fn upkeep(&self) {
-        self.handle.run_upkeep();
+        self.handle.prometheus.run_upkeep();
     }
 }
 
@@ -483,11 +624,7 @@ fn describe() {
         REQUESTS,
         "Requests by ApiInstance, route, method and the status class of the response"
     );
-    describe_histogram!(
-        REQUEST_DURATION,
-        Unit::Seconds,
-        "From a complete request head to the end of the response"
-    );
+    describe_histogram!(REQUEST_DURATION, Unit::Seconds, REQUEST_DURATION_HELP);
     describe_counter!(
         UPSTREAM_CONNECT_ERRORS,
         "Upstream connects refused, reset or unreachable (timeouts apart)"
@@ -614,7 +751,7 @@ spec:
     fn fixture() -> Fixture {
         let snapshot =
             ringwall_config::load_files(&[("m.yaml".into(), CONFIG.into())]).expect("valid config");
-        let recorder = recorder().expect("recorder");
+        let recorder = recorder();
         with_local_recorder(&recorder, || Fixture {
             exporter: Exporter::new(recorder.handle()),
             gateway: GatewayMetrics::new(&snapshot),
@@ -728,6 +865,18 @@ spec:
             &[("api", "shop"), ("route", "orders")],
         );
         assert_eq!(count, Some(4.0));
+        let sum = value(
+            &s,
+            &format!("{REQUEST_DURATION}_sum"),
+            &[("api", "shop"), ("route", "orders")],
+        )
+        .expect("a sum");
+        assert!((sum - 20.0332).abs() < 1e-6, "{sum}");
+        let text = f.exporter.render(&Scrape::default());
+        assert!(text.contains(&format!("# TYPE {REQUEST_DURATION} histogram\n")));
+        assert!(text.contains(&format!(
+            "# HELP {REQUEST_DURATION} {REQUEST_DURATION_HELP}\n"
+        )));
     }
 
     #[test]
