@@ -18,6 +18,7 @@
 //! rules' counters (the XDP program's or the accept-time check's) and the generation of the
 //! configuration in force.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -132,22 +133,17 @@ impl metrics::Recorder for Recorder {
     }
 }
 
-/// Every series of request durations, by key (ApiInstance and route). Locked only to
-/// register a series (per route, per snapshot) and to render them, never per request: a
-/// request records through the `Arc<Durations>` its route holds.
+/// Every series of request durations, by key (ApiInstance and route), rendered in key
+/// order. Locked only to register a series (per route, per snapshot) and to render them,
+/// never per request: a request records through the `Arc<Durations>` its route holds.
 #[derive(Debug, Default)]
 #[allow(clippy::disallowed_types)]
-struct DurationSeries(std::sync::Mutex<Vec<(Key, Arc<Durations>)>>);
+struct DurationSeries(std::sync::Mutex<BTreeMap<Key, Arc<Durations>>>);
 
 impl DurationSeries {
     fn series(&self, key: &Key) -> Arc<Durations> {
         let mut all = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, durations)) = all.iter().find(|(k, _)| k == key) {
-            return durations.clone();
-        }
-        let durations = Arc::new(Durations::default());
-        all.push((key.clone(), durations.clone()));
-        durations
+        all.entry(key.clone()).or_default().clone()
     }
 
     /// Appends the histogram in the text format: each series' cumulative buckets, sum and
@@ -686,7 +682,6 @@ fn describe() {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
 
     use metrics::with_local_recorder;
 
@@ -877,6 +872,32 @@ spec:
         assert!(text.contains(&format!(
             "# HELP {REQUEST_DURATION} {REQUEST_DURATION_HELP}\n"
         )));
+    }
+
+    #[test]
+    fn a_duration_series_is_one_per_key_and_rendered_in_key_order() {
+        let series = DurationSeries::default();
+        let key = |route: &'static str| {
+            Key::from_parts(REQUEST_DURATION, vec![metrics::Label::new("route", route)])
+        };
+        let b = series.series(&key("b"));
+        let a = series.series(&key("a"));
+        assert!(
+            Arc::ptr_eq(&b, &series.series(&key("b"))),
+            "a reload keeps the series"
+        );
+        assert!(!Arc::ptr_eq(&a, &b));
+        b.record(0.002);
+        let mut text = String::new();
+        series.render(&mut text);
+        let counts: Vec<&str> = text.lines().filter(|l| l.contains("_count")).collect();
+        assert_eq!(
+            counts,
+            [
+                format!("{REQUEST_DURATION}_count{{route=\"a\"}} 0"),
+                format!("{REQUEST_DURATION}_count{{route=\"b\"}} 1"),
+            ]
+        );
     }
 
     #[test]
