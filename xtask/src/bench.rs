@@ -235,6 +235,24 @@ impl Plan {
         stages
     }
 
+    /// The modes by the upstream they share, in the order given: each group runs on one
+    /// upstream, and a peer's runs in the modes of a group come one after the other, so
+    /// `unpinned` and `2-workers` are measured minutes, not the whole bench, apart.
+    fn mode_groups(&self) -> Vec<Vec<Mode>> {
+        let mut groups: Vec<Vec<Mode>> = Vec::new();
+        for &mode in &self.modes {
+            let upstream = placement(mode, Peer::Nginx).upstream;
+            match groups
+                .iter_mut()
+                .find(|group| placement(group[0], Peer::Nginx).upstream == upstream)
+            {
+                Some(group) => group.push(mode),
+                None => groups.push(vec![mode]),
+            }
+        }
+        groups
+    }
+
     /// Every port that must be free: the upstream's and the peers' in each scenario.
     fn ports(&self) -> Vec<u16> {
         let mut ports = vec![UPSTREAM_PORT];
@@ -369,15 +387,19 @@ pub fn bench(options: &Options) -> Result<()> {
         "about {} min of load (see --help to narrow it)",
         plan.load_seconds().div_ceil(60)
     );
-    for &mode in &plan.modes {
-        let upstream_cpu = placement(mode, Peer::Nginx).upstream;
+    for modes in plan.mode_groups() {
+        let upstream_cpu = placement(modes[0], Peer::Nginx).upstream;
         let mut upstream = start_nginx("upstream", work.path(), upstream_cpu, 1, &Launch::plain())?;
         wait_answering(&mut upstream, UPSTREAM_PORT, None, &[], START_TIMEOUT)?;
         for stage in plan.stages() {
             let pki = if stage.tls { pki.as_ref() } else { None };
-            for &peer in &plan.peers {
+            for (&peer, &mode) in plan
+                .peers
+                .iter()
+                .flat_map(|p| modes.iter().map(move |m| (p, m)))
+            {
                 if let Some(why) = Plan::skip_reason(peer, &stage) {
-                    if peer != Peer::Direct {
+                    if peer != Peer::Direct && mode == modes[0] {
                         eprintln!("skipping {} over TLS: {why}", peer.name());
                         session
                             .skipped
@@ -1232,6 +1254,15 @@ mod tests {
         assert_eq!(plan.load_seconds(), (5 + 4) * 4 * 2 * (1 + 3 * 5));
         assert!(plan.load_seconds() < 25 * 60);
         assert_eq!(plan.ports(), [9000, 8001, 8002, 8004, 8005]);
+    }
+
+    #[test]
+    fn modes_sharing_an_upstream_run_side_by_side() {
+        let plan = parse(&["--modes", "unpinned pinned 2-workers"]).unwrap();
+        assert_eq!(
+            plan.mode_groups(),
+            [vec![Mode::Unpinned, Mode::TwoWorkers], vec![Mode::Pinned]]
+        );
     }
 
     #[test]
