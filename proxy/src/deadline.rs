@@ -68,13 +68,17 @@ impl Deadline {
 mod tests {
     use super::*;
 
-    #[test]
-    fn an_operation_finishes_in_time_or_is_cut_off_and_the_timer_serves_again() {
-        let rt = tokio::runtime::Builder::new_current_thread()
+    fn on_a_timed_runtime(test: impl Future<Output = ()>) {
+        tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
-            .expect("runtime");
-        rt.block_on(async {
+            .expect("runtime")
+            .block_on(test);
+    }
+
+    #[test]
+    fn an_operation_finishes_in_time_or_is_cut_off_and_the_timer_serves_again() {
+        on_a_timed_runtime(async {
             let mut deadline = Deadline::default();
             assert_eq!(
                 deadline.within(Duration::from_secs(1), async { 7 }).await,
@@ -100,11 +104,7 @@ mod tests {
 
     #[test]
     fn a_timer_left_armed_for_a_shorter_wait_neither_cuts_a_longer_one_short_nor_forgets_it() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .expect("runtime");
-        rt.block_on(async {
+        on_a_timed_runtime(async {
             let mut deadline = Deadline::default();
             assert_eq!(
                 deadline
