@@ -107,33 +107,18 @@ impl AdminState {
     }
 }
 
-/// Serves admin requests until the task is dropped, and keeps the metrics' memory bounded
-/// between scrapes.
+/// Serves admin requests until the task is dropped.
 pub async fn serve_with(listener: TcpListener, state: AdminState) {
-    let upkeep = async {
-        let Some(metrics) = state.metrics.clone() else {
-            return;
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
         };
-        let mut every = tokio::time::interval(crate::metrics::UPKEEP_INTERVAL);
-        loop {
-            every.tick().await;
-            metrics.upkeep();
-        }
-    };
-    let accept = async {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let state = state.clone();
-            tokio::spawn(async move {
-                let _ =
-                    tokio::time::timeout(std::time::Duration::from_secs(5), answer(stream, state))
-                        .await;
-            });
-        }
-    };
-    tokio::join!(upkeep, accept);
+        let state = state.clone();
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), answer(stream, state))
+                .await;
+        });
+    }
 }
 
 async fn answer(mut stream: TcpStream, state: AdminState) -> std::io::Result<()> {

@@ -11,8 +11,9 @@
 //! optimisation. Request durations are kept by the recorder itself ([`Recorder`]), in fixed
 //! buckets a sample adds one to: the exporter's histograms keep every sample until a scrape
 //! or an upkeep folds them into buckets, and allocate a block per 64 of them, on the
-//! request path. Registering a key again returns the same handle, so a reload keeps every
-//! series that survives it.
+//! request path. No histogram goes through the exporter, so it needs no periodic upkeep
+//! (one that did would: its samples are kept until folded). Registering a key again returns
+//! the same handle, so a reload keeps every series that survives it.
 //!
 //! What is already counted elsewhere is read at scrape time ([`Scrape`]): the connection
 //! rules' counters (the XDP program's or the accept-time check's) and the generation of the
@@ -57,10 +58,6 @@ pub const TLS_HANDSHAKE_FAILURES: &str = "ringwall_tls_handshake_failures_total"
 pub const DURATION_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
-
-/// How often the exporter's own upkeep runs (histograms other than the request durations,
-/// should any be added, fold their samples then).
-pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 const REQUEST_DURATION_HELP: &str = "From a complete request head to the end of the response";
 
@@ -576,12 +573,6 @@ impl Exporter {
         self.handle.durations.render(&mut out);
         out
     }
-
-    /// Runs the exporter's upkeep (its histograms fold their samples into buckets; the
-    /// request durations are always in theirs).
-    pub fn upkeep(&self) {
-        self.handle.prometheus.run_upkeep();
-    }
 }
 
 // === TLS handshakes ===
@@ -615,12 +606,12 @@ pub fn tls_failure(side: TlsSide, reason: crate::tls::HandshakeFailure) {
 }
 
 fn describe() {
-    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    use metrics::{describe_counter, describe_gauge};
     describe_counter!(
         REQUESTS,
         "Requests by ApiInstance, route, method and the status class of the response"
     );
-    describe_histogram!(REQUEST_DURATION, Unit::Seconds, REQUEST_DURATION_HELP);
+    // REQUEST_DURATION is described where it is rendered (`DurationSeries::render`).
     describe_counter!(
         UPSTREAM_CONNECT_ERRORS,
         "Upstream connects refused, reset or unreachable (timeouts apart)"

@@ -9,10 +9,6 @@
 //! else is let through; the exporter's own histograms, which allocated a block per 64
 //! samples, are no longer on the request path.
 //!
-//! The gateway runs without its admin listener, whose exporter upkeep runs every few seconds
-//! on the control thread at a moment a count could not foresee; the test runs it itself,
-//! between counts.
-//!
 //! One gateway serves every test, and the measurements take turns: a count covers the whole
 //! process, so two at once would count each other.
 
@@ -139,8 +135,6 @@ fn measure(
         })
         .collect();
     warm.wait();
-    // What the admin listener's upkeep would do, done before the count rather than in it.
-    gateway.metrics.upkeep();
     let before = counting::allocations();
     let started = Instant::now();
     go.wait();
@@ -171,7 +165,6 @@ static TURN: Mutex<()> = Mutex::new(());
 /// The gateway every test shares.
 struct Running {
     addr: SocketAddr,
-    metrics: ringwall::metrics::Exporter,
 }
 
 /// The gateway, started by the first test to ask.
@@ -217,9 +210,10 @@ fn start_gateway() -> Running {
         workers: 2,
         drain_period: Duration::ZERO,
         shutdown_timeout: Duration::from_secs(1),
-        // See the module's doc: the tests run the upkeep.
+        // The recorder is installed and recorded into, which is what is counted; nothing
+        // needs to scrape it.
         admin: None,
-        metrics: Some(metrics.clone()),
+        metrics: Some(metrics),
         xdp: XdpSetting::Off,
         xdp_ifaces: Vec::new(),
         xdp_mode: AttachMode::Auto,
@@ -237,7 +231,7 @@ fn start_gateway() -> Running {
             panic!("the gateway stopped: {stopped:?}");
         }
         match TcpStream::connect(addr) {
-            Ok(_) => return Running { addr, metrics },
+            Ok(_) => return Running { addr },
             Err(e) if Instant::now() > deadline => panic!("the gateway never listened: {e}"),
             Err(_) => std::thread::sleep(Duration::from_millis(5)),
         }
