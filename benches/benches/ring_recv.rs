@@ -13,14 +13,15 @@ use std::hint::black_box;
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use io_uring::types::{BufRingEntry, Fd};
+use io_uring::types::Fd;
 use io_uring::{cqueue, opcode, squeue, IoUring};
+use ringwall_benches::BufRing;
 
 const CONNS: usize = 32;
 const REQUEST: [u8; 120] = [b'q'; 120];
@@ -114,7 +115,8 @@ impl Server {
         let ring = IoUring::new(256).expect("an io_uring");
         let receive = if multishot {
             Receive::Multishot {
-                ring: BufRing::register(&ring),
+                ring: BufRing::register(&ring, RING_ENTRIES, BUF, GROUP)
+                    .expect("register the buffer ring"),
             }
         } else {
             Receive::OneShot {
@@ -181,73 +183,6 @@ impl Server {
                 served += 1;
             }
         }
-    }
-}
-
-/// A provided-buffer ring: `RING_ENTRIES` buffers of `BUF` bytes the kernel picks from.
-struct BufRing {
-    entries: *mut BufRingEntry,
-    bufs: Vec<u8>,
-    tail: u16,
-}
-
-impl BufRing {
-    fn register(ring: &IoUring) -> BufRing {
-        let bytes = usize::from(RING_ENTRIES) * std::mem::size_of::<BufRingEntry>();
-        // SAFETY: an anonymous private mapping, page-aligned as the kernel requires.
-        let map = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                bytes,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(map, libc::MAP_FAILED, "mmap the buffer ring");
-        let mut buf_ring = BufRing {
-            entries: map.cast(),
-            bufs: vec![0; usize::from(RING_ENTRIES) * BUF],
-            tail: 0,
-        };
-        for bid in 0..RING_ENTRIES {
-            buf_ring.give_back(bid);
-        }
-        // SAFETY: the mapping holds RING_ENTRIES entries and outlives the ring (a server
-        // drops its ring before its buffers), as do the buffers the entries point at.
-        unsafe {
-            ring.submitter()
-                .register_buf_ring(map as u64, RING_ENTRIES, GROUP)
-        }
-        .expect("register the buffer ring");
-        buf_ring
-    }
-
-    /// Puts buffer `bid` back at the ring's tail for the kernel to pick again.
-    fn give_back(&mut self, bid: u16) {
-        let slot = usize::from(self.tail & (RING_ENTRIES - 1));
-        // SAFETY: `slot` is within the mapping of RING_ENTRIES entries; the kernel reads an
-        // entry only once the tail below has moved past it.
-        let entry = unsafe { &mut *self.entries.add(slot) };
-        let offset = usize::from(bid) * BUF;
-        entry.set_addr(self.bufs[offset..].as_ptr() as u64);
-        entry.set_len(BUF as u32);
-        entry.set_bid(bid);
-        self.tail = self.tail.wrapping_add(1);
-        // SAFETY: the tail field shares the first entry's memory and is read by the kernel
-        // atomically; the release store publishes the entry written above.
-        let tail = unsafe { &*BufRingEntry::tail(self.entries).cast::<AtomicU16>() };
-        tail.store(self.tail, Ordering::Release);
-    }
-}
-
-impl Drop for BufRing {
-    fn drop(&mut self) {
-        let bytes = usize::from(RING_ENTRIES) * std::mem::size_of::<BufRingEntry>();
-        // SAFETY: the mapping made in `register`; the io_uring it was registered with is
-        // gone (a server drops its ring first).
-        unsafe { libc::munmap(self.entries.cast(), bytes) };
     }
 }
 

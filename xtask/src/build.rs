@@ -56,6 +56,21 @@ pub fn release() -> Result<PathBuf> {
     Ok(target_dir().join("release").join("ringwall"))
 }
 
+/// The bench's floor peer (`benches/src/bin/floor.rs`), release.
+pub fn floor() -> Result<PathBuf> {
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(root()).args([
+        "build",
+        "--release",
+        "-p",
+        "ringwall-benches",
+        "--bin",
+        "ringwall-floor",
+    ]);
+    proc::run(&mut cmd)?;
+    Ok(target_dir().join("release").join("ringwall-floor"))
+}
+
 /// The section names of a little-endian ELF64 object: enough to check that the program
 /// sections are there without llvm-objdump or bpftool.
 pub fn elf_section_names(elf: &[u8]) -> Result<Vec<String>> {

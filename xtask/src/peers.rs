@@ -40,15 +40,19 @@ pub enum Peer {
     Haproxy,
     Envoy,
     Ringwall,
+    /// `ringwall-floor` (benches/src/bin/floor.rs): a byte relay on the cheapest io_uring
+    /// loop, the least any proxy can cost per request here. Plain HTTP without policies only.
+    Floor,
 }
 
 impl Peer {
-    pub const ALL: [Peer; 5] = [
+    pub const ALL: [Peer; 6] = [
         Peer::Direct,
         Peer::Nginx,
         Peer::Haproxy,
         Peer::Envoy,
         Peer::Ringwall,
+        Peer::Floor,
     ];
 
     pub fn parse(name: &str) -> Result<Peer> {
@@ -58,6 +62,7 @@ impl Peer {
             "haproxy" => Peer::Haproxy,
             "envoy" => Peer::Envoy,
             "ringwall" => Peer::Ringwall,
+            "floor" => Peer::Floor,
             _ => {
                 let known: Vec<&str> = Peer::ALL.iter().map(|peer| peer.name()).collect();
                 bail!("unknown peer `{name}` (known: {})", known.join(" "))
@@ -72,6 +77,7 @@ impl Peer {
             Peer::Haproxy => "haproxy",
             Peer::Envoy => "envoy",
             Peer::Ringwall => "ringwall",
+            Peer::Floor => "floor",
         }
     }
 
@@ -82,6 +88,7 @@ impl Peer {
             Peer::Haproxy => 8002,
             Peer::Envoy => 8004,
             Peer::Ringwall => 8005,
+            Peer::Floor => 8006,
         }
     }
 
@@ -93,12 +100,19 @@ impl Peer {
             Peer::Haproxy => 8402,
             Peer::Envoy => 8404,
             Peer::Ringwall => 8405,
+            Peer::Floor => 8406,
         }
     }
 
     /// Whether the bench has a TLS configuration for the peer.
     pub fn has_tls(self) -> bool {
-        self != Peer::Envoy
+        !matches!(self, Peer::Envoy | Peer::Floor)
+    }
+
+    /// Whether the peer can run the policy sets: `direct` has no proxy, the floor reads
+    /// nothing of what it relays.
+    pub fn runs_policies(self) -> bool {
+        !matches!(self, Peer::Direct | Peer::Floor)
     }
 
     /// The port the peer is driven on in a scenario.
@@ -750,7 +764,7 @@ spec:
             .collect();
         ports.sort_unstable();
         ports.dedup();
-        assert_eq!(ports.len(), 10, "every peer has two ports of its own");
+        assert_eq!(ports.len(), 12, "every peer has two ports of its own");
         assert_eq!(Peer::parse("envoy").unwrap().port(), 8004);
     }
 

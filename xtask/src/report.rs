@@ -1,7 +1,9 @@
 //! The bench's arithmetic and its outputs: medians per (scenario, policies, peer, mode,
 //! connections), of requests/s and of the latency at each percentile wrk reported; the
 //! Ringwall/nginx, Ringwall/HAProxy and Ringwall/Envoy ratios (the figures that mean something
-//! on a noisy shared machine, because both sides are measured in the same run); each proxy's
+//! on a noisy shared machine, because both sides are measured in the same run), and those
+//! against the floor: Ringwall/floor (how much of the machine's ceiling Ringwall reaches) and
+//! floor/nginx, floor/HAProxy (the most any proxy could reach over them here); each proxy's
 //! scaling, two workers over one; the printed tables and the JSON document.
 
 use std::fmt::Write as _;
@@ -61,9 +63,11 @@ pub struct Row {
     pub peer_cpu: Option<PeerCpu>,
 }
 
-/// Ringwall's figures divided by a peer's, for one (scenario, policies, mode, connections).
+/// One peer's figures (Ringwall's, or the floor's) divided by another's, for one (scenario,
+/// policies, mode, connections).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Ratio {
+    pub subject: String,
     pub scenario: String,
     pub policies: String,
     pub mode: String,
@@ -72,8 +76,15 @@ pub struct Ratio {
     pub requests_per_sec: f64,
     pub p99: f64,
     pub p999: f64,
-    /// Ringwall's CPU per request over the peer's, when both were measured.
+    /// The subject's CPU per request over the baseline's, when both were measured.
     pub cpu_per_request: Option<f64>,
+}
+
+impl Ratio {
+    /// `subject/baseline`, as the tables and the JSON name it.
+    pub fn name(&self) -> String {
+        format!("{}/{}", self.subject, self.baseline)
+    }
 }
 
 /// A peer with two workers over itself with one (both unpinned), for one (scenario,
@@ -193,38 +204,53 @@ fn median_percentiles(reports: &[&WrkReport]) -> Vec<(f64, f64)> {
         .collect()
 }
 
-/// The peers Ringwall is compared with.
-pub const BASELINES: [&str; 3] = ["nginx", "haproxy", "envoy"];
+/// The comparisons, (subject, baseline): Ringwall with each peer, then the floor with the
+/// proxies it bounds.
+pub const COMPARISONS: [(&str, &str); 6] = [
+    ("ringwall", "nginx"),
+    ("ringwall", "haproxy"),
+    ("ringwall", "envoy"),
+    ("ringwall", "floor"),
+    ("floor", "nginx"),
+    ("floor", "haproxy"),
+];
 
-/// Ringwall against each baseline for every (scenario, policies, mode, connections) where
-/// both ran.
+/// Each comparison for every (scenario, policies, mode, connections) where both peers ran,
+/// by subject, then in the rows' order, then by baseline.
 pub fn ratios(rows: &[Row]) -> Vec<Ratio> {
     let mut ratios = Vec::new();
-    for ringwall in rows.iter().filter(|r| r.peer == "ringwall") {
-        for baseline in BASELINES {
-            let Some(base) = rows.iter().find(|r| {
-                r.peer == baseline
-                    && r.scenario == ringwall.scenario
-                    && r.policies == ringwall.policies
-                    && r.mode == ringwall.mode
-                    && r.conns == ringwall.conns
-            }) else {
-                continue;
-            };
-            ratios.push(Ratio {
-                scenario: ringwall.scenario.clone(),
-                policies: ringwall.policies.clone(),
-                mode: ringwall.mode.clone(),
-                conns: ringwall.conns,
-                baseline: baseline.to_owned(),
-                requests_per_sec: divide(ringwall.requests_per_sec, base.requests_per_sec),
-                p99: divide(ringwall.p99_us, base.p99_us),
-                p999: divide(ringwall.p999_us, base.p999_us),
-                cpu_per_request: ringwall
-                    .peer_cpu
-                    .zip(base.peer_cpu)
-                    .map(|(r, b)| divide(r.us_per_request, b.us_per_request)),
-            });
+    for subject_name in ["ringwall", "floor"] {
+        for subject in rows.iter().filter(|r| r.peer == subject_name) {
+            let baselines = COMPARISONS
+                .iter()
+                .filter(|(s, _)| *s == subject_name)
+                .map(|&(_, baseline)| baseline);
+            for baseline in baselines {
+                let Some(base) = rows.iter().find(|r| {
+                    r.peer == baseline
+                        && r.scenario == subject.scenario
+                        && r.policies == subject.policies
+                        && r.mode == subject.mode
+                        && r.conns == subject.conns
+                }) else {
+                    continue;
+                };
+                ratios.push(Ratio {
+                    subject: subject_name.to_owned(),
+                    scenario: subject.scenario.clone(),
+                    policies: subject.policies.clone(),
+                    mode: subject.mode.clone(),
+                    conns: subject.conns,
+                    baseline: baseline.to_owned(),
+                    requests_per_sec: divide(subject.requests_per_sec, base.requests_per_sec),
+                    p99: divide(subject.p99_us, base.p99_us),
+                    p999: divide(subject.p999_us, base.p999_us),
+                    cpu_per_request: subject
+                        .peer_cpu
+                        .zip(base.peer_cpu)
+                        .map(|(r, b)| divide(r.us_per_request, b.us_per_request)),
+                });
+            }
         }
     }
     ratios
@@ -332,7 +358,7 @@ pub fn table(rows: &[Row]) -> String {
     out
 }
 
-/// The ratios; with Ringwall's CPU per request over the peer's when it was measured.
+/// The ratios; with the subject's CPU per request over the baseline's when it was measured.
 pub fn ratio_table(ratios: &[Ratio]) -> String {
     let cpu = ratios.iter().any(|ratio| ratio.cpu_per_request.is_some());
     let mut out = format!(
@@ -347,7 +373,7 @@ pub fn ratio_table(ratios: &[Ratio]) -> String {
         let _ = write!(
             out,
             "{:<18} {:<9} {:>5} {:>7.2} {:>7.2} {:>7.2}",
-            format!("ringwall/{}", ratio.baseline),
+            ratio.name(),
             ratio.mode,
             ratio.conns,
             ratio.requests_per_sec,
@@ -432,7 +458,7 @@ pub fn to_json(settings: Value, runs: &[Run]) -> Value {
         })).collect::<Vec<_>>(),
         // NaN (a zero baseline) becomes null.
         "ratios": ratios.iter().map(|ratio| json!({
-            "ratio": format!("ringwall/{}", ratio.baseline),
+            "ratio": ratio.name(),
             "scenario": ratio.scenario,
             "policies": ratio.policies,
             "mode": ratio.mode,
@@ -606,6 +632,29 @@ mod tests {
         assert_eq!(ratios[1].baseline, "haproxy");
         assert_eq!(ratios[1].requests_per_sec, 0.75);
         assert_eq!(ratios[1].p99, 1.5);
+    }
+
+    #[test]
+    fn the_floor_is_compared_with_ringwall_and_with_the_proxies_it_bounds() {
+        let rows = summarize(&[
+            run("nginx", 64, 100.0, 40.0, 0),
+            run("ringwall", 64, 150.0, 30.0, 0),
+            run("floor", 64, 200.0, 20.0, 0),
+        ]);
+        let named: Vec<(String, f64, f64)> = ratios(&rows)
+            .iter()
+            .map(|r| (r.name(), r.requests_per_sec, r.p99))
+            .collect();
+        assert_eq!(
+            named,
+            [
+                ("ringwall/nginx".to_owned(), 1.5, 0.75),
+                ("ringwall/floor".to_owned(), 0.75, 1.5),
+                ("floor/nginx".to_owned(), 2.0, 0.5),
+            ]
+        );
+        let table = ratio_table(&ratios(&rows));
+        assert!(table.lines().any(|line| line.starts_with("floor/nginx ")));
     }
 
     #[test]

@@ -108,7 +108,10 @@ pub(super) fn count(session: &Session<'_>, out: &Path) -> Result<()> {
     wait_answering(&mut upstream, UPSTREAM_PORT, None, &[], START_TIMEOUT)?;
     let mut counted = Vec::new();
     for &policies in &plan.policies {
-        for &peer in plan.peers.iter().filter(|&&peer| peer != Peer::Direct) {
+        let counted_peers = plan.peers.iter().filter(|&&peer| {
+            peer != Peer::Direct && (policies == Policies::None || peer.runs_policies())
+        });
+        for &peer in counted_peers {
             let mut rows: Vec<Counted> = scenarios
                 .iter()
                 .map(|scenario| Counted {
