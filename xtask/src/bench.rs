@@ -649,21 +649,27 @@ impl Session<'_> {
                 drive(stage, conns, plan.warmup)?;
             }
             for rep in 1..=plan.reps {
-                let cpu_before = group.map(cpu::group_runtime_ns);
+                let cpu_before =
+                    group.map(|g| (cpu::group_runtime_ns(g), cpu::group_user_system_ticks(g)));
                 let report = drive(stage, conns, plan.duration)?;
-                let peer_cpu = group.zip(cpu_before).map(|(group, before)| {
-                    let ran_ns = cpu::group_runtime_ns(group).saturating_sub(before) as f64;
+                let peer_cpu = group.zip(cpu_before).map(|(group, (ran, ticks))| {
+                    let ran_ns = cpu::group_runtime_ns(group).saturating_sub(ran) as f64;
+                    let (user, system) = cpu::group_user_system_ticks(group);
+                    let user = user.saturating_sub(ticks.0) as f64;
+                    let system = system.saturating_sub(ticks.1) as f64;
                     PeerCpu {
                         busy_pct: ran_ns / 1e7 / f64::from(plan.duration),
                         us_per_request: ran_ns / 1e3 / report.requests.max(1) as f64,
+                        system_pct: 100.0 * system / (user + system).max(1.0),
                     }
                 });
                 let cpu_note = peer_cpu.map_or(String::new(), |c| {
                     format!(
-                        "  {} CPU {:.0}%, {:.0} µs/req",
+                        "  {} CPU {:.0}%, {:.0} µs/req, {:.0}% in the kernel",
                         peer.name(),
                         c.busy_pct,
-                        c.us_per_request
+                        c.us_per_request,
+                        c.system_pct
                     )
                 });
                 eprintln!(

@@ -37,6 +37,8 @@ pub struct PeerCpu {
     /// Of one CPU, over the run.
     pub busy_pct: f64,
     pub us_per_request: f64,
+    /// The share of that time spent in the kernel (`stime` over `utime + stime`).
+    pub system_pct: f64,
 }
 
 /// The runs of one (scenario, policies, peer, mode, connections), summarised.
@@ -161,6 +163,7 @@ pub fn summarize(runs: &[Run]) -> Vec<Row> {
                 PeerCpu {
                     busy_pct: of(|c| c.busy_pct),
                     us_per_request: of(|c| c.us_per_request),
+                    system_pct: of(|c| c.system_pct),
                 }
             });
             let reports: Vec<&WrkReport> = group.iter().map(|r| &r.report).collect();
@@ -320,7 +323,11 @@ pub fn table(rows: &[Row]) -> String {
         let _ = write!(out, " {:<11}", "applied");
     }
     if cpu {
-        let _ = write!(out, " {:>9} {:>10}", "peer CPU%", "CPU µs/req");
+        let _ = write!(
+            out,
+            " {:>9} {:>10} {:>5}",
+            "peer CPU%", "CPU µs/req", "sys%"
+        );
     }
     out.truncate(out.trim_end_matches(' ').len());
     out.push('\n');
@@ -343,10 +350,14 @@ pub fn table(rows: &[Row]) -> String {
         }
         match (cpu, row.peer_cpu) {
             (true, Some(c)) => {
-                let _ = write!(out, " {:>9.0} {:>10.1}", c.busy_pct, c.us_per_request);
+                let _ = write!(
+                    out,
+                    " {:>9.0} {:>10.1} {:>5.0}",
+                    c.busy_pct, c.us_per_request, c.system_pct
+                );
             }
             (true, None) => {
-                let _ = write!(out, " {:>9} {:>10}", "-", "-");
+                let _ = write!(out, " {:>9} {:>10} {:>5}", "-", "-", "-");
             }
             (false, _) => {}
         }
@@ -437,6 +448,7 @@ pub fn to_json(settings: Value, runs: &[Run]) -> Value {
             "non_2xx": run.report.non_2xx,
             "peer_cpu_pct": run.peer_cpu.map(|c| c.busy_pct),
             "peer_cpu_us_per_request": run.peer_cpu.map(|c| c.us_per_request),
+            "peer_cpu_system_pct": run.peer_cpu.map(|c| c.system_pct),
         })).collect::<Vec<_>>(),
         "medians": rows.iter().map(|row| json!({
             "scenario": row.scenario,
@@ -455,6 +467,7 @@ pub fn to_json(settings: Value, runs: &[Run]) -> Value {
             "errors": row.errors,
             "peer_cpu_pct": row.peer_cpu.map(|c| c.busy_pct),
             "peer_cpu_us_per_request": row.peer_cpu.map(|c| c.us_per_request),
+            "peer_cpu_system_pct": row.peer_cpu.map(|c| c.system_pct),
         })).collect::<Vec<_>>(),
         // NaN (a zero baseline) becomes null.
         "ratios": ratios.iter().map(|ratio| json!({
@@ -727,6 +740,7 @@ mod tests {
             run.peer_cpu = Some(PeerCpu {
                 busy_pct: 90.0,
                 us_per_request,
+                system_pct: 75.0,
             });
             run
         };
@@ -751,21 +765,22 @@ mod tests {
             .lines()
             .next()
             .unwrap()
-            .ends_with("peer CPU% CPU µs/req"));
+            .ends_with("peer CPU% CPU µs/req  sys%"));
         assert!(table
             .lines()
             .nth(1)
             .unwrap()
-            .ends_with("       90      200.0"));
+            .ends_with("       90      200.0    75"));
         assert!(table
             .lines()
             .nth(3)
             .unwrap()
-            .ends_with("         -          -"));
+            .ends_with("         -          -     -"));
         let ratio_table = ratio_table(&ratios);
         assert!(ratio_table.lines().nth(1).unwrap().ends_with("    0.25"));
         let doc = to_json(json!({}), &runs);
         assert_eq!(doc["medians"][0]["peer_cpu_us_per_request"], 200.0);
+        assert_eq!(doc["medians"][0]["peer_cpu_system_pct"], 75.0);
         assert_eq!(doc["ratios"][0]["cpu_per_request"], 0.25);
         assert!(doc["runs"][4]["peer_cpu_pct"].is_null());
     }

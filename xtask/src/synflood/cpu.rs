@@ -132,6 +132,26 @@ pub fn group_runtime_ns(pgid: u32) -> u64 {
         .sum()
 }
 
+/// User and kernel CPU time of every process in process group `pgid`, in clock ticks: how a
+/// proxy's run time splits between its own code and the kernel's (syscalls, and the loopback
+/// TCP stack that runs in the sender's context).
+pub fn group_user_system_ticks(pgid: u32) -> (u64, u64) {
+    group_members(pgid)
+        .into_iter()
+        .filter_map(|pid| user_system_ticks(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?))
+        .fold((0, 0), |(user, system), (u, s)| (user + u, system + s))
+}
+
+/// utime and stime in `/proc/PID/stat` (the 14th and 15th fields), every thread included.
+pub fn user_system_ticks(stat: &str) -> Option<(u64, u64)> {
+    let after_comm = &stat[stat.rfind(')')? + 1..];
+    // state ppid pgrp session tty_nr tpgid flags minflt cminflt majflt cmajflt utime stime
+    let mut fields = after_comm.split_whitespace().skip(11);
+    let user = fields.next()?.parse().ok()?;
+    let system = fields.next()?.parse().ok()?;
+    Some((user, system))
+}
+
 /// The processes of process group `pgid`.
 pub fn group_members(pgid: u32) -> Vec<u32> {
     let Ok(entries) = fs::read_dir("/proc") else {
@@ -164,6 +184,13 @@ mod tests {
                         cpu0 44056 0 27332 300936 528 0 11745 43 0 0\n\
                         cpu1 51438 1 28050 290250 1960 5 13066 32 0 0\n\
                         intr 3554103 0 0\nctxt 1234\n";
+
+    #[test]
+    fn user_and_system_ticks_come_after_the_command_name() {
+        let stat = "4242 (a (b) c) S 1 4242 4242 0 -1 4194560 120 0 0 0 731 2146 0 0 20 0 2";
+        assert_eq!(user_system_ticks(stat), Some((731, 2146)));
+        assert_eq!(user_system_ticks("4242 (short) S 1 2"), None);
+    }
 
     #[test]
     fn reads_each_cpu_and_skips_the_total() {
