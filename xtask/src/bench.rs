@@ -6,9 +6,10 @@
 //! `2-workers` (as unpinned, with two workers per proxy). With both unpinned modes
 //! the bench prints each proxy's scaling: req/s with two workers over one. `direct` is wrk
 //! against the upstream itself: the ceiling of this machine. `floor` is `ringwall-floor`
-//! (benches/src/bin/floor.rs), a byte relay on the cheapest io_uring loop: the ceiling of any
-//! proxy here, measured over plain HTTP without policies; the tables give Ringwall/floor and
-//! floor/nginx, floor/HAProxy beside Ringwall's ratios.
+//! (benches/src/bin/floor.rs), a byte relay on the cheapest io_uring loop: for small
+//! exchanges, the ceiling of any proxy here (large bodies it moves in 32 KiB buffers, and it is
+//! no ceiling there), measured over plain HTTP without policies; the tables give
+//! Ringwall/floor and floor/nginx, floor/HAProxy beside Ringwall's ratios.
 //!
 //! Requests/s on two shared cores measure wrk and the upstream as much as the proxy and
 //! drift over an hour, so the figures to read are the ratios measured in the same run.

@@ -41,7 +41,8 @@ pub enum Peer {
     Envoy,
     Ringwall,
     /// `ringwall-floor` (benches/src/bin/floor.rs): a byte relay on the cheapest io_uring
-    /// loop, the least any proxy can cost per request here. Plain HTTP without policies only.
+    /// loop: for small exchanges, the least any proxy can cost per request here. Plain HTTP
+    /// without policies only.
     Floor,
 }
 

@@ -1,5 +1,5 @@
-//! `ringwall-floor`: the least work a proxy can do per request on this machine, as a peer of
-//! `cargo xtask bench`. It pairs each client connection with an upstream connection of its
+//! `ringwall-floor`: the least work a proxy can do per small request on this machine, as a
+//! peer of `cargo xtask bench`. It pairs each client connection with an upstream connection of its
 //! own and copies bytes both ways without reading them: no HTTP parsing, routing, pooling,
 //! policies, timers, logs or metrics. What it costs per request is the kernel's part of any
 //! proxy (a receive and a send on each side) plus the cheapest loop io_uring allows: a
@@ -7,9 +7,13 @@
 //! `io_uring_enter` per turn that both submits and waits, on a ring set up for one thread
 //! (`SINGLE_ISSUER`, `DEFER_TASKRUN`).
 //!
-//! Ringwall over the floor says how much of the machine's ceiling Ringwall reaches; the floor
-//! over nginx says how far above nginx any proxy could go here. It is not a proxy to deploy:
-//! it trusts the upstream, has no timeouts and keeps nothing from one connection to the next.
+//! For small exchanges (a request and a response of one segment each, the `small` workload)
+//! that is a floor: Ringwall over it says how much of the machine's ceiling Ringwall reaches,
+//! and it over nginx how far above nginx any proxy could go here. For large bodies it is no
+//! floor: it moves them in 32 KiB buffers with one send at a time and serves starved
+//! receives last come first, where a proxy can do better (Ringwall does). It is not a proxy to
+//! deploy: it trusts the upstream, has no timeouts and keeps nothing from one connection to
+//! the next.
 //!
 //! Usage: `ringwall-floor LISTEN UPSTREAM [WORKERS]`, e.g. `127.0.0.1:8006 127.0.0.1:9000 1`.
 //! Each worker is a thread with its own ring and its own `SO_REUSEPORT` listener.
