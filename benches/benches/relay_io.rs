@@ -11,11 +11,12 @@
 //! take registered buffers or splice instead of the owned buffer it takes.
 
 use std::io::{self, Read, Write};
-use std::net::{TcpListener, TcpStream as StdStream};
+use std::net::TcpStream as StdStream;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::thread;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use ringwall_benches::loopback_pair;
 use tokio_uring::buf::fixed::FixedBufRegistry;
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
@@ -24,19 +25,12 @@ use tokio_uring::{OneshotOutputTransform, UnsubmittedOneshot};
 /// A relay round: what a worker's large buffer holds.
 const CHUNK: usize = 64 * 1024;
 
-/// A connected loopback pair: the end a test thread uses, and the end the relay uses.
-fn pair() -> (StdStream, StdStream) {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
-    let outer = StdStream::connect(listener.local_addr().expect("address")).expect("connect");
-    let (inner, _) = listener.accept().expect("accept");
-    (outer, inner)
-}
-
 /// The two sockets a relay moves bytes between, with a sender filling `from` and a
-/// receiver draining `to` until the sockets close.
+/// receiver draining `to` until the sockets close (each pair's outer end is a test
+/// thread's, its inner end the relay's).
 fn relay_sockets() -> (StdStream, StdStream) {
-    let (mut sender, from) = pair();
-    let (mut receiver, to) = pair();
+    let (mut sender, from) = loopback_pair();
+    let (mut receiver, to) = loopback_pair();
     thread::spawn(move || {
         let block = vec![0x5a_u8; CHUNK];
         while sender.write_all(&block).is_ok() {}

@@ -11,7 +11,7 @@
 
 use std::hint::black_box;
 use std::io::{self, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -21,7 +21,7 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use io_uring::types::Fd;
 use io_uring::{cqueue, opcode, squeue, IoUring};
-use ringwall_benches::BufRing;
+use ringwall_benches::{loopback_pair, BufRing};
 
 const CONNS: usize = 32;
 const REQUEST: [u8; 120] = [b'q'; 120];
@@ -45,17 +45,14 @@ struct Load {
 
 impl Load {
     fn start() -> Load {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
-        let addr = listener.local_addr().expect("address");
         let mut clients = Vec::new();
         let mut servers = Vec::new();
         for _ in 0..CONNS {
-            let client = TcpStream::connect(addr).expect("connect");
+            let (client, server) = loopback_pair();
             client.set_nodelay(true).expect("nodelay");
             client
                 .set_read_timeout(Some(Duration::from_millis(200)))
                 .expect("timeout");
-            let (server, _) = listener.accept().expect("accept");
             server.set_nodelay(true).expect("nodelay");
             clients.push(client);
             servers.push(server);

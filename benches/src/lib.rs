@@ -1,11 +1,20 @@
 //! What the benches share. The criterion benches live in `benches/benches`; `src/bin/floor.rs`
 //! is the bench's floor peer. Both the `ring_recv` bench and the floor receive into a
-//! provided-buffer ring, kept here.
+//! provided-buffer ring, kept here, and `relay_io` and `ring_recv` both open loopback pairs.
 
+use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU16, Ordering};
 
 use io_uring::types::BufRingEntry;
 use io_uring::IoUring;
+
+/// A connected loopback pair: the end that connected, and the end that was accepted.
+pub fn loopback_pair() -> (TcpStream, TcpStream) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    let outer = TcpStream::connect(listener.local_addr().expect("address")).expect("connect");
+    let (inner, _) = listener.accept().expect("accept");
+    (outer, inner)
+}
 
 /// A provided-buffer ring: `entries` buffers of `size` bytes each that the kernel picks from
 /// for receives that name `group`, handed back one by one once read.
