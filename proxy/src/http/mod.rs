@@ -64,20 +64,22 @@ pub struct HopByHop<'h> {
 
 impl<'h> HopByHop<'h> {
     pub fn of(headers: &[httparse::Header<'h>]) -> Self {
-        let tokens = || {
-            headers
-                .iter()
-                .filter(|h| is_named(h.name, "connection"))
-                .flat_map(|h| h.value.split(|&b| b == b','))
+        let connection = || headers.iter().filter(|h| is_named(h.name, "connection"));
+        let tokens = |value: &'h [u8]| {
+            value
+                .split(|&b| b == b',')
                 .map(<[u8]>::trim_ascii)
                 .filter(|item| !item.is_empty())
         };
-        let names_fields = tokens().any(|item| {
-            !item.eq_ignore_ascii_case(b"close") && !item.eq_ignore_ascii_case(b"keep-alive")
+        // Nested rather than one flattened iterator: this runs for every message.
+        let names_fields = connection().any(|h| {
+            tokens(h.value).any(|item| {
+                !item.eq_ignore_ascii_case(b"close") && !item.eq_ignore_ascii_case(b"keep-alive")
+            })
         });
         let mut named = Vec::new();
         if names_fields {
-            named.extend(tokens());
+            named.extend(connection().flat_map(|h| tokens(h.value)));
             named.sort_unstable_by(|a, b| cmp_ignoring_case(a, b));
             named.dedup_by(|a, b| a.eq_ignore_ascii_case(b));
         }
