@@ -21,7 +21,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
 use std::process::ExitCode;
 use std::thread;
 
@@ -210,23 +210,24 @@ impl Worker {
 
     /// A client connected: connects its upstream connection and starts receiving on both.
     fn open(&mut self, client: RawFd) {
+        // SAFETY: the accepted descriptor is ours and used nowhere else; dropped, it closes.
+        let client = unsafe { TcpStream::from_raw_fd(client) };
         let upstream = match TcpStream::connect(self.upstream) {
             Ok(stream) => stream,
             Err(err) => {
                 eprintln!("ringwall-floor: connect to {}: {err}", self.upstream);
-                // SAFETY: the accepted descriptor is ours and used nowhere else.
-                unsafe { libc::close(client) };
                 return;
             }
         };
-        let _ = upstream.set_nodelay(true);
-        set_nodelay(client);
+        for stream in [&client, &upstream] {
+            let _ = stream.set_nodelay(true);
+        }
         let slot = self.free.pop().unwrap_or_else(|| {
             self.pairs.push(Pair::default());
             self.pairs.len() - 1
         });
         let pair = &mut self.pairs[slot];
-        pair.fds = [client, upstream.into_raw_fd()];
+        pair.fds = [client.into_raw_fd(), upstream.into_raw_fd()];
         pair.ended = [false; 2];
         pair.closing = false;
         for side in [CLIENT, UPSTREAM] {
@@ -394,20 +395,6 @@ fn side_bit(side: usize) -> u64 {
     } else {
         0
     }
-}
-
-fn set_nodelay(fd: RawFd) {
-    let on: libc::c_int = 1;
-    // SAFETY: `on` is a valid c_int for the call to read; `fd` is an open socket.
-    unsafe {
-        libc::setsockopt(
-            fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_NODELAY,
-            (&on as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
 }
 
 #[cfg(test)]
