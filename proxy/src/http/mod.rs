@@ -44,9 +44,15 @@ impl HttpError {
 
 /// Whether a comma-separated header value lists `token` (case-insensitive).
 pub fn header_has_token(value: &[u8], token: &[u8]) -> bool {
+    list_items(value).any(|item| item.eq_ignore_ascii_case(token))
+}
+
+/// The items of a comma-separated header value, trimmed, the empty ones left out.
+fn list_items(value: &[u8]) -> impl Iterator<Item = &[u8]> {
     value
         .split(|&b| b == b',')
-        .any(|item| item.trim_ascii().eq_ignore_ascii_case(token))
+        .map(<[u8]>::trim_ascii)
+        .filter(|item| !item.is_empty())
 }
 
 /// The hop-by-hop fields of one message (RFC 9110 §7.6.1): the fixed ones, and those its
@@ -65,21 +71,15 @@ pub struct HopByHop<'h> {
 impl<'h> HopByHop<'h> {
     pub fn of(headers: &[httparse::Header<'h>]) -> Self {
         let connection = || headers.iter().filter(|h| is_named(h.name, "connection"));
-        let tokens = |value: &'h [u8]| {
-            value
-                .split(|&b| b == b',')
-                .map(<[u8]>::trim_ascii)
-                .filter(|item| !item.is_empty())
-        };
         // Nested rather than one flattened iterator: this runs for every message.
         let names_fields = connection().any(|h| {
-            tokens(h.value).any(|item| {
+            list_items(h.value).any(|item| {
                 !item.eq_ignore_ascii_case(b"close") && !item.eq_ignore_ascii_case(b"keep-alive")
             })
         });
         let mut named = Vec::new();
         if names_fields {
-            named.extend(connection().flat_map(|h| tokens(h.value)));
+            named.extend(connection().flat_map(|h| list_items(h.value)));
             named.sort_unstable_by(|a, b| cmp_ignoring_case(a, b));
             named.dedup_by(|a, b| a.eq_ignore_ascii_case(b));
         }
