@@ -650,14 +650,13 @@ impl Session<'_> {
                 drive(stage, conns, plan.warmup)?;
             }
             for rep in 1..=plan.reps {
-                let cpu_before =
-                    group.map(|g| (cpu::group_runtime_ns(g), cpu::group_user_system_ticks(g)));
+                let cpu_before = group.map(cpu::group_cpu);
                 let report = drive(stage, conns, plan.duration)?;
-                let peer_cpu = group.zip(cpu_before).map(|(group, (ran, ticks))| {
-                    let ran_ns = cpu::group_runtime_ns(group).saturating_sub(ran) as f64;
-                    let (user, system) = cpu::group_user_system_ticks(group);
-                    let user = user.saturating_sub(ticks.0) as f64;
-                    let system = system.saturating_sub(ticks.1) as f64;
+                let peer_cpu = group.zip(cpu_before).map(|(group, before)| {
+                    let after = cpu::group_cpu(group);
+                    let ran_ns = after.run_ns.saturating_sub(before.run_ns) as f64;
+                    let user = after.user_ticks.saturating_sub(before.user_ticks) as f64;
+                    let system = after.system_ticks.saturating_sub(before.system_ticks) as f64;
                     PeerCpu {
                         busy_pct: ran_ns / 1e7 / f64::from(plan.duration),
                         us_per_request: ran_ns / 1e3 / report.requests.max(1) as f64,

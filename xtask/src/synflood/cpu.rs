@@ -132,24 +132,48 @@ pub fn group_runtime_ns(pgid: u32) -> u64 {
         .sum()
 }
 
-/// User and kernel CPU time of every process in process group `pgid`, in clock ticks: how a
-/// proxy's run time splits between its own code and the kernel's (syscalls, and the loopback
-/// TCP stack that runs in the sender's context).
-pub fn group_user_system_ticks(pgid: u32) -> (u64, u64) {
+/// What the processes of one group have run so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GroupCpu {
+    /// Run time of every thread, in ns (`schedstat`).
+    pub run_ns: u64,
+    /// User and kernel time, in clock ticks (`stat`): how a proxy's run time splits between
+    /// its own code and the kernel's (syscalls, and the loopback TCP stack that runs in the
+    /// sender's context).
+    pub user_ticks: u64,
+    pub system_ticks: u64,
+}
+
+/// [`GroupCpu`] of process group `pgid`, from one walk of its members.
+pub fn group_cpu(pgid: u32) -> GroupCpu {
     group_members(pgid)
         .into_iter()
-        .filter_map(|pid| user_system_ticks(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?))
-        .fold((0, 0), |(user, system), (u, s)| (user + u, system + s))
+        .fold(GroupCpu::default(), |sum, pid| {
+            let (user, system) = fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| user_system_ticks(&stat))
+                .unwrap_or_default();
+            GroupCpu {
+                run_ns: sum.run_ns + process_runtime_ns(pid),
+                user_ticks: sum.user_ticks + user,
+                system_ticks: sum.system_ticks + system,
+            }
+        })
 }
 
 /// utime and stime in `/proc/PID/stat` (the 14th and 15th fields), every thread included.
 pub fn user_system_ticks(stat: &str) -> Option<(u64, u64)> {
-    let after_comm = &stat[stat.rfind(')')? + 1..];
     // state ppid pgrp session tty_nr tpgid flags minflt cminflt majflt cmajflt utime stime
-    let mut fields = after_comm.split_whitespace().skip(11);
+    let mut fields = stat_fields(stat)?.skip(11);
     let user = fields.next()?.parse().ok()?;
     let system = fields.next()?.parse().ok()?;
     Some((user, system))
+}
+
+/// The fields of `/proc/PID/stat` after the command name, which is in parentheses and may
+/// hold spaces and parentheses itself.
+fn stat_fields(stat: &str) -> Option<std::str::SplitWhitespace<'_>> {
+    Some(stat[stat.rfind(')')? + 1..].split_whitespace())
 }
 
 /// The processes of process group `pgid`.
@@ -168,12 +192,10 @@ pub fn group_members(pgid: u32) -> Vec<u32> {
         .collect()
 }
 
-/// The process group in `/proc/PID/stat` (the 5th field; the command name before it is in
-/// parentheses and may hold spaces and parentheses itself).
+/// The process group in `/proc/PID/stat` (the 5th field).
 pub fn process_group(stat: &str) -> Option<u32> {
-    let after_comm = &stat[stat.rfind(')')? + 1..];
     // state, ppid, pgrp
-    after_comm.split_whitespace().nth(2)?.parse().ok()
+    stat_fields(stat)?.nth(2)?.parse().ok()
 }
 
 #[cfg(test)]
