@@ -8,7 +8,7 @@ use std::net::IpAddr;
 
 use bytes::{BufMut, BytesMut};
 
-use super::{header_has_token, is_named, put_decimal, Framing, HopByHop, HttpError};
+use super::{header_has_token, put_decimal, Framing, HopByHop, HttpError};
 
 /// Most header fields accepted in one request head.
 pub const MAX_HEADERS: usize = 128;
@@ -316,18 +316,32 @@ fn put_framing(req: &Request<'_, '_>, out: &mut BytesMut) {
 }
 
 /// The client's fields the gateway writes its own version of (or none): `Host`, the
-/// framing, `Expect` (answered here) and the `X-Forwarded-*` it extends. By length first,
-/// so most fields are passed without a comparison.
+/// framing, `Expect` (answered here) and the `X-Forwarded-*` it extends. Their spellings
+/// with `_` for `-` go too: CGI, WSGI and PHP upstreams read `X_Forwarded_For` and
+/// `X-Forwarded-For` as one variable (`HTTP_X_FORWARDED_FOR`), so a client would otherwise
+/// set the address, host or framing those upstreams see past the gateway's own. By length
+/// first, so most fields are passed without a comparison.
 fn rewritten_upstream(name: &str) -> bool {
+    let is = |lower: &str| is_named_either_dash(name, lower);
     match name.len() {
-        4 => is_named(name, "host"),
-        6 => is_named(name, "expect"),
-        14 => is_named(name, "content-length"),
-        15 => is_named(name, "x-forwarded-for"),
-        16 => is_named(name, "x-forwarded-host"),
-        17 => is_named(name, "x-forwarded-proto") || is_named(name, "transfer-encoding"),
+        4 => is("host"),
+        6 => is("expect"),
+        14 => is("content-length"),
+        15 => is("x-forwarded-for"),
+        16 => is("x-forwarded-host"),
+        17 => is("x-forwarded-proto") || is("transfer-encoding"),
         _ => false,
     }
+}
+
+/// Whether field `name` is `lower` (lower case, with `-`) as an upstream that reads `_` as
+/// `-` would take it.
+fn is_named_either_dash(name: &str, lower: &str) -> bool {
+    name.len() == lower.len()
+        && name
+            .bytes()
+            .zip(lower.bytes())
+            .all(|(n, l)| n.to_ascii_lowercase() == l || (n == b'_' && l == b'-'))
 }
 
 fn put_header(out: &mut BytesMut, name: &[u8], value: &[u8]) {
@@ -723,6 +737,24 @@ mod tests {
                 "{framing:?}"
             );
         }
+    }
+
+    #[test]
+    fn underscore_spellings_of_the_rewritten_fields_are_not_forwarded() {
+        // Read by a CGI or WSGI upstream as X-Forwarded-For, X-Forwarded-Host and the
+        // framing: the client's own values would stand beside (or over) the gateway's.
+        let head = upstream_head(
+            b"POST /u HTTP/1.1\r\nHost: gw\r\nX_Forwarded_For: 6.6.6.6\r\nx_forwarded_host: evil\r\n\
+              X_Forwarded-Proto: https\r\nContent_Length: 99\r\nTransfer_Encoding: chunked\r\n\
+              client_id: abc\r\nContent-Length: 2\r\n\r\n",
+            "/",
+            "/u",
+        );
+        assert_eq!(
+            head,
+            "POST /u HTTP/1.1\r\nHost: 10.0.0.1:9000\r\nclient_id: abc\r\nContent-Length: 2\r\n\
+             X-Forwarded-For: 127.0.0.9\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: gw\r\n\r\n"
+        );
     }
 
     #[test]
