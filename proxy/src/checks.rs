@@ -7,7 +7,9 @@
 //! Service go over TLS with its `tls-outbound` settings, as its requests do.
 //!
 //! The threads start with the gateway that serves (never for `validate`) and end once that
-//! gateway is gone after a reload: each holds only a weak reference to what it checks.
+//! gateway is gone after a reload: each holds only a weak reference to what it checks. A
+//! reload keeps what the probes found for a Service whose check is unchanged: an endpoint
+//! out stays out, rather than taking traffic again until it has failed enough new probes.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -48,10 +50,16 @@ pub struct Checks {
 
 impl Checks {
     /// The checks of `snapshot`'s Services; `tls` is the same configuration's TLS, which
-    /// probes of `https://` Services use.
-    pub fn build(snapshot: &Snapshot, tls: &TlsSetup) -> Checks {
+    /// probes of `https://` Services use. An endpoint that a Service with the same check had
+    /// in `previous` starts as it was there; any other starts in.
+    pub fn build(snapshot: &Snapshot, tls: &TlsSetup, previous: Option<&Checks>) -> Checks {
         let routes = PerRoute::build(snapshot, |up| {
             let check = up.health_check.as_ref()?;
+            let was = previous
+                .into_iter()
+                .flat_map(|p| p.routes.values())
+                .find(|t| t.service == up.name && t.check == *check);
+            let healthy = |addr: &SocketAddr| was.is_none_or(|t| !t.is_down(addr));
             Some(Arc::new(Target {
                 service: up.name.clone(),
                 authority: up.authority.clone(),
@@ -60,7 +68,7 @@ impl Checks {
                 endpoints: up
                     .addrs
                     .iter()
-                    .map(|&a| (a, AtomicBool::new(true)))
+                    .map(|&a| (a, AtomicBool::new(healthy(&a))))
                     .collect(),
             }))
         });

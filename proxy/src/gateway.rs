@@ -212,7 +212,7 @@ impl Gateway {
         let tls = crate::tls::setup::build(&snapshot, &listeners, previous.map(|g| &g.tls))?;
         let breakers = crate::breaker::Breakers::build(&snapshot, previous.map(|g| &g.breakers))?;
         let metrics = crate::metrics::GatewayMetrics::new(&snapshot);
-        let checks = crate::checks::Checks::build(&snapshot, &tls);
+        let checks = crate::checks::Checks::build(&snapshot, &tls, previous.map(|g| &g.checks));
         let indexes = snapshot.apis.iter().map(RouteIndex::build).collect();
         Ok(Self {
             snapshot,

@@ -216,6 +216,50 @@ fn active_health_checks_take_an_endpoint_out_and_back() {
 }
 
 #[test]
+fn a_reload_keeps_an_endpoint_the_checks_took_out_out() {
+    within(TEST_LIMIT, || {
+        let a = Origin::start(|req| match req.path.as_str() {
+            "/healthz" => Reply::new(503).body("sick"),
+            _ => Reply::ok("a"),
+        });
+        let b = Origin::start(|req| Reply::ok(if req.path == "/healthz" { "ok" } else { "b" }));
+        let list = format!("    - {}\n    - {}\n", a.url(), b.url());
+        // Two failures a second apart take `a` out: a reload that forgot it would send it
+        // traffic for about a second.
+        let svc = service("svc", "x").replace("  address: x\n", &format!("  addresses:\n{list}"))
+            + "  healthCheck:\n    path: /healthz\n    intervalSeconds: 1\n    \
+               timeoutSeconds: 0.5\n    unhealthyThreshold: 2\n    healthyThreshold: 2\n";
+        let docs = |more: &[&str]| {
+            let mut all = vec![
+                api_instance("api", ANY_PORT, &[]),
+                svc.clone(),
+                route_binding("api-route", "api", "svc", None, &[]),
+            ];
+            all.extend(more.iter().map(|d| d.to_string()));
+            documents(&all.iter().map(String::as_str).collect::<Vec<_>>())
+        };
+        let mut gw = Gateway::start(
+            &[("api.yaml", &docs(&[]))],
+            &["--workers", "1", "--no-watch"],
+        );
+        let a_endpoint = a.addr().to_string();
+        let labels = [("service", "svc"), ("endpoint", a_endpoint.as_str())];
+        let state = gw.metric_until("ringwall_upstream_endpoint_healthy", &labels, |v| v == 0.0);
+        assert_eq!(state, 0.0, "the failing endpoint was not taken out");
+
+        // An edit elsewhere: a second ApiInstance on the same Service, same check.
+        let other = api_instance("other", ANY_PORT, &[]);
+        let other_route = route_binding("other-route", "other", "svc", None, &[]);
+        let verdict = gw.reload_with("api.yaml", Some(&docs(&[&other, &other_route])));
+        assert!(verdict.starts_with("reloaded "), "{verdict}");
+        let answers: Vec<String> = (0..10)
+            .map(|i| Client::connect(gw.addr("api")).get(&format!("/{i}")).text())
+            .collect();
+        assert!(answers.iter().all(|t| t == "b"), "{answers:?}");
+    })
+}
+
+#[test]
 fn weighted_endpoints_take_their_share() {
     within(TEST_LIMIT, || {
         let heavy = Origin::ok("heavy");
