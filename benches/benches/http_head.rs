@@ -50,7 +50,7 @@ fn parse_and_rewrite(c: &mut Criterion) {
         let mut out = BytesMut::with_capacity(4096);
         group.bench_with_input(BenchmarkId::new("parse", name), raw, |b, raw| {
             b.iter(|| {
-                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                let mut headers = ringwall::http::header_slots::<MAX_HEADERS>();
                 let req = request::parse(raw, &mut headers, 32 * 1024)
                     .unwrap()
                     .unwrap();
@@ -62,7 +62,7 @@ fn parse_and_rewrite(c: &mut Criterion) {
             raw,
             |b, raw| {
                 b.iter(|| {
-                    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                    let mut headers = ringwall::http::header_slots::<MAX_HEADERS>();
                     let req = request::parse(raw, &mut headers, 32 * 1024)
                         .unwrap()
                         .unwrap();

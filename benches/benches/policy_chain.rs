@@ -147,7 +147,7 @@ fn policy_chain(c: &mut Criterion) {
             &raw,
             |b, raw| {
                 b.iter(|| {
-                    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                    let mut headers = ringwall::http::header_slots::<MAX_HEADERS>();
                     let req = request::parse(raw.as_bytes(), &mut headers, 65536)
                         .ok()
                         .flatten()

@@ -45,7 +45,7 @@ fn route(c: &mut Criterion) {
             let raw = format!("GET /svc-{target}/orders?x=1 HTTP/1.1\r\nHost: a\r\n\r\n");
             group.bench_with_input(BenchmarkId::new(case, n), &raw, |b, raw| {
                 b.iter(|| {
-                    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                    let mut headers = ringwall::http::header_slots::<MAX_HEADERS>();
                     let req = request::parse(raw.as_bytes(), &mut headers, 65536)
                         .ok()
                         .flatten()

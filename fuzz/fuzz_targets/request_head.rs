@@ -8,7 +8,7 @@ use libfuzzer_sys::fuzz_target;
 use ringwall::http::request::{self, Forward};
 
 fuzz_target!(|data: &[u8]| {
-    let mut headers = [httparse::EMPTY_HEADER; request::MAX_HEADERS];
+    let mut headers = ringwall::http::header_slots::<{ request::MAX_HEADERS }>();
     let Ok(Some(req)) = request::parse(data, &mut headers, 64 * 1024) else {
         return;
     };
@@ -24,7 +24,7 @@ fuzz_target!(|data: &[u8]| {
         strip: &request::keep_all,
     };
     request::write_upstream_head(&req, &forward, &mut out);
-    let mut again = [httparse::EMPTY_HEADER; request::MAX_HEADERS + 8];
+    let mut again = ringwall::http::header_slots::<{ request::MAX_HEADERS + 8 }>();
     let parsed = request::parse(&out, &mut again, usize::MAX);
     let Ok(Some(up)) = parsed else {
         panic!(

@@ -487,7 +487,7 @@ fn plan_request(
 ) -> Result<Planned, Refusal> {
     let settings = &gateway.snapshot.settings;
     let limits = &settings.limits;
-    let mut headers = [httparse::EMPTY_HEADER; request::MAX_HEADERS];
+    let mut headers = crate::http::header_slots::<{ request::MAX_HEADERS }>();
     // More header lines than allowed fail the parse as too many (431).
     let allowed = &mut headers[..limits.max_headers.min(request::MAX_HEADERS)];
     let refused = |e: HttpError| Refusal {
@@ -998,7 +998,7 @@ async fn read_response_head(
     let deadline = Instant::now() + wait;
     loop {
         if !up.buf.is_empty() {
-            let mut headers = [httparse::EMPTY_HEADER; response::MAX_HEADERS];
+            let mut headers = crate::http::header_slots::<{ response::MAX_HEADERS }>();
             let parsed = response::parse(&up.buf, &mut headers, MAX_RESPONSE_HEAD, plan.is_head)?;
             match parsed {
                 Some(r) if (100..200).contains(&r.status) && r.status != 101 => {

@@ -558,7 +558,7 @@ spec:
             for extra in ["", "Host: h7.test\r\n", "X-R: 9\r\n"] {
                 let raw = format!("{line} HTTP/1.1\r\nHost: a\r\n{extra}\r\n");
                 let raw = raw.replacen("Host: a\r\nHost:", "Host:", 1);
-                let mut headers = [httparse::EMPTY_HEADER; request::MAX_HEADERS];
+                let mut headers = crate::http::header_slots::<{ request::MAX_HEADERS }>();
                 let req = request::parse(raw.as_bytes(), &mut headers, 8192)
                     .expect("parses")
                     .expect("complete");
@@ -600,7 +600,7 @@ spec:
 
     fn routed_index(g: &Gateway, path: &str) -> Option<usize> {
         let raw = format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n");
-        let mut headers = [httparse::EMPTY_HEADER; request::MAX_HEADERS];
+        let mut headers = crate::http::header_slots::<{ request::MAX_HEADERS }>();
         let req = request::parse(raw.as_bytes(), &mut headers, 8192).ok()??;
         let routed = g.route(0, &req, 0)?;
         routed.route.map(|_| routed.route_index)
@@ -631,7 +631,7 @@ spec:
     }
 
     fn route_of(g: &Gateway, raw: &[u8], pick: u64) -> Option<String> {
-        let mut headers = [httparse::EMPTY_HEADER; request::MAX_HEADERS];
+        let mut headers = crate::http::header_slots::<{ request::MAX_HEADERS }>();
         let req = request::parse(raw, &mut headers, 8192).ok()??;
         let routed = g.route(0, &req, pick)?;
         routed
@@ -672,7 +672,9 @@ spec:
     }
 
     fn parsed(raw: &'static [u8]) -> request::Request<'static, 'static> {
-        let headers = Box::leak(Box::new([httparse::EMPTY_HEADER; request::MAX_HEADERS]));
+        let headers = Box::leak(Box::new(crate::http::header_slots::<
+            { request::MAX_HEADERS },
+        >()));
         request::parse(raw, headers, 8192)
             .expect("a valid head")
             .expect("a complete head")

@@ -79,7 +79,7 @@ fn a_warm_chain_allocates_nothing_per_request() {
     }];
 
     let mut exchange = || {
-        let mut headers = [httparse::EMPTY_HEADER; request::MAX_HEADERS];
+        let mut headers = ringwall::http::header_slots::<{ request::MAX_HEADERS }>();
         let req = request::parse(REQUEST, &mut headers, 65536)
             .expect("valid")
             .expect("complete");

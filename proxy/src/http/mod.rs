@@ -6,7 +6,19 @@ pub mod chunked;
 pub mod request;
 pub mod response;
 
+use std::mem::MaybeUninit;
+
 use bytes::{BufMut, BytesMut};
+
+/// Room for the header fields of one head, left uninitialised: httparse writes the ones it
+/// parses. Filled with `EMPTY_HEADER` first, 128 slots were 4 KiB of stores per head, and
+/// the two heads of an exchange 4% of its instructions.
+pub type HeaderSlots<'b, const N: usize> = [MaybeUninit<httparse::Header<'b>>; N];
+
+/// [`HeaderSlots`] ready for a parse.
+pub fn header_slots<'b, const N: usize>() -> HeaderSlots<'b, N> {
+    [const { MaybeUninit::uninit() }; N]
+}
 
 /// How a message body is delimited (RFC 9112 §6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,6 +4,7 @@
 //! Nothing here allocates: the head borrows the connection's read buffer and the
 //! rewritten head is appended to the connection's output buffer.
 
+use std::mem::MaybeUninit;
 use std::net::IpAddr;
 
 use bytes::{BufMut, BytesMut};
@@ -49,11 +50,11 @@ pub fn uri_too_long(buf: &[u8], target: Option<&str>, max_uri: usize) -> bool {
 /// Parses a request head from `buf`. `Ok(None)` means more bytes are needed.
 pub fn parse<'h, 'b>(
     buf: &'b [u8],
-    headers: &'h mut [httparse::Header<'b>],
+    headers: &'h mut [MaybeUninit<httparse::Header<'b>>],
     max_head: usize,
 ) -> Result<Option<Request<'h, 'b>>, HttpError> {
-    let mut req = httparse::Request::new(headers);
-    let head_len = match req.parse(buf) {
+    let mut req = httparse::Request::new(&mut []);
+    let head_len = match req.parse_with_uninit_headers(buf, headers) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {
             if buf.len() >= max_head {
@@ -470,12 +471,12 @@ mod tests {
 
     fn parse_ok(raw: &[u8]) -> Request<'static, 'static> {
         let raw: &'static [u8] = Box::leak(raw.to_vec().into_boxed_slice());
-        let headers = Box::leak(Box::new([httparse::EMPTY_HEADER; MAX_HEADERS]));
+        let headers = Box::leak(Box::new(super::super::header_slots::<MAX_HEADERS>()));
         parse(raw, headers, 32 * 1024).unwrap().unwrap()
     }
 
     fn parse_err(raw: &[u8]) -> HttpError {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut headers = super::super::header_slots::<MAX_HEADERS>();
         parse(raw, &mut headers, 32 * 1024).unwrap_err()
     }
 
@@ -526,13 +527,13 @@ mod tests {
 
     #[test]
     fn partial_head_needs_more_and_oversize_head_is_431() {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut headers = super::super::header_slots::<MAX_HEADERS>();
         assert!(parse(b"GET / HTTP/1.1\r\nHost: a\r\n", &mut headers, 1024)
             .unwrap()
             .is_none());
         let mut big = b"GET / HTTP/1.1\r\nHost: a\r\nX: ".to_vec();
         big.extend(std::iter::repeat_n(b'a', 2000));
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut headers = super::super::header_slots::<MAX_HEADERS>();
         assert_eq!(
             parse(&big, &mut headers, 1024).unwrap_err(),
             HttpError::HeadTooLarge

@@ -1,6 +1,8 @@
 //! The upstream's response head: parsed, its body framing decided (RFC 9112 §6.3), and
 //! rewritten for the client.
 
+use std::mem::MaybeUninit;
+
 use bytes::{BufMut, BytesMut};
 
 use super::{header_has_token, is_named, put_decimal, Framing, HopByHop};
@@ -33,12 +35,14 @@ pub struct Response<'h, 'b> {
 /// Parses a response head; `Ok(None)` means more bytes are needed.
 pub fn parse<'h, 'b>(
     buf: &'b [u8],
-    headers: &'h mut [httparse::Header<'b>],
+    headers: &'h mut [MaybeUninit<httparse::Header<'b>>],
     max_head: usize,
     request_was_head: bool,
 ) -> Result<Option<Response<'h, 'b>>, BadResponse> {
-    let mut resp = httparse::Response::new(headers);
-    let head_len = match resp.parse(buf) {
+    let mut resp = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut resp, buf, headers);
+    let head_len = match parsed {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if buf.len() >= max_head => {
             return Err(BadResponse::TooLarge)
@@ -165,7 +169,7 @@ mod tests {
     use super::*;
 
     fn parse_ok(raw: &'static [u8], head: bool) -> Response<'static, 'static> {
-        let headers = Box::leak(Box::new([httparse::EMPTY_HEADER; MAX_HEADERS]));
+        let headers = Box::leak(Box::new(super::super::header_slots::<MAX_HEADERS>()));
         parse(raw, headers, 64 * 1024, head).unwrap().unwrap()
     }
 
@@ -223,7 +227,7 @@ mod tests {
 
     #[test]
     fn bad_heads_are_errors() {
-        let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut h = super::super::header_slots::<MAX_HEADERS>();
         assert_eq!(
             parse(
                 b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
@@ -234,12 +238,12 @@ mod tests {
             .unwrap_err(),
             BadResponse::BadLength
         );
-        let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut h = super::super::header_slots::<MAX_HEADERS>();
         assert_eq!(
             parse(b"SMTP ready\r\n\r\n", &mut h, 1024, false).unwrap_err(),
             BadResponse::Malformed
         );
-        let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut h = super::super::header_slots::<MAX_HEADERS>();
         assert!(parse(b"HTTP/1.1 200 OK\r\n", &mut h, 1024, false)
             .unwrap()
             .is_none());

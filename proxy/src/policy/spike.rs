@@ -312,7 +312,7 @@ mod tests {
     /// Runs the request phase as the connection does on a retry: `attempt` and the hold
     /// of the previous ask kept until this one answers.
     fn ask(policies: &super::super::Policies, attempt: u32) -> Verdict {
-        let mut headers = [httparse::EMPTY_HEADER; 16];
+        let mut headers = crate::http::header_slots::<16>();
         let req = crate::http::request::parse(GET, &mut headers, 65536)
             .expect("valid")
             .expect("complete");

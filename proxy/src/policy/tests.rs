@@ -52,7 +52,7 @@ pub(crate) struct Outcome {
 }
 
 pub(crate) fn run(policies: &Policies, snapshot: &Snapshot, raw: &[u8], peer: &str) -> Outcome {
-    let mut headers = [httparse::EMPTY_HEADER; request::MAX_HEADERS];
+    let mut headers = crate::http::header_slots::<{ request::MAX_HEADERS }>();
     let req = request::parse(raw, &mut headers, 65536)
         .expect("valid request")
         .expect("complete request");
