@@ -4,6 +4,7 @@
 //! request head or body is parsed where it landed whichever the transport.
 
 use std::io;
+use std::marker::PhantomData;
 use std::net::Shutdown;
 use std::ops::DerefMut;
 
@@ -70,11 +71,7 @@ where
 
     async fn read(&mut self, buf: BytesMut) -> (io::Result<usize>, BytesMut) {
         match self {
-            Stream::Plain(tcp) => {
-                let start = buf.len();
-                let (res, slice) = tcp.read(buf.slice(start..)).await;
-                (res, slice.into_inner())
-            }
+            Stream::Plain(tcp) => recv(tcp, buf).await,
             Stream::Tls(tls) => tls.read(buf).await,
         }
     }
@@ -84,7 +81,7 @@ where
         B: BoundedBuf + AsRef<[u8]>,
     {
         match self {
-            Stream::Plain(tcp) => tcp.write_all(buf).await,
+            Stream::Plain(tcp) => send_all(tcp, buf).await,
             Stream::Tls(tls) => tls.write_all(buf).await,
         }
     }
@@ -136,7 +133,9 @@ where
         // and both buffers live on the heap and travel with the operation (the runtime
         // keeps them until its completion even if this future is dropped), and the socket
         // is kept open by the caller for as long as it waits.
-        let (res, pair) = UnsubmittedOneshot::new(pair, Wrote, sqe).submit().await;
+        let (res, pair) = UnsubmittedOneshot::new(pair, Done::new(), sqe)
+            .submit()
+            .await;
         let Pair {
             iov,
             mut first,
@@ -152,13 +151,13 @@ where
         first.advance(from_first);
         second.advance(n - from_first);
         if !first.is_empty() {
-            let (res, rest) = tcp.write_all(first).await;
+            let (res, rest) = send_all(tcp, first).await;
             first = rest;
             if let Err(e) = res {
                 return (Err(e), first, second, iov);
             }
         }
-        let (res, second) = tcp.write_all(second).await;
+        let (res, second) = send_all(tcp, second).await;
         (res, first, second, iov)
     }
 
@@ -197,16 +196,83 @@ struct Pair {
     second: BytesMut,
 }
 
-/// Turns a gathered write's completion into its result and its buffers.
-struct Wrote;
+// === Plain TCP on the ring ===
+//
+// tokio-uring's `read` and `write_all` go through its shared descriptor (a reference count
+// per operation), a buffer slice and two layers of `async fn` per call; an exchange makes
+// four such calls. These submit the `recv` or `send` itself and keep only the buffer with
+// the operation.
 
-impl OneshotOutputTransform for Wrote {
-    type Output = (io::Result<usize>, Pair);
-    type StoredData = Pair;
+/// Appends what one `recv` on the ring brings to the spare capacity of `buf`.
+async fn recv(tcp: &TcpStream, buf: BytesMut) -> (io::Result<usize>, BytesMut) {
+    let mut buf = buf;
+    let spare = buf.spare_capacity_mut();
+    let len = u32::try_from(spare.len()).unwrap_or(u32::MAX);
+    let sqe = io_uring::opcode::Recv::new(
+        io_uring::types::Fd(tcp.as_raw_fd()),
+        spare.as_mut_ptr().cast(),
+        len,
+    )
+    .build();
+    // What the kernel is handed stays valid until the operation completes: the buffer's
+    // heap allocation travels with the operation (the runtime keeps it until the
+    // completion even if this future is dropped), and the caller keeps the socket open
+    // while it waits; once it gives up, it shuts the socket down, which ends the recv.
+    let (res, mut buf) = UnsubmittedOneshot::new(buf, Done::new(), sqe)
+        .submit()
+        .await;
+    if let Ok(n) = res {
+        // SAFETY: the kernel wrote `n` bytes (at most `len`, the spare capacity) right
+        // after the initialised part.
+        unsafe { buf.set_len(buf.len() + n) };
+    }
+    (res, buf)
+}
 
-    fn transform_oneshot_output(self, pair: Pair, cqe: io_uring::cqueue::Entry) -> Self::Output {
+/// Writes all of `buf` with `send`s on the ring: one, unless the socket takes less.
+async fn send_all<B: BoundedBuf>(tcp: &TcpStream, buf: B) -> (io::Result<()>, B) {
+    let mut buf = buf;
+    let mut sent = 0;
+    while sent < buf.bytes_init() {
+        let left = u32::try_from(buf.bytes_init() - sent).unwrap_or(u32::MAX);
+        // SAFETY: `sent` is within the initialised bytes of `buf` (checked above).
+        let from = unsafe { buf.stable_ptr().add(sent) };
+        let sqe = io_uring::opcode::Send::new(io_uring::types::Fd(tcp.as_raw_fd()), from, left)
+            .flags(libc::MSG_NOSIGNAL)
+            .build();
+        // As in `recv`: the buffer travels with the operation, its bytes at a stable
+        // address, and the caller keeps the socket open while it waits.
+        let (res, back) = UnsubmittedOneshot::new(buf, Done::new(), sqe)
+            .submit()
+            .await;
+        buf = back;
+        match res {
+            Ok(0) => return (Err(io::ErrorKind::WriteZero.into()), buf),
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return (Err(e), buf),
+        }
+    }
+    (Ok(()), buf)
+}
+
+/// Turns the completion of a `recv`, a `send` or a gathered write into its byte count,
+/// giving back what the operation held.
+struct Done<B>(PhantomData<B>);
+
+impl<B> Done<B> {
+    fn new() -> Self {
+        Done(PhantomData)
+    }
+}
+
+impl<B> OneshotOutputTransform for Done<B> {
+    type Output = (io::Result<usize>, B);
+    type StoredData = B;
+
+    fn transform_oneshot_output(self, buf: B, cqe: io_uring::cqueue::Entry) -> Self::Output {
         let n = cqe.result();
         let res = usize::try_from(n).map_err(|_| io::Error::from_raw_os_error(-n));
-        (res, pair)
+        (res, buf)
     }
 }
