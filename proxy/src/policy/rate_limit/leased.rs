@@ -351,6 +351,14 @@ impl Leased {
                 }
             })
             .collect();
+        // A batch that just shrank (the last one lasted long) can be no more than what is
+        // left: a refill asking for nothing would hold `busy` until it came back empty, and a
+        // request spending the last token meanwhile could send none, leaving the key without
+        // tokens and its way free for another key. The next spend asks again.
+        if windows.iter().all(|w| w.want == 0) {
+            slot.busy.store(false, SeqCst);
+            return false;
+        }
         let this = Arc::clone(self);
         self.storage.lease(Lease::new(
             windows,

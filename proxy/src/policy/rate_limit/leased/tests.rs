@@ -260,3 +260,41 @@ fn a_refill_from_a_window_redis_started_anew_replaces_the_old_tokens() {
     l.apply(0, 0, &anew, 2_000, 2_010);
     assert_eq!(lane.word.load(SeqCst), (62_000 << COUNT_BITS) | 3);
 }
+
+#[test]
+fn a_refill_that_would_ask_for_nothing_is_not_sent() {
+    let redis = RedisServer::start();
+    let limit = Limit {
+        max: 1000,
+        period: 60_000,
+    };
+    let l = crowded(&redis, limit);
+    assert!(admit(&l, 1, "k1"));
+    while l.slots[0].busy.load(SeqCst) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(l.slots[0].key.load(SeqCst), 1);
+    // A batch of two whose last refill was long ago (at 0, over 4 x HORIZON_MS before
+    // now): the next one halves it to one, which the one token left already fills.
+    std::thread::sleep(Duration::from_millis(5 * HORIZON_MS));
+    let t = now(&l);
+    l.slots[0].batch.store(2, SeqCst);
+    l.slots[0].refilled.store(0, SeqCst);
+    l.lane(0, 0)
+        .word
+        .store(((t + 60_000) << COUNT_BITS) | 1, SeqCst);
+    assert!(
+        !l.refill(0, 1, t, || b"k1".to_vec()),
+        "a refill for nothing was sent"
+    );
+    assert!(!l.slots[0].busy.load(SeqCst));
+    // Spending that token asks for the next one.
+    assert!(admit(&l, 1, "k1"));
+    while l.slots[0].busy.load(SeqCst) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(
+        l.holds_tokens(0, now(&l)),
+        "the key was left without tokens"
+    );
+}
