@@ -13,8 +13,7 @@ fn gateway(endpoints: &[String]) -> Gateway {
 
 /// The same, with `loadBalancing` lines (YAML, indented by four spaces) when not empty.
 fn balanced(endpoints: &[String], balancing: &str) -> Gateway {
-    let list: String = endpoints.iter().map(|e| format!("    - {e}\n")).collect();
-    let mut svc = service("svc", "x").replace("  address: x\n", &format!("  addresses:\n{list}"));
+    let mut svc = service_at(endpoints);
     if !balancing.is_empty() {
         svc.push_str(&format!("  loadBalancing:\n{balancing}"));
     }
@@ -24,6 +23,22 @@ fn balanced(endpoints: &[String], balancing: &str) -> Gateway {
         &route_binding("api-route", "api", "svc", None, &[]),
     ]);
     Gateway::start(&[("api.yaml", &config)], &["--workers", "1"])
+}
+
+/// Service `svc` with `endpoints`.
+fn service_at(endpoints: &[String]) -> String {
+    let list: String = endpoints.iter().map(|e| format!("    - {e}\n")).collect();
+    service("svc", "x").replace("  address: x\n", &format!("  addresses:\n{list}"))
+}
+
+/// Service `svc` with `endpoints`, probed on `/healthz` every `interval` seconds, out after
+/// two failures and back after two successes.
+fn checked_service(endpoints: &[String], interval: &str) -> String {
+    service_at(endpoints)
+        + &format!(
+            "  healthCheck:\n    path: /healthz\n    intervalSeconds: {interval}\n    \
+             timeoutSeconds: 0.5\n    unhealthyThreshold: 2\n    healthyThreshold: 2\n"
+        )
 }
 
 fn counter(gw: &Gateway, name: &str) -> f64 {
@@ -178,10 +193,7 @@ fn active_health_checks_take_an_endpoint_out_and_back() {
             _ => Reply::ok("a"),
         });
         let b = Origin::start(|req| Reply::ok(if req.path == "/healthz" { "ok" } else { "b" }));
-        let list = format!("    - {}\n    - {}\n", a.url(), b.url());
-        let svc = service("svc", "x").replace("  address: x\n", &format!("  addresses:\n{list}"))
-            + "  healthCheck:\n    path: /healthz\n    intervalSeconds: 0.05\n    \
-               timeoutSeconds: 0.5\n    unhealthyThreshold: 2\n    healthyThreshold: 2\n";
+        let svc = checked_service(&[a.url(), b.url()], "0.05");
         let config = documents(&[
             &api_instance("api", ANY_PORT, &[]),
             &svc,
@@ -223,12 +235,9 @@ fn a_reload_keeps_an_endpoint_the_checks_took_out_out() {
             _ => Reply::ok("a"),
         });
         let b = Origin::start(|req| Reply::ok(if req.path == "/healthz" { "ok" } else { "b" }));
-        let list = format!("    - {}\n    - {}\n", a.url(), b.url());
         // Two failures a second apart take `a` out: a reload that forgot it would send it
         // traffic for about a second.
-        let svc = service("svc", "x").replace("  address: x\n", &format!("  addresses:\n{list}"))
-            + "  healthCheck:\n    path: /healthz\n    intervalSeconds: 1\n    \
-               timeoutSeconds: 0.5\n    unhealthyThreshold: 2\n    healthyThreshold: 2\n";
+        let svc = checked_service(&[a.url(), b.url()], "1");
         let docs = |more: &[&str]| {
             let mut all = vec![
                 api_instance("api", ANY_PORT, &[]),

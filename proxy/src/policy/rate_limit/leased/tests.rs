@@ -62,6 +62,13 @@ fn now(l: &Leased) -> u64 {
     ms(l.epoch.elapsed())
 }
 
+/// Waits until no refill of `l` is in flight.
+fn refills_landed(l: &Leased) {
+    while l.slots.iter().any(|slot| slot.busy.load(SeqCst)) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 /// A request as the policy runs it: asked again while a refill is in flight.
 fn admit(l: &Arc<Leased>, hash: u64, key: &str) -> bool {
     for _ in 0..5000 {
@@ -210,9 +217,7 @@ fn a_new_key_takes_only_a_slot_with_no_tokens() {
         }
     }
     // Their refills in flight land first.
-    while (0..WAYS).any(|s| l.slots[s].busy.load(SeqCst)) {
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    refills_landed(&l);
     let held = |l: &Leased| {
         (0..WAYS)
             .map(|s| l.slots[s].key.load(SeqCst))
@@ -270,9 +275,7 @@ fn a_refill_that_would_ask_for_nothing_is_not_sent() {
     };
     let l = crowded(&redis, limit);
     assert!(admit(&l, 1, "k1"));
-    while l.slots[0].busy.load(SeqCst) {
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    refills_landed(&l);
     assert_eq!(l.slots[0].key.load(SeqCst), 1);
     // A batch of two whose last refill was long ago (at 0, over 4 x HORIZON_MS before
     // now): the next one halves it to one, which the one token left already fills.
@@ -290,9 +293,7 @@ fn a_refill_that_would_ask_for_nothing_is_not_sent() {
     assert!(!l.slots[0].busy.load(SeqCst));
     // Spending that token asks for the next one.
     assert!(admit(&l, 1, "k1"));
-    while l.slots[0].busy.load(SeqCst) {
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    refills_landed(&l);
     assert!(
         l.holds_tokens(0, now(&l)),
         "the key was left without tokens"
