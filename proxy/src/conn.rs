@@ -747,15 +747,22 @@ async fn forward(
         };
         c.rec.bytes_in += with_head.as_ref().map_or(0, |part| part.len() as u64);
         let head = std::mem::take(&mut c.out);
-        let (res, head) = write_head(
-            &mut up.stream,
-            head,
-            with_head,
-            &mut c.timer,
-            response_timeout,
-            &mut c.iov,
-        )
-        .await;
+        let sends_body = has_body && framing != Framing::Length(0);
+        let (res, head, first_read) = if with_head.is_none() && !sends_body {
+            // Nothing follows the head: the response's first read goes with it.
+            write_then_read(&mut up, head, &mut c.timer, response_timeout).await
+        } else {
+            let (res, head) = write_head(
+                &mut up.stream,
+                head,
+                with_head,
+                &mut c.timer,
+                response_timeout,
+                &mut c.iov,
+            )
+            .await;
+            (res, head, None)
+        };
         c.out = head;
         let found = match peeked {
             Some(peek) if res.is_ok() => peek.await,
@@ -791,7 +798,7 @@ async fn forward(
                 return Err(before(e.upstream()));
             }
         }
-        if has_body && framing != Framing::Length(0) {
+        if sends_body {
             if plan.expect_continue {
                 let (res, _) = write_all(&mut c.stream, CONTINUE, &mut c.timer, stream_idle).await;
                 if let Err(f) = res {
@@ -836,6 +843,7 @@ async fn forward(
         };
         match read_response_head(
             &mut up,
+            first_read,
             plan,
             draining,
             &mut c.out,
@@ -982,9 +990,12 @@ struct ResponsePolicies<'a> {
 
 /// Reads the upstream's response head, runs the response phase of the policies, writes
 /// the client's version of the head into `out` and leaves `up.buf` at the start of the
-/// body.
+/// body. `first_read` is the outcome of a read the request's write made already (what it
+/// read is in `up.buf`).
+#[allow(clippy::too_many_arguments)]
 async fn read_response_head(
     up: &mut UpstreamConn,
+    first_read: Option<Result<usize, Fail>>,
     plan: &Plan,
     draining: bool,
     out: &mut BytesMut,
@@ -996,7 +1007,20 @@ async fn read_response_head(
     // One deadline for the whole head: interim responses or a trickled head do not
     // extend it.
     let deadline = Instant::now() + wait;
+    let mut read = first_read;
     loop {
+        if let Some(read) = read.take() {
+            match read {
+                Ok(0) if !received => return Err(ProxyError::UpstreamClosed),
+                Ok(0) => return Err(ProxyError::BadResponse(response::BadResponse::Malformed)),
+                Ok(_) => received = true,
+                Err(Fail::Timeout) => return Err(ProxyError::UpstreamTimeout),
+                Err(Fail::Io(e)) if !received => return Err(ProxyError::UpstreamIo(e)),
+                Err(Fail::Io(_)) => {
+                    return Err(ProxyError::BadResponse(response::BadResponse::Malformed))
+                }
+            }
+        }
         if !up.buf.is_empty() {
             let mut headers = crate::http::header_slots::<{ response::MAX_HEADERS }>();
             let parsed = response::parse(&up.buf, &mut headers, MAX_RESPONSE_HEAD, plan.is_head)?;
@@ -1058,16 +1082,7 @@ async fn read_response_head(
             }
         }
         let left = deadline.saturating_duration_since(Instant::now());
-        match read_more(&mut up.stream, &mut up.buf, timer, left, MIN_READ).await {
-            Ok(0) if !received => return Err(ProxyError::UpstreamClosed),
-            Ok(0) => return Err(ProxyError::BadResponse(response::BadResponse::Malformed)),
-            Ok(_) => received = true,
-            Err(Fail::Timeout) => return Err(ProxyError::UpstreamTimeout),
-            Err(Fail::Io(e)) if !received => return Err(ProxyError::UpstreamIo(e)),
-            Err(Fail::Io(_)) => {
-                return Err(ProxyError::BadResponse(response::BadResponse::Malformed))
-            }
-        }
+        read = Some(read_more(&mut up.stream, &mut up.buf, timer, left, MIN_READ).await);
     }
 }
 
@@ -1557,6 +1572,36 @@ where
         }
         // The buffers stay with the abandoned write; the caller aborts the stream.
         None => (Err(Fail::Timeout), BytesMut::new()),
+    }
+}
+
+/// Writes a request head that nothing follows, and makes the response's first read into
+/// `up.buf` with it (see [`Stream::write_then_read`]); gives the head's buffer back. The
+/// read's outcome comes only when the write succeeded.
+async fn write_then_read(
+    up: &mut UpstreamConn,
+    head: BytesMut,
+    timer: &mut Deadline,
+    wait: Duration,
+) -> (Result<(), Fail>, BytesMut, Option<Result<usize, Fail>>) {
+    if up.buf.capacity() - up.buf.len() < MIN_READ {
+        up.buf.reserve(BUF_SIZE);
+    }
+    let into = std::mem::take(&mut up.buf);
+    match timer
+        .within(wait, up.stream.write_then_read(head, into))
+        .await
+    {
+        Some((Ok(()), head, read, into)) => {
+            up.buf = into;
+            (Ok(()), head, Some(read.map_err(Fail::Io)))
+        }
+        Some((Err(e), head, _, into)) => {
+            up.buf = into;
+            (Err(Fail::Io(e)), head, None)
+        }
+        // The buffers stay with the abandoned operations; the caller aborts the stream.
+        None => (Err(Fail::Timeout), BytesMut::new(), None),
     }
 }
 

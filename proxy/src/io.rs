@@ -11,10 +11,11 @@ use std::ops::DerefMut;
 use std::os::fd::AsRawFd;
 
 use bytes::{Buf, BytesMut};
+use io_uring::squeue;
 use rustls::{ClientConnection, ConnectionCommon, ServerConnection, SideData};
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
-use tokio_uring::{OneshotOutputTransform, UnsubmittedOneshot};
+use tokio_uring::{InFlightOneshot, OneshotOutputTransform, UnsubmittedOneshot};
 
 use crate::tls::TlsStream;
 
@@ -161,6 +162,63 @@ where
         (res, first, second, iov)
     }
 
+    /// Writes all of `out`, then reads once into the spare capacity of `into`: a request
+    /// and the first bytes of its response. Over plain TCP the `send` and the `recv` go in
+    /// one submission, linked so that the kernel starts the read once the write is done,
+    /// and the task is woken once, by the read, rather than once for each. Gives back both
+    /// buffers; the read's outcome means something only when the write succeeded.
+    pub async fn write_then_read(
+        &mut self,
+        out: BytesMut,
+        into: BytesMut,
+    ) -> (io::Result<()>, BytesMut, io::Result<usize>, BytesMut) {
+        let tcp = match self {
+            Stream::Plain(tcp) => tcp,
+            Stream::Tls(tls) => {
+                let (wrote, out) = tls.write_all(out).await;
+                if wrote.is_err() {
+                    return (wrote, out, Ok(0), into);
+                }
+                let (read, into) = tls.read(into).await;
+                return (wrote, out, read, into);
+            }
+        };
+        let len = u32::try_from(out.len()).unwrap_or(u32::MAX);
+        let sqe =
+            io_uring::opcode::Send::new(io_uring::types::Fd(tcp.as_raw_fd()), out.as_ptr(), len)
+                // All or a failure: a short send that still let the linked read start would
+                // leave the peer waiting for the rest and this side for an answer.
+                .flags(libc::MSG_NOSIGNAL | libc::MSG_WAITALL)
+                .build()
+                .flags(squeue::Flags::IO_LINK);
+        // As in `send_all`, and the two entries go in back to back: nothing is submitted
+        // between them.
+        let sent = UnsubmittedOneshot::new(out, Done::new(), sqe).submit();
+        let read = submit_recv(tcp, into, squeue::Flags::empty());
+        let (read, into) = read.await;
+        // Done by now (the read ran after it, or was cancelled when it failed), so this
+        // does not wait.
+        let (wrote, out) = sent.await;
+        match wrote {
+            Ok(n) if n == out.len() => (Ok(()), out, read, into),
+            Err(e) => (Err(e), out, read, into),
+            // Cut short all the same (a signal): the rest, then the read, which the
+            // kernel cancelled.
+            Ok(n) => {
+                let (wrote, rest) = send_all(tcp, out.slice(n..)).await;
+                let out = rest.into_inner();
+                if wrote.is_err() {
+                    return (wrote, out, Ok(0), into);
+                }
+                let (read, into) = match read {
+                    Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => recv(tcp, into).await,
+                    read => (read, into),
+                };
+                (Ok(()), out, read, into)
+            }
+        }
+    }
+
     /// Ends the writing side: over TLS, `close_notify` first, so the peer can tell the end
     /// from a truncation. Best effort: the connection is closing either way.
     pub async fn close_write(&mut self) {
@@ -205,7 +263,16 @@ struct Pair {
 
 /// Appends what one `recv` on the ring brings to the spare capacity of `buf`.
 async fn recv(tcp: &TcpStream, buf: BytesMut) -> (io::Result<usize>, BytesMut) {
-    let mut buf = buf;
+    submit_recv(tcp, buf, squeue::Flags::empty()).await
+}
+
+/// Submits a `recv` into the spare capacity of `buf`, with `flags` on the entry; the
+/// completion appends what arrived.
+fn submit_recv(
+    tcp: &TcpStream,
+    mut buf: BytesMut,
+    flags: squeue::Flags,
+) -> InFlightOneshot<BytesMut, Received> {
     let spare = buf.spare_capacity_mut();
     let len = u32::try_from(spare.len()).unwrap_or(u32::MAX);
     let sqe = io_uring::opcode::Recv::new(
@@ -213,20 +280,36 @@ async fn recv(tcp: &TcpStream, buf: BytesMut) -> (io::Result<usize>, BytesMut) {
         spare.as_mut_ptr().cast(),
         len,
     )
-    .build();
+    .build()
+    .flags(flags);
     // What the kernel is handed stays valid until the operation completes: the buffer's
     // heap allocation travels with the operation (the runtime keeps it until the
     // completion even if this future is dropped), and the caller keeps the socket open
     // while it waits; once it gives up, it shuts the socket down, which ends the recv.
-    let (res, mut buf) = UnsubmittedOneshot::new(buf, Done::new(), sqe)
-        .submit()
-        .await;
-    if let Ok(n) = res {
-        // SAFETY: the kernel wrote `n` bytes (at most `len`, the spare capacity) right
-        // after the initialised part.
-        unsafe { buf.set_len(buf.len() + n) };
+    UnsubmittedOneshot::new(buf, Received, sqe).submit()
+}
+
+/// Turns the completion of a `recv` into its byte count, appended to the buffer.
+struct Received;
+
+impl OneshotOutputTransform for Received {
+    type Output = (io::Result<usize>, BytesMut);
+    type StoredData = BytesMut;
+
+    fn transform_oneshot_output(
+        self,
+        mut buf: BytesMut,
+        cqe: io_uring::cqueue::Entry,
+    ) -> Self::Output {
+        let n = cqe.result();
+        let res = usize::try_from(n).map_err(|_| io::Error::from_raw_os_error(-n));
+        if let Ok(n) = res {
+            // SAFETY: the kernel wrote `n` bytes (at most the spare capacity it was given)
+            // right after the initialised part.
+            unsafe { buf.set_len(buf.len() + n) };
+        }
+        (res, buf)
     }
-    (res, buf)
 }
 
 /// Writes all of `buf` with `send`s on the ring: one, unless the socket takes less.
@@ -274,5 +357,123 @@ impl<B> OneshotOutputTransform for Done<B> {
         let n = cqe.result();
         let res = usize::try_from(n).map_err(|_| io::Error::from_raw_os_error(-n));
         (res, buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+    use std::thread;
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A plain client stream to a peer that `serve` runs on a thread of its own.
+    async fn plain_to(
+        serve: impl FnOnce(std::net::TcpStream) + Send + 'static,
+    ) -> (ClientStream, thread::JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let peer = thread::spawn(move || serve(listener.accept().expect("accept").0));
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        (Stream::Plain(tcp), peer)
+    }
+
+    #[test]
+    fn a_request_goes_out_whole_and_its_answer_lands_after_what_the_buffer_held() {
+        const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        const ANSWER: &[u8] = b"HTTP/1.1 204 No Content\r\n\r\n";
+        tokio_uring::start(async {
+            let (mut stream, peer) = plain_to(|mut s| {
+                let mut got = vec![0; REQUEST.len()];
+                s.read_exact(&mut got).expect("request");
+                assert_eq!(got, REQUEST);
+                s.write_all(ANSWER).expect("answer");
+            })
+            .await;
+            let mut into = BytesMut::with_capacity(4096);
+            into.extend_from_slice(b"kept:");
+            let (wrote, out, read, into) =
+                stream.write_then_read(BytesMut::from(REQUEST), into).await;
+            wrote.expect("write");
+            assert_eq!(&out[..], REQUEST, "the head comes back whole, for a replay");
+            let n = read.expect("read");
+            assert!(n > 0);
+            assert_eq!(&into[..5], b"kept:");
+            assert_eq!(&into[5..], &ANSWER[..n]);
+            peer.join().expect("peer");
+        });
+    }
+
+    #[test]
+    fn a_request_larger_than_the_socket_takes_at_once_goes_out_whole_before_the_read() {
+        const SIZE: usize = 32 << 20;
+        tokio_uring::start(async {
+            let (mut stream, peer) = plain_to(|mut s| {
+                let mut got = vec![0; SIZE];
+                s.read_exact(&mut got).expect("the whole request");
+                s.write_all(b"done").expect("answer");
+            })
+            .await;
+            let out = BytesMut::from(&vec![b'x'; SIZE][..]);
+            let both = stream.write_then_read(out, BytesMut::with_capacity(64));
+            // A read started after a partial send would wait for an answer to a request
+            // the peer has not had whole.
+            let (wrote, _, read, into) = tokio::time::timeout(Duration::from_secs(20), both)
+                .await
+                .expect("the read waited for the rest of the request");
+            wrote.expect("write");
+            assert_eq!(read.expect("read"), 4);
+            assert_eq!(&into[..], b"done");
+            peer.join().expect("peer");
+        });
+    }
+
+    #[test]
+    fn a_write_to_a_reset_connection_fails_without_waiting_for_its_read() {
+        tokio_uring::start(async {
+            let (mut stream, peer) = plain_to(|s| {
+                // Closed with a reset: the next send fails.
+                socket2::SockRef::from(&s)
+                    .set_linger(Some(Duration::ZERO))
+                    .expect("linger");
+            })
+            .await;
+            peer.join().expect("peer");
+            // The reset has arrived once the socket reads as closed.
+            while crate::pool::peek(stream.socket()) != crate::pool::Peek::Closed {
+                tokio::task::yield_now().await;
+            }
+            let into = BytesMut::with_capacity(4096);
+            let (wrote, _, _, into) = stream
+                .write_then_read(BytesMut::from(&b"GET"[..]), into)
+                .await;
+            assert!(wrote.is_err(), "{wrote:?}");
+            assert!(into.is_empty());
+        });
+    }
+
+    #[test]
+    fn a_write_cut_short_by_a_reset_is_an_error_too() {
+        tokio_uring::start(async {
+            let (mut stream, peer) = plain_to(|mut s| {
+                let mut some = vec![0; 64 * 1024];
+                s.read_exact(&mut some).expect("the start of the request");
+                socket2::SockRef::from(&s)
+                    .set_linger(Some(Duration::ZERO))
+                    .expect("linger");
+            })
+            .await;
+            // Far more than the socket buffers hold: the send is still going when the
+            // peer resets the connection.
+            let out = BytesMut::from(&vec![b'x'; 32 << 20][..]);
+            let into = BytesMut::with_capacity(4096);
+            let (wrote, out, _, into) = stream.write_then_read(out, into).await;
+            assert!(wrote.is_err(), "{wrote:?}");
+            assert_eq!(out.len(), 32 << 20);
+            assert!(into.is_empty());
+            peer.join().expect("peer");
+        });
     }
 }
