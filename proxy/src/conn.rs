@@ -748,9 +748,13 @@ async fn forward(
         c.rec.bytes_in += with_head.as_ref().map_or(0, |part| part.len() as u64);
         let head = std::mem::take(&mut c.out);
         let sends_body = has_body && framing != Framing::Length(0);
-        let (res, head, first_read) = if with_head.is_none() && !sends_body {
-            // Nothing follows the head: the response's first read goes with it.
-            write_then_read(&mut up, head, &mut c.timer, response_timeout).await
+        let (res, head, first_read, head_due) = if with_head.is_none() && !sends_body {
+            // Nothing follows the head: the response's first read goes with it, and the
+            // response head's one deadline starts now.
+            let due = Instant::now() + response_timeout;
+            let (res, head, first_read) =
+                write_then_read(&mut up, head, &mut c.timer, response_timeout).await;
+            (res, head, first_read, Some(due))
         } else {
             let (res, head) = write_head(
                 &mut up.stream,
@@ -761,7 +765,7 @@ async fn forward(
                 &mut c.iov,
             )
             .await;
-            (res, head, None)
+            (res, head, None, None)
         };
         c.out = head;
         let found = match peeked {
@@ -841,6 +845,7 @@ async fn forward(
             tls: c.tls.as_ref(),
             lines: &mut c.client_headers,
         };
+        let head_due = head_due.unwrap_or_else(|| Instant::now() + response_timeout);
         match read_response_head(
             &mut up,
             first_read,
@@ -848,7 +853,7 @@ async fn forward(
             draining,
             &mut c.out,
             &mut c.timer,
-            response_timeout,
+            head_due,
             policies,
         )
         .await
@@ -991,7 +996,8 @@ struct ResponsePolicies<'a> {
 /// Reads the upstream's response head, runs the response phase of the policies, writes
 /// the client's version of the head into `out` and leaves `up.buf` at the start of the
 /// body. `first_read` is the outcome of a read the request's write made already (what it
-/// read is in `up.buf`).
+/// read is in `up.buf`). The whole head is due by `due`: interim responses or a trickled
+/// head do not extend it.
 #[allow(clippy::too_many_arguments)]
 async fn read_response_head(
     up: &mut UpstreamConn,
@@ -1000,13 +1006,10 @@ async fn read_response_head(
     draining: bool,
     out: &mut BytesMut,
     timer: &mut Deadline,
-    wait: Duration,
+    due: Instant,
     policies: ResponsePolicies<'_>,
 ) -> Result<ResponseHead, ProxyError> {
     let mut received = false;
-    // One deadline for the whole head: interim responses or a trickled head do not
-    // extend it.
-    let deadline = Instant::now() + wait;
     let mut read = first_read;
     loop {
         if let Some(read) = read.take() {
@@ -1081,7 +1084,7 @@ async fn read_response_head(
                 None => {}
             }
         }
-        let left = deadline.saturating_duration_since(Instant::now());
+        let left = due.saturating_duration_since(Instant::now());
         read = Some(read_more(&mut up.stream, &mut up.buf, timer, left, MIN_READ).await);
     }
 }

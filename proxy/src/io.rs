@@ -191,8 +191,10 @@ where
                 .flags(libc::MSG_NOSIGNAL | libc::MSG_WAITALL)
                 .build()
                 .flags(squeue::Flags::IO_LINK);
-        // As in `send_all`, and the two entries go in back to back: nothing is submitted
-        // between them.
+        // As in `send_all`. The two entries are pushed back to back; only a submission
+        // queue filled exactly between them would split the chain, and then the read,
+        // unlinked, merely starts early: the send still goes out whole or fails, as
+        // MSG_WAITALL has made it since Linux 5.19.
         let sent = UnsubmittedOneshot::new(out, Done::new(), sqe).submit();
         let read = submit_recv(tcp, into, squeue::Flags::empty());
         let (read, into) = read.await;
@@ -202,8 +204,8 @@ where
         match wrote {
             Ok(n) if n == out.len() => (Ok(()), out, read, into),
             Err(e) => (Err(e), out, read, into),
-            // Cut short all the same (a signal): the rest, then the read, which the
-            // kernel cancelled.
+            // Cut short by an error part-way (the count is what went out before it): the
+            // rest, which meets the error again, then the read the kernel cancelled.
             Ok(n) => {
                 let (wrote, rest) = send_all(tcp, out.slice(n..)).await;
                 let out = rest.into_inner();
@@ -339,8 +341,8 @@ async fn send_all<B: BoundedBuf>(tcp: &TcpStream, buf: B) -> (io::Result<()>, B)
     (Ok(()), buf)
 }
 
-/// Turns the completion of a `recv`, a `send` or a gathered write into its byte count,
-/// giving back what the operation held.
+/// Turns the completion of a `send` or a gathered write into its byte count, giving back
+/// what the operation held.
 struct Done<B>(PhantomData<B>);
 
 impl<B> Done<B> {
@@ -431,26 +433,30 @@ mod tests {
     }
 
     #[test]
-    fn a_write_to_a_reset_connection_fails_without_waiting_for_its_read() {
+    fn a_write_that_fails_cancels_its_read_rather_than_leave_it_waiting() {
         tokio_uring::start(async {
-            let (mut stream, peer) = plain_to(|s| {
-                // Closed with a reset: the next send fails.
-                socket2::SockRef::from(&s)
-                    .set_linger(Some(Duration::ZERO))
-                    .expect("linger");
+            // A peer that stays connected and never answers.
+            let (done, silent) = std::sync::mpsc::channel::<()>();
+            let (mut stream, peer) = plain_to(move |_s| {
+                let _ = silent.recv();
             })
             .await;
-            peer.join().expect("peer");
-            // The reset has arrived once the socket reads as closed.
-            while crate::pool::peek(stream.socket()) != crate::pool::Peek::Closed {
-                tokio::task::yield_now().await;
-            }
+            // This side's writing half is shut: the send fails with EPIPE, and only the
+            // link keeps the read from waiting on a peer that will never write.
+            stream.socket().shutdown(Shutdown::Write).expect("shutdown");
             let into = BytesMut::with_capacity(4096);
-            let (wrote, _, _, into) = stream
-                .write_then_read(BytesMut::from(&b"GET"[..]), into)
-                .await;
-            assert!(wrote.is_err(), "{wrote:?}");
+            let both = stream.write_then_read(BytesMut::from(&b"GET"[..]), into);
+            let (wrote, _, read, into) = tokio::time::timeout(Duration::from_secs(20), both)
+                .await
+                .expect("the read waited after its write failed");
+            assert_eq!(wrote.expect_err("write").raw_os_error(), Some(libc::EPIPE));
+            assert_eq!(
+                read.expect_err("read").raw_os_error(),
+                Some(libc::ECANCELED)
+            );
             assert!(into.is_empty());
+            done.send(()).expect("peer");
+            peer.join().expect("peer");
         });
     }
 

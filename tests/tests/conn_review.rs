@@ -464,6 +464,43 @@ fn interim_responses_do_not_extend_the_upstream_response_timeout() {
     })
 }
 
+/// The response head has one deadline from the request's write, also when the read made
+/// together with that write brings only an interim response: a final head due 1 s after
+/// the request, 0.6 s after a 103, gets a 504 at 1 s, however soon after the 103 it comes.
+#[test]
+fn an_interim_response_in_the_first_read_does_not_restart_the_response_timeout() {
+    within(TEST_LIMIT, || {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                thread::spawn(move || {
+                    if read_request_head(&mut conn).is_none() {
+                        return;
+                    }
+                    thread::sleep(Duration::from_millis(800));
+                    if conn.write_all(b"HTTP/1.1 103 Early Hints\r\n\r\n").is_err() {
+                        return;
+                    }
+                    thread::sleep(Duration::from_millis(600));
+                    let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nlate");
+                });
+            }
+        });
+        let config = documents(&[
+            &simple_api(&format!("http://{addr}")),
+            &configuration("timeouts", "timeouts:\n  upstreamResponseSeconds: 1\n"),
+        ]);
+        let gw = Gateway::start(&[("api.yaml", &config)], &[]);
+        let resp = Client::connect(gw.addr("api")).get("/");
+        assert_eq!(
+            resp.status, 504,
+            "the 103 extended the 1 s response timeout"
+        );
+    })
+}
+
 /// Runs `exchange` on a fresh connection to a logging gateway in front of `upstream`,
 /// reads everything the gateway sends until it closes, and returns that and the
 /// exchange's access log line.
