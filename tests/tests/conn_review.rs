@@ -428,38 +428,17 @@ fn during_the_drain_period_a_404_closes_its_connection_too() {
 #[test]
 fn interim_responses_do_not_extend_the_upstream_response_timeout() {
     within(TEST_LIMIT, || {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(mut conn) = conn else { return };
-                thread::spawn(move || {
-                    if read_request_head(&mut conn).is_none() {
-                        return;
-                    }
-                    let until = std::time::Instant::now() + Duration::from_secs(8);
-                    while std::time::Instant::now() < until {
-                        if conn.write_all(b"HTTP/1.1 103 Early Hints\r\n\r\n").is_err() {
-                            return;
-                        }
-                        thread::sleep(Duration::from_millis(300));
-                    }
-                    let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nlate");
-                });
+        let (status, elapsed) = status_with_a_1s_response_timeout(|conn| {
+            let until = std::time::Instant::now() + Duration::from_secs(8);
+            while std::time::Instant::now() < until {
+                conn.write_all(b"HTTP/1.1 103 Early Hints\r\n\r\n")?;
+                thread::sleep(Duration::from_millis(300));
             }
+            conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nlate")
         });
-        let config = documents(&[
-            &simple_api(&format!("http://{addr}")),
-            &configuration("timeouts", "timeouts:\n  upstreamResponseSeconds: 1\n"),
-        ]);
-        let gw = Gateway::start(&[("api.yaml", &config)], &[]);
-        let started = std::time::Instant::now();
-        let resp = Client::connect(gw.addr("api")).get("/");
-        let elapsed = started.elapsed();
         assert!(
-            resp.status == 504 && elapsed < Duration::from_secs(3),
-            "got {} after {elapsed:?} with a 1 s response timeout",
-            resp.status
+            status == 504 && elapsed < Duration::from_secs(3),
+            "got {status} after {elapsed:?} with a 1 s response timeout"
         );
     })
 }
@@ -470,35 +449,43 @@ fn interim_responses_do_not_extend_the_upstream_response_timeout() {
 #[test]
 fn an_interim_response_in_the_first_read_does_not_restart_the_response_timeout() {
     within(TEST_LIMIT, || {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(mut conn) = conn else { return };
-                thread::spawn(move || {
-                    if read_request_head(&mut conn).is_none() {
-                        return;
-                    }
-                    thread::sleep(Duration::from_millis(800));
-                    if conn.write_all(b"HTTP/1.1 103 Early Hints\r\n\r\n").is_err() {
-                        return;
-                    }
-                    thread::sleep(Duration::from_millis(600));
-                    let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nlate");
-                });
-            }
+        let (status, _) = status_with_a_1s_response_timeout(|conn| {
+            thread::sleep(Duration::from_millis(800));
+            conn.write_all(b"HTTP/1.1 103 Early Hints\r\n\r\n")?;
+            thread::sleep(Duration::from_millis(600));
+            conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nlate")
         });
-        let config = documents(&[
-            &simple_api(&format!("http://{addr}")),
-            &configuration("timeouts", "timeouts:\n  upstreamResponseSeconds: 1\n"),
-        ]);
-        let gw = Gateway::start(&[("api.yaml", &config)], &[]);
-        let resp = Client::connect(gw.addr("api")).get("/");
-        assert_eq!(
-            resp.status, 504,
-            "the 103 extended the 1 s response timeout"
-        );
+        assert_eq!(status, 504, "the 103 extended the 1 s response timeout");
     })
+}
+
+/// The status a client gets for `GET /`, and how long it took, from a gateway with
+/// `upstreamResponseSeconds: 1` in front of an upstream that reads each request head and
+/// then runs `answer`.
+fn status_with_a_1s_response_timeout(
+    answer: fn(&mut TcpStream) -> std::io::Result<()>,
+) -> (u16, Duration) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            thread::spawn(move || {
+                if read_request_head(&mut conn).is_some() {
+                    // The gateway may have given up and closed: nothing to do then.
+                    let _ = answer(&mut conn);
+                }
+            });
+        }
+    });
+    let config = documents(&[
+        &simple_api(&format!("http://{addr}")),
+        &configuration("timeouts", "timeouts:\n  upstreamResponseSeconds: 1\n"),
+    ]);
+    let gw = Gateway::start(&[("api.yaml", &config)], &[]);
+    let started = std::time::Instant::now();
+    let status = Client::connect(gw.addr("api")).get("/").status;
+    (status, started.elapsed())
 }
 
 /// Runs `exchange` on a fresh connection to a logging gateway in front of `upstream`,
