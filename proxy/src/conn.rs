@@ -1523,9 +1523,7 @@ async fn read_more(
     wait: Duration,
     spare: usize,
 ) -> Result<usize, Fail> {
-    if buf.capacity() - buf.len() < spare {
-        buf.reserve(if spare == MIN_READ { BUF_SIZE } else { spare });
-    }
+    make_room(buf, spare);
     let owned = std::mem::take(buf);
     match timer.within(wait, stream.read(owned)).await {
         Some((res, owned)) => {
@@ -1534,6 +1532,13 @@ async fn read_more(
         }
         // The buffer stays with the abandoned read; the caller aborts the stream.
         None => Err(Fail::Timeout),
+    }
+}
+
+/// Grows `buf` when less than `spare` is left after its bytes, as [`read_more`] says.
+fn make_room(buf: &mut BytesMut, spare: usize) {
+    if buf.capacity() - buf.len() < spare {
+        buf.reserve(if spare == MIN_READ { BUF_SIZE } else { spare });
     }
 }
 
@@ -1587,9 +1592,7 @@ async fn write_then_read(
     timer: &mut Deadline,
     wait: Duration,
 ) -> (Result<(), Fail>, BytesMut, Option<Result<usize, Fail>>) {
-    if up.buf.capacity() - up.buf.len() < MIN_READ {
-        up.buf.reserve(BUF_SIZE);
-    }
+    make_room(&mut up.buf, MIN_READ);
     let into = std::mem::take(&mut up.buf);
     match timer
         .within(wait, up.stream.write_then_read(head, into))

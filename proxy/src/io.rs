@@ -183,19 +183,12 @@ where
                 return (wrote, out, read, into);
             }
         };
-        let len = u32::try_from(out.len()).unwrap_or(u32::MAX);
-        let sqe =
-            io_uring::opcode::Send::new(io_uring::types::Fd(tcp.as_raw_fd()), out.as_ptr(), len)
-                // All or a failure: a short send that still let the linked read start would
-                // leave the peer waiting for the rest and this side for an answer.
-                .flags(libc::MSG_NOSIGNAL | libc::MSG_WAITALL)
-                .build()
-                .flags(squeue::Flags::IO_LINK);
-        // As in `send_all`. The two entries are pushed back to back; only a submission
-        // queue filled exactly between them would split the chain, and then the read,
-        // unlinked, merely starts early: the send still goes out whole or fails, as
-        // MSG_WAITALL has made it since Linux 5.19.
-        let sent = UnsubmittedOneshot::new(out, Done::new(), sqe).submit();
+        // All or a failure (MSG_WAITALL): a short send that still let the linked read start
+        // would leave the peer waiting for the rest and this side for an answer. The two
+        // entries are pushed back to back; only a submission queue filled exactly between
+        // them would split the chain, and then the read, unlinked, merely starts early: the
+        // send still goes out whole or fails, as MSG_WAITALL has made it since Linux 5.19.
+        let sent = submit_send(tcp, out, 0, libc::MSG_WAITALL, squeue::Flags::IO_LINK);
         let read = submit_recv(tcp, into, squeue::Flags::empty());
         let (read, into) = read.await;
         // Done by now (the read ran after it, or was cancelled when it failed), so this
@@ -303,8 +296,7 @@ impl OneshotOutputTransform for Received {
         mut buf: BytesMut,
         cqe: io_uring::cqueue::Entry,
     ) -> Self::Output {
-        let n = cqe.result();
-        let res = usize::try_from(n).map_err(|_| io::Error::from_raw_os_error(-n));
+        let res = byte_count(&cqe);
         if let Ok(n) = res {
             // SAFETY: the kernel wrote `n` bytes (at most the spare capacity it was given)
             // right after the initialised part.
@@ -319,17 +311,7 @@ async fn send_all<B: BoundedBuf>(tcp: &TcpStream, buf: B) -> (io::Result<()>, B)
     let mut buf = buf;
     let mut sent = 0;
     while sent < buf.bytes_init() {
-        let left = u32::try_from(buf.bytes_init() - sent).unwrap_or(u32::MAX);
-        // SAFETY: `sent` is within the initialised bytes of `buf` (checked above).
-        let from = unsafe { buf.stable_ptr().add(sent) };
-        let sqe = io_uring::opcode::Send::new(io_uring::types::Fd(tcp.as_raw_fd()), from, left)
-            .flags(libc::MSG_NOSIGNAL)
-            .build();
-        // As in `recv`: the buffer travels with the operation, its bytes at a stable
-        // address, and the caller keeps the socket open while it waits.
-        let (res, back) = UnsubmittedOneshot::new(buf, Done::new(), sqe)
-            .submit()
-            .await;
+        let (res, back) = submit_send(tcp, buf, sent, 0, squeue::Flags::empty()).await;
         buf = back;
         match res {
             Ok(0) => return (Err(io::ErrorKind::WriteZero.into()), buf),
@@ -339,6 +321,28 @@ async fn send_all<B: BoundedBuf>(tcp: &TcpStream, buf: B) -> (io::Result<()>, B)
         }
     }
     (Ok(()), buf)
+}
+
+/// Submits a `send` (`MSG_NOSIGNAL` and `msg_flags`) of the initialised bytes of `buf` from
+/// `from` on, with `flags` on the entry.
+fn submit_send<B: BoundedBuf>(
+    tcp: &TcpStream,
+    buf: B,
+    from: usize,
+    msg_flags: i32,
+    flags: squeue::Flags,
+) -> InFlightOneshot<B, Done<B>> {
+    let from = from.min(buf.bytes_init());
+    let len = u32::try_from(buf.bytes_init() - from).unwrap_or(u32::MAX);
+    // SAFETY: `from` is within the initialised bytes of `buf` (clamped above).
+    let start = unsafe { buf.stable_ptr().add(from) };
+    let sqe = io_uring::opcode::Send::new(io_uring::types::Fd(tcp.as_raw_fd()), start, len)
+        .flags(libc::MSG_NOSIGNAL | msg_flags)
+        .build()
+        .flags(flags);
+    // As in `submit_recv`: the buffer travels with the operation, its bytes at a stable
+    // address, and the caller keeps the socket open while it waits.
+    UnsubmittedOneshot::new(buf, Done::new(), sqe).submit()
 }
 
 /// Turns the completion of a `send` or a gathered write into its byte count, giving back
@@ -356,10 +360,14 @@ impl<B> OneshotOutputTransform for Done<B> {
     type StoredData = B;
 
     fn transform_oneshot_output(self, buf: B, cqe: io_uring::cqueue::Entry) -> Self::Output {
-        let n = cqe.result();
-        let res = usize::try_from(n).map_err(|_| io::Error::from_raw_os_error(-n));
-        (res, buf)
+        (byte_count(&cqe), buf)
     }
+}
+
+/// What a completion says: the bytes moved, or the error (a negative errno).
+fn byte_count(cqe: &io_uring::cqueue::Entry) -> io::Result<usize> {
+    let n = cqe.result();
+    usize::try_from(n).map_err(|_| io::Error::from_raw_os_error(-n))
 }
 
 #[cfg(test)]
