@@ -255,6 +255,7 @@ fn client_thread(storage: &SharedStorage, state: &State, jobs: mpsc::UnboundedRe
 }
 
 /// Outage bookkeeping: one log line at each edge, the gauge, the error count and the backoff.
+/// The counts change before `up` does, so that whoever sees the new state sees them.
 struct Health<'s> {
     storage: &'s SharedStorage,
     state: &'s State,
@@ -269,8 +270,6 @@ struct Health<'s> {
 impl Health<'_> {
     /// A new connection answered its probe: the storage is usable.
     fn proven(&mut self) {
-        self.state.up.store(true, SeqCst);
-        self.up.set(1.0);
         self.backoff = MIN_BACKOFF;
         let storage = describe(self.storage);
         if self.outage {
@@ -280,11 +279,11 @@ impl Health<'_> {
             tracing::info!(%storage, "shared storage connected");
         }
         self.outage = false;
+        self.up.set(1.0);
+        self.state.up.store(true, SeqCst);
     }
 
     fn failed(&mut self, error: &dyn std::fmt::Display) {
-        self.state.up.store(false, SeqCst);
-        self.up.set(0.0);
         self.errors.increment(1);
         if !self.outage {
             self.state.outages.fetch_add(1, SeqCst);
@@ -292,6 +291,8 @@ impl Health<'_> {
                 "shared storage unavailable; policies fall back until it is back");
             self.outage = true;
         }
+        self.up.set(0.0);
+        self.state.up.store(false, SeqCst);
     }
 }
 
