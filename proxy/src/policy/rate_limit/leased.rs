@@ -12,7 +12,8 @@
 //! word holds the tokens left (26 bits) and the local time the reservation's window ends (38
 //! bits). A request takes a token from every limit (all or none) with one CAS each: that is
 //! the common path. When tokens run low (half a batch) a refill is sent in the background,
-//! one at a time per slot (`busy`); a request that finds none waits for it
+//! one at a time per slot (`busy`); a refill that lands to find them low again (spent while
+//! it was in flight) sends the next itself; a request that finds none waits for it
 //! ([`Outcome::Wait`]). A key's first batch is one token; a batch doubles when the last one
 //! lasted under [`HORIZON_MS`] and halves when it lasted over four times that, up to the
 //! cap: the busier the key, the fewer round trips.
@@ -250,8 +251,7 @@ impl Leased {
                         taken[j] = end;
                         let left = lane.left.load(SeqCst) + tokens - 1;
                         report.consider(limit, limit.max.saturating_sub(left), end - now);
-                        let target = batch.min(shared::grant_cap(limit.max));
-                        low |= tokens - 1 <= target / 2 && lane.full_until.load(SeqCst) <= now;
+                        low |= self.low(s, j, tokens - 1, batch, now);
                         break;
                     }
                     Err(actual) => w = actual,
@@ -264,6 +264,13 @@ impl Leased {
             return None;
         }
         Some((report, low))
+    }
+
+    /// Whether `tokens` left of limit `j` at slot `s` call for a refill: half a batch or
+    /// less, unless Redis said the window is full.
+    fn low(&self, s: usize, j: usize, tokens: u64, batch: u64, now: u64) -> bool {
+        let target = batch.min(shared::grant_cap(self.limits[j].max));
+        tokens <= target / 2 && self.lane(s, j).full_until.load(SeqCst) <= now
     }
 
     /// Returns tokens taken from windows ending at `taken[j]`, if those still stand.
@@ -284,9 +291,11 @@ impl Leased {
     fn known_full(&self, s: usize, now: u64) -> Option<Decision> {
         for (j, limit) in self.limits.iter().enumerate() {
             let lane = self.lane(s, j);
+            // `full_until` before the word: a refill stores its last tokens before it marks
+            // the window full, so a mark seen here comes with those tokens.
+            let until = lane.full_until.load(SeqCst);
             let w = lane.word.load(SeqCst);
             let empty = (w >> COUNT_BITS) <= now || w & COUNT_MASK == 0;
-            let until = lane.full_until.load(SeqCst);
             if empty && until > now {
                 return Some(Decision::refused(limit, until - now));
             }
@@ -326,8 +335,12 @@ impl Leased {
         } else {
             self.next_batch(slot, now)
         };
+        self.send(s, batch, redis_key_text(&key_text()), now)
+    }
 
-        let text = redis_key_text(&key_text());
+    /// Leases a batch of `batch` for slot `s`, whose refill flag is held, under the key text
+    /// `text`. `false` (and the flag dropped) when there is nothing to ask for.
+    fn send(self: &Arc<Self>, s: usize, batch: u64, text: String, now: u64) -> bool {
         let windows: Vec<Window> = self
             .limits
             .iter()
@@ -356,13 +369,13 @@ impl Leased {
         // request spending the last token meanwhile could send none, leaving the key without
         // tokens and its way free for another key. The next spend asks again.
         if windows.iter().all(|w| w.want == 0) {
-            slot.busy.store(false, SeqCst);
+            self.slots[s].busy.store(false, SeqCst);
             return false;
         }
         let this = Arc::clone(self);
         self.storage.lease(Lease::new(
             windows,
-            Box::new(move |result, sent| this.refilled(s, result, sent)),
+            Box::new(move |result, sent| this.refilled(s, result, sent, text)),
         ));
         true
     }
@@ -420,16 +433,44 @@ impl Leased {
         batch
     }
 
-    /// A refill's answer, on the shared-storage thread.
-    fn refilled(&self, s: usize, result: Result<Vec<Grant>, Unavailable>, sent: Instant) {
+    /// A refill's answer for the key text `text`, on the shared-storage thread.
+    fn refilled(
+        self: &Arc<Self>,
+        s: usize,
+        result: Result<Vec<Grant>, Unavailable>,
+        sent: Instant,
+        text: String,
+    ) {
         if let Ok(grants) = result {
             let sent = ms(sent.saturating_duration_since(self.epoch));
             let now = ms(self.epoch.elapsed());
             for (j, grant) in grants.iter().enumerate().take(self.limits.len()) {
                 self.apply(s, j, grant, sent, now);
             }
+            // Requests that ran the tokens low while this was in flight found the flag held
+            // and sent nothing; the next refill goes now, or the key could spend its last
+            // token with none in flight and leave its way free for another key.
+            if !self.is_spare(s) && self.storage.is_up() && self.runs_low(s, now) {
+                let batch = self.next_batch(&self.slots[s], now);
+                self.send(s, batch, text, now);
+                return;
+            }
         }
         self.slots[s].busy.store(false, SeqCst);
+    }
+
+    /// Whether any limit of slot `s` is low, as a spend would find it.
+    fn runs_low(&self, s: usize, now: u64) -> bool {
+        let batch = self.slots[s].batch.load(SeqCst).max(1);
+        (0..self.limits.len()).any(|j| {
+            let w = self.lane(s, j).word.load(SeqCst);
+            let tokens = if w >> COUNT_BITS > now {
+                w & COUNT_MASK
+            } else {
+                0
+            };
+            self.low(s, j, tokens, batch, now)
+        })
     }
 
     fn apply(&self, s: usize, j: usize, grant: &Grant, sent: u64, now: u64) {
@@ -440,9 +481,6 @@ impl Leased {
         // (allowed 0.1%); an end past that is a window Redis started anew.
         let slack = ROUND_TRIP_MS + self.limits[j].period / 1000;
         lane.left.store(grant.left, SeqCst);
-        if grant.left == 0 {
-            lane.full_until.fetch_max(end, SeqCst);
-        }
         let mut w = lane.word.load(SeqCst);
         loop {
             let (old_end, tokens) = (w >> COUNT_BITS, w & COUNT_MASK);
@@ -453,9 +491,14 @@ impl Leased {
                 (end << COUNT_BITS) | grant.granted.min(COUNT_MASK)
             };
             match lane.word.compare_exchange_weak(w, new, SeqCst, SeqCst) {
-                Ok(_) => return,
+                Ok(_) => break,
                 Err(actual) => w = actual,
             }
+        }
+        // After the tokens: a request that finds none and sees the mark must not be refused
+        // while this grant's last tokens are on their way in (`known_full`).
+        if grant.left == 0 {
+            lane.full_until.fetch_max(end, SeqCst);
         }
     }
 }

@@ -81,6 +81,20 @@ fn admit(l: &Arc<Leased>, hash: u64, key: &str) -> bool {
     panic!("no lease came")
 }
 
+/// A crowded replica (1,000 a minute) where the key `k1` (hash 1) holds way 0, its
+/// refills landed.
+fn k1_in_way_0(redis: &RedisServer) -> Arc<Leased> {
+    let limit = Limit {
+        max: 1000,
+        period: 60_000,
+    };
+    let l = crowded(redis, limit);
+    assert!(admit(&l, 1, "k1"));
+    refills_landed(&l);
+    assert_eq!(l.slots[0].key.load(SeqCst), 1);
+    l
+}
+
 #[test]
 fn replicas_together_pass_at_most_the_limit_and_lose_at_most_a_grant_each() {
     let redis = RedisServer::start();
@@ -269,14 +283,7 @@ fn a_refill_from_a_window_redis_started_anew_replaces_the_old_tokens() {
 #[test]
 fn a_refill_that_would_ask_for_nothing_is_not_sent() {
     let redis = RedisServer::start();
-    let limit = Limit {
-        max: 1000,
-        period: 60_000,
-    };
-    let l = crowded(&redis, limit);
-    assert!(admit(&l, 1, "k1"));
-    refills_landed(&l);
-    assert_eq!(l.slots[0].key.load(SeqCst), 1);
+    let l = k1_in_way_0(&redis);
     // A batch of two whose last refill was long ago (at 0, over 4 x HORIZON_MS before
     // now): the next one halves it to one, which the one token left already fills.
     std::thread::sleep(Duration::from_millis(5 * HORIZON_MS));
@@ -298,4 +305,76 @@ fn a_refill_that_would_ask_for_nothing_is_not_sent() {
         l.holds_tokens(0, now(&l)),
         "the key was left without tokens"
     );
+}
+
+#[test]
+fn a_refill_that_lands_low_sends_the_next() {
+    let redis = RedisServer::start();
+    let l = k1_in_way_0(&redis);
+    // A refill of a batch of eight in flight, while requests spent every token: the
+    // requests found the flag held and sent nothing.
+    let slot = &l.slots[0];
+    slot.busy.store(true, SeqCst);
+    slot.batch.store(8, SeqCst);
+    let lane = l.lane(0, 0);
+    lane.word.store((now(&l) + 60_000) << COUNT_BITS, SeqCst);
+    // It lands with one token: half a batch or less.
+    let landed = Grant {
+        granted: 1,
+        ttl: 60_000,
+        left: 900,
+    };
+    l.refilled(0, Ok(vec![landed]), Instant::now(), "k1".to_owned());
+    refills_landed(&l);
+    let tokens = lane.word.load(SeqCst) & COUNT_MASK;
+    assert!(tokens > 1, "{tokens} token(s) and no refill in flight");
+}
+
+#[test]
+fn a_window_marked_full_refuses_only_once_its_last_tokens_are_spent() {
+    let redis = RedisServer::start();
+    let limit = Limit {
+        max: 1000,
+        period: 60_000,
+    };
+    let l = replica(&redis, &[limit]);
+    // The last grant of a window lands on one thread while a request that found no token
+    // asks on another whether the window is full.
+    let last = Grant {
+        granted: 1,
+        ttl: 60_000,
+        left: 0,
+    };
+    let (start, end) = (
+        Arc::new(std::sync::Barrier::new(2)),
+        Arc::new(std::sync::Barrier::new(2)),
+    );
+    const ROUNDS: usize = 20_000;
+    let lands = {
+        let (l, start, end) = (l.clone(), start.clone(), end.clone());
+        std::thread::spawn(move || {
+            for _ in 0..ROUNDS {
+                start.wait();
+                let t = now(&l);
+                l.apply(0, 0, &last, t, t);
+                end.wait();
+            }
+        })
+    };
+    let lane = l.lane(0, 0);
+    let mut refused = 0;
+    for _ in 0..ROUNDS {
+        lane.word.store(0, SeqCst);
+        lane.full_until.store(0, SeqCst);
+        start.wait();
+        while lane.word.load(SeqCst) & COUNT_MASK == 0 {
+            if l.known_full(0, now(&l)).is_some() {
+                refused += 1;
+                break;
+            }
+        }
+        end.wait();
+    }
+    lands.join().expect("the applying thread");
+    assert_eq!(refused, 0, "refused with the last token on its way");
 }
