@@ -226,30 +226,12 @@ pub struct RedisCluster {
 impl RedisCluster {
     pub fn start(size: usize) -> RedisCluster {
         let dir = tempfile::tempdir().expect("cluster dir");
-        let ports: Vec<u16> = (0..size).map(|_| crate::free_port().port()).collect();
-        let nodes = ports
-            .iter()
-            .map(|port| {
-                let conf = dir.path().join(format!("nodes-{port}.conf"));
-                Command::new("redis-server")
-                    .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                    .args(["--cluster-enabled", "yes", "--cluster-config-file"])
-                    .arg(&conf)
-                    .arg("--dir")
-                    .arg(dir.path())
-                    .args(["--save", "", "--appendonly", "no"])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .expect("redis-server (cargo xtask setup installs it)")
-            })
-            .collect();
+        let (nodes, ports) = (0..size).map(|_| cluster_node(dir.path())).unzip();
         let cluster = RedisCluster {
             nodes,
             ports,
             _dir: dir,
         };
-        cluster.wait_until("answer PING", pings);
         let created = Command::new("redis-cli")
             .args(["--cluster", "create"])
             .args(cluster.addresses())
@@ -297,6 +279,45 @@ impl RedisCluster {
             }
         }
     }
+}
+
+/// A cluster node answering `PING` on a free port, with its cluster bus on another (by
+/// default the bus is the port plus 10,000, which nothing keeps free). Another process can
+/// take a port between the pick and the node's bind, and the node then exits: it starts
+/// again on other ports.
+fn cluster_node(dir: &Path) -> (Child, u16) {
+    for _ in 0..5 {
+        let (port, bus) = (crate::free_port().port(), crate::free_port().port());
+        let mut node = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--cluster-enabled",
+                "yes",
+                "--cluster-port",
+                &bus.to_string(),
+            ])
+            .arg("--cluster-config-file")
+            .arg(dir.join(format!("nodes-{port}.conf")))
+            .arg("--dir")
+            .arg(dir)
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (cargo xtask setup installs it)");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while node.try_wait().expect("the node's status").is_none() {
+            if pings(port) {
+                return (node, port);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "cluster node {port} did not answer PING"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    panic!("no cluster node started in five tries: its ports were taken each time")
 }
 
 impl Drop for RedisCluster {
