@@ -224,10 +224,17 @@ impl Leased {
     }
 
     fn holds_tokens(&self, s: usize, now: u64) -> bool {
-        (0..self.limits.len()).any(|j| {
-            let w = self.lane(s, j).word.load(SeqCst);
-            w >> COUNT_BITS > now && w & COUNT_MASK > 0
-        })
+        (0..self.limits.len()).any(|j| self.tokens(s, j, now) > 0)
+    }
+
+    /// The tokens of limit `j` at slot `s`, if its window is still open at `now`.
+    fn tokens(&self, s: usize, j: usize, now: u64) -> u64 {
+        let w = self.lane(s, j).word.load(SeqCst);
+        if w >> COUNT_BITS > now {
+            w & COUNT_MASK
+        } else {
+            0
+        }
     }
 
     /// Takes a token from every limit: the decision and whether a refill is due.
@@ -341,37 +348,33 @@ impl Leased {
     /// Leases a batch of `batch` for slot `s`, whose refill flag is held, under the key text
     /// `text`. `false` (and the flag dropped) when there is nothing to ask for.
     fn send(self: &Arc<Self>, s: usize, batch: u64, text: String, now: u64) -> bool {
-        let windows: Vec<Window> = self
-            .limits
-            .iter()
-            .enumerate()
-            .map(|(j, limit)| {
-                let w = self.lane(s, j).word.load(SeqCst);
-                let tokens = if w >> COUNT_BITS > now {
-                    w & COUNT_MASK
-                } else {
-                    0
-                };
-                let target = batch.min(shared::grant_cap(limit.max));
-                Window {
-                    key: format!(
-                        "{}:{text}}}:{j}:{}:{}",
-                        self.prefix, limit.max, limit.period
-                    ),
-                    want: target.saturating_sub(tokens),
-                    max: limit.max,
-                    period: limit.period,
-                }
-            })
-            .collect();
+        let want = |j: usize| {
+            let target = batch.min(shared::grant_cap(self.limits[j].max));
+            target.saturating_sub(self.tokens(s, j, now))
+        };
         // A batch that just shrank (the last one lasted long) can be no more than what is
         // left: a refill asking for nothing would hold `busy` until it came back empty, and a
         // request spending the last token meanwhile could send none, leaving the key without
         // tokens and its way free for another key. The next spend asks again.
-        if windows.iter().all(|w| w.want == 0) {
+        if (0..self.limits.len()).all(|j| want(j) == 0) {
             self.slots[s].busy.store(false, SeqCst);
             return false;
         }
+        // Asked again: requests may have spent meanwhile (never added: the flag is held).
+        let windows = self
+            .limits
+            .iter()
+            .enumerate()
+            .map(|(j, limit)| Window {
+                key: format!(
+                    "{}:{text}}}:{j}:{}:{}",
+                    self.prefix, limit.max, limit.period
+                ),
+                want: want(j),
+                max: limit.max,
+                period: limit.period,
+            })
+            .collect();
         let this = Arc::clone(self);
         self.storage.lease(Lease::new(
             windows,
@@ -462,15 +465,7 @@ impl Leased {
     /// Whether any limit of slot `s` is low, as a spend would find it.
     fn runs_low(&self, s: usize, now: u64) -> bool {
         let batch = self.slots[s].batch.load(SeqCst).max(1);
-        (0..self.limits.len()).any(|j| {
-            let w = self.lane(s, j).word.load(SeqCst);
-            let tokens = if w >> COUNT_BITS > now {
-                w & COUNT_MASK
-            } else {
-                0
-            };
-            self.low(s, j, tokens, batch, now)
-        })
+        (0..self.limits.len()).any(|j| self.low(s, j, self.tokens(s, j, now), batch, now))
     }
 
     fn apply(&self, s: usize, j: usize, grant: &Grant, sent: u64, now: u64) {
