@@ -52,8 +52,13 @@ impl RedisServer {
     }
 
     pub(crate) fn storage(&self) -> SharedStorage {
+        RedisServer::storage_at(self.port)
+    }
+
+    /// The settings of a plain Redis on `port` of 127.0.0.1.
+    pub(crate) fn storage_at(port: u16) -> SharedStorage {
         SharedStorage::Redis(Redis {
-            address: format!("127.0.0.1:{}", self.port),
+            address: format!("127.0.0.1:{port}"),
             username: None,
             password: None,
             db: 0,

@@ -13,8 +13,8 @@
 //! bits). A request takes a token from every limit (all or none) with one CAS each: that is
 //! the common path. When tokens run low (half a batch) a refill is sent in the background,
 //! one at a time per slot (`busy`); a refill that lands to find them low again (spent while
-//! it was in flight) sends the next itself; a request that finds none waits for it
-//! ([`Outcome::Wait`]). A key's first batch is one token; a batch doubles when the last one
+//! it was in flight, in a window still open) sends the next itself; a request that finds
+//! none waits for it ([`Outcome::Wait`]). A key's first batch is one token; a batch doubles when the last one
 //! lasted under [`HORIZON_MS`] and halves when it lasted over four times that, up to the
 //! cap: the busier the key, the fewer round trips.
 //!
@@ -227,7 +227,7 @@ impl Leased {
         (0..self.limits.len()).any(|j| self.tokens(s, j, now) > 0)
     }
 
-    /// The tokens of limit `j` at slot `s`, if its window is still open at `now`.
+    /// The tokens of limit `j` at slot `s` if its window is still open at `now`, else 0.
     fn tokens(&self, s: usize, j: usize, now: u64) -> u64 {
         let w = self.lane(s, j).word.load(SeqCst);
         if w >> COUNT_BITS > now {
@@ -311,8 +311,8 @@ impl Leased {
     }
 
     /// Sends a refill for slot `s` on behalf of the key hashed `hash`, taking the slot if it
-    /// is free. `false` when one is already in flight, the slot is not free, or Redis is
-    /// down.
+    /// is free. `false` when one is already in flight, the slot is not free, Redis is down,
+    /// or there is nothing to ask for.
     fn refill(
         self: &Arc<Self>,
         s: usize,
@@ -342,35 +342,34 @@ impl Leased {
         } else {
             self.next_batch(slot, now)
         };
-        self.send(s, batch, redis_key_text(&key_text()), now)
+        self.send(s, id, batch, redis_key_text(&key_text()), now)
     }
 
-    /// Leases a batch of `batch` for slot `s`, whose refill flag is held, under the key text
-    /// `text`. `false` (and the flag dropped) when there is nothing to ask for.
-    fn send(self: &Arc<Self>, s: usize, batch: u64, text: String, now: u64) -> bool {
-        let want = |j: usize| {
-            let target = batch.min(shared::grant_cap(self.limits[j].max));
-            target.saturating_sub(self.tokens(s, j, now))
-        };
+    /// Leases a batch of `batch` for slot `s`, whose refill flag is held, under the key `id`
+    /// and its text `text`. `false` (and the flag released) when there is nothing to ask for.
+    fn send(self: &Arc<Self>, s: usize, id: u64, batch: u64, text: String, now: u64) -> bool {
+        let mut want = [0u64; super::table::MAX_LIMITS];
+        for (j, limit) in self.limits.iter().enumerate() {
+            let target = batch.min(shared::grant_cap(limit.max));
+            want[j] = target.saturating_sub(self.tokens(s, j, now));
+        }
         // A batch that just shrank (the last one lasted long) can be no more than what is
-        // left: a refill asking for nothing would hold `busy` until it came back empty, and a
-        // request spending the last token meanwhile could send none, leaving the key without
-        // tokens and its way free for another key. The next spend asks again.
-        if (0..self.limits.len()).all(|j| want(j) == 0) {
-            self.slots[s].busy.store(false, SeqCst);
+        // left: a refill asking for nothing would hold `busy` until it came back empty.
+        if want.iter().all(|&w| w == 0) {
+            self.release(s, id, text, now);
             return false;
         }
-        // Asked again: requests may have spent meanwhile (never added: the flag is held).
         let windows = self
             .limits
             .iter()
+            .zip(want)
             .enumerate()
-            .map(|(j, limit)| Window {
+            .map(|(j, (limit, want))| Window {
                 key: format!(
                     "{}:{text}}}:{j}:{}:{}",
                     self.prefix, limit.max, limit.period
                 ),
-                want: want(j),
+                want,
                 max: limit.max,
                 period: limit.period,
             })
@@ -378,9 +377,47 @@ impl Leased {
         let this = Arc::clone(self);
         self.storage.lease(Lease::new(
             windows,
-            Box::new(move |result, sent| this.refilled(s, result, sent, text)),
+            Box::new(move |result, sent| this.refilled(s, id, result, sent, text)),
         ));
         true
+    }
+
+    /// Drops slot `s`'s refill flag, held for the key `id`. A request that ran the tokens
+    /// low while the flag was held sent no refill; its spend is seen here, and the refill it
+    /// could not send goes now (a request after this sends its own). Otherwise the key could
+    /// spend its last token with none in flight, and leave its way free for another key.
+    fn release(self: &Arc<Self>, s: usize, id: u64, text: String, now: u64) {
+        let slot = &self.slots[s];
+        slot.busy.store(false, SeqCst);
+        if !self.wants_more(s, now)
+            || slot
+                .busy
+                .compare_exchange(false, true, SeqCst, SeqCst)
+                .is_err()
+        {
+            return;
+        }
+        // The flag was free a moment: the slot may have changed hands.
+        if slot.key.load(SeqCst) != id {
+            slot.busy.store(false, SeqCst);
+            return;
+        }
+        let batch = self.next_batch(slot, now);
+        self.send(s, id, batch, text, now);
+    }
+
+    /// Whether cached slot `s` should be refilled without waiting for a request: a limit
+    /// whose window is open is low, as a spend would find it. A window that has ended waits
+    /// for the key's next request (its period may be shorter than a round trip).
+    fn wants_more(&self, s: usize, now: u64) -> bool {
+        if self.is_spare(s) || !self.storage.is_up() {
+            return false;
+        }
+        let batch = self.slots[s].batch.load(SeqCst).max(1);
+        (0..self.limits.len()).any(|j| {
+            let open = self.lane(s, j).word.load(SeqCst) >> COUNT_BITS > now;
+            open && self.low(s, j, self.tokens(s, j, now), batch, now)
+        })
     }
 
     /// Gives the free slot `s` (its refill flag held) to the key hashed `hash`, with a
@@ -436,36 +473,32 @@ impl Leased {
         batch
     }
 
-    /// A refill's answer for the key text `text`, on the shared-storage thread.
+    /// A refill's answer for the key `id` and its text `text`, on the shared-storage thread
+    /// (or on a worker, when that thread has stopped). When requests spent the tokens low
+    /// while it was in flight, the next refill goes now, the flag kept.
     fn refilled(
         self: &Arc<Self>,
         s: usize,
+        id: u64,
         result: Result<Vec<Grant>, Unavailable>,
         sent: Instant,
         text: String,
     ) {
-        if let Ok(grants) = result {
-            let sent = ms(sent.saturating_duration_since(self.epoch));
-            let now = ms(self.epoch.elapsed());
-            for (j, grant) in grants.iter().enumerate().take(self.limits.len()) {
-                self.apply(s, j, grant, sent, now);
-            }
-            // Requests that ran the tokens low while this was in flight found the flag held
-            // and sent nothing; the next refill goes now, or the key could spend its last
-            // token with none in flight and leave its way free for another key.
-            if !self.is_spare(s) && self.storage.is_up() && self.runs_low(s, now) {
-                let batch = self.next_batch(&self.slots[s], now);
-                self.send(s, batch, text, now);
-                return;
-            }
+        let Ok(grants) = result else {
+            self.slots[s].busy.store(false, SeqCst);
+            return;
+        };
+        let sent = ms(sent.saturating_duration_since(self.epoch));
+        let now = ms(self.epoch.elapsed());
+        for (j, grant) in grants.iter().enumerate().take(self.limits.len()) {
+            self.apply(s, j, grant, sent, now);
         }
-        self.slots[s].busy.store(false, SeqCst);
-    }
-
-    /// Whether any limit of slot `s` is low, as a spend would find it.
-    fn runs_low(&self, s: usize, now: u64) -> bool {
-        let batch = self.slots[s].batch.load(SeqCst).max(1);
-        (0..self.limits.len()).any(|j| self.low(s, j, self.tokens(s, j, now), batch, now))
+        if self.wants_more(s, now) {
+            let batch = self.next_batch(&self.slots[s], now);
+            self.send(s, id, batch, text, now);
+        } else {
+            self.release(s, id, text, now);
+        }
     }
 
     fn apply(&self, s: usize, j: usize, grant: &Grant, sent: u64, now: u64) {

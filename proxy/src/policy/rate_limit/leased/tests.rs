@@ -1,7 +1,7 @@
 //! Replicas as `Leased` stores sharing a real `redis-server`.
 
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
-use std::sync::Arc;
+use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use super::*;
@@ -64,7 +64,9 @@ fn now(l: &Leased) -> u64 {
 
 /// Waits until no refill of `l` is in flight.
 fn refills_landed(l: &Leased) {
+    let deadline = Instant::now() + Duration::from_secs(10);
     while l.slots.iter().any(|slot| slot.busy.load(SeqCst)) {
+        assert!(Instant::now() < deadline, "a refill never landed");
         std::thread::sleep(Duration::from_millis(1));
     }
 }
@@ -324,20 +326,64 @@ fn a_refill_that_lands_low_sends_the_next() {
         ttl: 60_000,
         left: 900,
     };
-    l.refilled(0, Ok(vec![landed]), Instant::now(), "k1".to_owned());
+    l.refilled(0, 1, Ok(vec![landed]), Instant::now(), "k1".to_owned());
     refills_landed(&l);
     let tokens = lane.word.load(SeqCst) & COUNT_MASK;
     assert!(tokens > 1, "{tokens} token(s) and no refill in flight");
 }
 
 #[test]
-fn a_window_marked_full_refuses_only_once_its_last_tokens_are_spent() {
+fn a_refill_that_lands_in_a_full_or_ended_window_sends_no_next() {
     let redis = RedisServer::start();
     let limit = Limit {
         max: 1000,
         period: 60_000,
     };
-    let l = replica(&redis, &[limit]);
+    let l = k1_in_way_0(&redis);
+    let reserved_before = reserved(&l, "k1", limit);
+    let lane = l.lane(0, 0);
+    // Each lands with one token of a batch of eight, as in the test above, but Redis has
+    // nothing left in the window, or the window ended before the answer came.
+    let full = Grant {
+        granted: 1,
+        ttl: 60_000,
+        left: 0,
+    };
+    let ended = Grant {
+        granted: 1,
+        ttl: 1,
+        left: 900,
+    };
+    for (grant, sent) in [(full, Instant::now()), (ended, l.epoch)] {
+        l.slots[0].busy.store(true, SeqCst);
+        l.slots[0].batch.store(8, SeqCst);
+        lane.word.store(0, SeqCst);
+        lane.full_until.store(0, SeqCst);
+        l.refilled(0, 1, Ok(vec![grant]), sent, "k1".to_owned());
+        assert!(
+            !l.slots[0].busy.load(SeqCst),
+            "{grant:?}: a refill was sent"
+        );
+    }
+    assert_eq!(reserved(&l, "k1", limit), reserved_before);
+}
+
+#[test]
+fn a_window_marked_full_refuses_only_once_its_last_tokens_are_spent() {
+    // Nothing here reaches Redis: the storage is never started.
+    let storage = Handle::new(RedisServer::storage_at(1));
+    let limit = Limit {
+        max: 1000,
+        period: 60_000,
+    };
+    let l = Arc::new(Leased::with_slots(
+        vec![limit],
+        "binding",
+        storage,
+        Instant::now(),
+        WAYS,
+        WAYS,
+    ));
     // The last grant of a window lands on one thread while a request that found no token
     // asks on another whether the window is full.
     let last = Grant {
@@ -345,11 +391,8 @@ fn a_window_marked_full_refuses_only_once_its_last_tokens_are_spent() {
         ttl: 60_000,
         left: 0,
     };
-    let (start, end) = (
-        Arc::new(std::sync::Barrier::new(2)),
-        Arc::new(std::sync::Barrier::new(2)),
-    );
-    const ROUNDS: usize = 20_000;
+    let (start, end) = (Arc::new(Barrier::new(2)), Arc::new(Barrier::new(2)));
+    const ROUNDS: usize = 10_000;
     let lands = {
         let (l, start, end) = (l.clone(), start.clone(), end.clone());
         std::thread::spawn(move || {
@@ -363,7 +406,7 @@ fn a_window_marked_full_refuses_only_once_its_last_tokens_are_spent() {
     };
     let lane = l.lane(0, 0);
     let mut refused = 0;
-    for _ in 0..ROUNDS {
+    for round in 0..ROUNDS {
         lane.word.store(0, SeqCst);
         lane.full_until.store(0, SeqCst);
         start.wait();
@@ -372,8 +415,12 @@ fn a_window_marked_full_refuses_only_once_its_last_tokens_are_spent() {
                 refused += 1;
                 break;
             }
+            std::hint::spin_loop();
         }
         end.wait();
+        // Once that token is spent, the window refuses here.
+        lane.word.fetch_sub(1, SeqCst);
+        assert!(l.known_full(0, now(&l)).is_some(), "round {round}");
     }
     lands.join().expect("the applying thread");
     assert_eq!(refused, 0, "refused with the last token on its way");
