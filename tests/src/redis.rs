@@ -5,7 +5,7 @@
 //! TLS come from [`crate::tls::Pki`].
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -220,18 +220,19 @@ pub struct RedisCluster {
     nodes: Vec<Child>,
     pub ports: Vec<u16>,
     /// The nodes write their `nodes-<port>.conf` here.
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl RedisCluster {
     pub fn start(size: usize) -> RedisCluster {
-        let dir = tempfile::tempdir().expect("cluster dir");
-        let (nodes, ports) = (0..size).map(|_| cluster_node(dir.path())).unzip();
-        let cluster = RedisCluster {
-            nodes,
-            ports,
-            _dir: dir,
+        let mut cluster = RedisCluster {
+            nodes: Vec::new(),
+            ports: Vec::new(),
+            dir: tempfile::tempdir().expect("cluster dir"),
         };
+        for _ in 0..size {
+            cluster.add_node();
+        }
         let created = Command::new("redis-cli")
             .args(["--cluster", "create"])
             .args(cluster.addresses())
@@ -281,43 +282,57 @@ impl RedisCluster {
     }
 }
 
-/// A cluster node answering `PING` on a free port, with its cluster bus on another (by
-/// default the bus is the port plus 10,000, which nothing keeps free). Another process can
-/// take a port between the pick and the node's bind, and the node then exits: it starts
-/// again on other ports.
-fn cluster_node(dir: &Path) -> (Child, u16) {
-    for _ in 0..5 {
-        let (port, bus) = (crate::free_port().port(), crate::free_port().port());
-        let mut node = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args([
-                "--cluster-enabled",
-                "yes",
-                "--cluster-port",
-                &bus.to_string(),
-            ])
-            .arg("--cluster-config-file")
-            .arg(dir.join(format!("nodes-{port}.conf")))
-            .arg("--dir")
-            .arg(dir)
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server (cargo xtask setup installs it)");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while node.try_wait().expect("the node's status").is_none() {
-            if pings(port) {
-                return (node, port);
+impl RedisCluster {
+    /// Starts a node on a free port, with its cluster bus on another (by default the bus is
+    /// the port plus 10,000, which nothing keeps free), and waits until it answers. Another
+    /// process can take a port between the pick and the node's bind, and the node then
+    /// exits: it starts again on other ports. A node is kept in `nodes` from its start, so
+    /// that a panic here kills it with the others.
+    fn add_node(&mut self) {
+        let mut exits = Vec::new();
+        for _ in 0..5 {
+            let held = [0, 1].map(|_| TcpListener::bind("127.0.0.1:0").expect("a free port"));
+            let [port, bus] = held.map(|l| l.local_addr().expect("local_addr").port());
+            let node = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--cluster-enabled", "yes"])
+                .args(["--cluster-port", &bus.to_string()])
+                .arg("--cluster-config-file")
+                .arg(self.dir.path().join(format!("nodes-{port}.conf")))
+                .arg("--dir")
+                .arg(self.dir.path())
+                .args(["--save", "", "--appendonly", "no"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server (cargo xtask setup installs it)");
+            self.nodes.push(node);
+            let node = self.nodes.last_mut().expect("just pushed");
+            // This node's answer, not that of another server that took the port.
+            let ours = format!("process_id:{}\r\n", node.id());
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                if let Some(status) = node.try_wait().expect("the node's status") {
+                    exits.push(format!("port {port}, bus {bus}: {status}"));
+                    self.nodes.pop();
+                    break;
+                }
+                if ask(port, "INFO server").contains(&ours) {
+                    self.ports.push(port);
+                    return;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "cluster node {port} did not answer"
+                );
+                std::thread::sleep(Duration::from_millis(20));
             }
-            assert!(
-                Instant::now() < deadline,
-                "cluster node {port} did not answer PING"
-            );
-            std::thread::sleep(Duration::from_millis(20));
         }
+        panic!(
+            "no cluster node started in five tries: {}",
+            exits.join("; ")
+        )
     }
-    panic!("no cluster node started in five tries: its ports were taken each time")
 }
 
 impl Drop for RedisCluster {
