@@ -17,6 +17,7 @@ pub mod deadline;
 pub mod error;
 pub mod gateway;
 pub mod health;
+pub mod heap;
 pub mod http;
 pub mod io;
 pub mod metrics;

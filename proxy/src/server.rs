@@ -128,6 +128,7 @@ pub fn run(gateway: Arc<Gateway>, opts: &Options) -> Result<(), ServerError> {
             },
         ));
     }
+    control.spawn(crate::heap::trim_periodically());
     // Thread per core: with a worker for every allowed CPU, each gets its own. With fewer,
     // which CPUs are best is the scheduler's call (or the operator's, through taskset).
     let cpus = allowed_cpus();
