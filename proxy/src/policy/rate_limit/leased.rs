@@ -14,9 +14,9 @@
 //! the common path. When tokens run low (half a batch) a refill is sent in the background,
 //! one at a time per slot (`busy`); a refill that lands to find them low again (spent while
 //! it was in flight, in a window still open) sends the next itself; a request that finds
-//! none waits for it ([`Outcome::Wait`]). A key's first batch is one token; a batch doubles when the last one
-//! lasted under [`HORIZON_MS`] and halves when it lasted over four times that, up to the
-//! cap: the busier the key, the fewer round trips.
+//! none waits for it ([`Outcome::Wait`]). A key's first batch is one token; a batch doubles
+//! when the last one lasted under [`HORIZON_MS`] and halves when it lasted over four times
+//! that, up to the cap: the busier the key, the fewer round trips.
 //!
 //! A key takes a way only when that way holds no tokens (its windows have ended or are
 //! spent) and no refill is in flight, so another key never drops a key's reserved quota.
@@ -229,12 +229,13 @@ impl Leased {
 
     /// The tokens of limit `j` at slot `s` if its window is still open at `now`, else 0.
     fn tokens(&self, s: usize, j: usize, now: u64) -> u64 {
+        self.open_tokens(s, j, now).unwrap_or(0)
+    }
+
+    /// The tokens of limit `j` at slot `s`, or `None` once its window has ended at `now`.
+    fn open_tokens(&self, s: usize, j: usize, now: u64) -> Option<u64> {
         let w = self.lane(s, j).word.load(SeqCst);
-        if w >> COUNT_BITS > now {
-            w & COUNT_MASK
-        } else {
-            0
-        }
+        (w >> COUNT_BITS > now).then_some(w & COUNT_MASK)
     }
 
     /// Takes a token from every limit: the decision and whether a refill is due.
@@ -415,8 +416,8 @@ impl Leased {
         }
         let batch = self.slots[s].batch.load(SeqCst).max(1);
         (0..self.limits.len()).any(|j| {
-            let open = self.lane(s, j).word.load(SeqCst) >> COUNT_BITS > now;
-            open && self.low(s, j, self.tokens(s, j, now), batch, now)
+            self.open_tokens(s, j, now)
+                .is_some_and(|tokens| self.low(s, j, tokens, batch, now))
         })
     }
 
