@@ -280,9 +280,7 @@ impl RedisCluster {
             }
         }
     }
-}
 
-impl RedisCluster {
     /// Starts a node on a free port, with its cluster bus on another (by default the bus is
     /// the port plus 10,000, which nothing keeps free), and waits until it answers. Another
     /// process can take a port between the pick and the node's bind, and the node then
