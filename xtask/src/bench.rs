@@ -22,7 +22,8 @@
 //!
 //! Workloads (`--workloads`, also `--scenarios`): `small` (`GET /`, 5 bytes; `plain` is its
 //! old name), `64k` and `1m` (responses of that size, streamed through), `upload` (`POST` of a
-//! 1 MiB body, a short answer). Each runs under each policy set of `--policies`: `none`, and
+//! 1 MiB body, a short answer), and, outside the defaults, `post` (`POST` of a 1 KiB body, a
+//! short answer: an API call). Each runs under each policy set of `--policies`: `none`, and
 //! `typical` (rate limit, header injection, JWT validation: see `policies`; `direct` has no
 //! proxy to run them and is left out there). Before a peer is measured, the bench checks that
 //! each workload answers as it should and that each policy is active (the injected headers
@@ -110,7 +111,7 @@ pub struct Options {
     /// `unpinned` beside it, the bench prints how each proxy scales).
     #[arg(long, default_value = "pinned")]
     modes: String,
-    /// Workloads, from: small (or plain) 64k 1m upload tls-keepalive tls-handshake.
+    /// Workloads, from: small (or plain) 64k 1m upload post tls-keepalive tls-handshake.
     #[arg(
         long,
         visible_alias = "workloads",
@@ -614,7 +615,7 @@ impl Session<'_> {
             .with_context(|| format!("{} {}", request.method, request.path))?;
         let expected: Option<&str> = match scenario {
             Scenario::Small => Some(HELLO),
-            Scenario::Upload => Some(UPLOADED),
+            Scenario::Upload | Scenario::Post => Some(UPLOADED),
             _ => None,
         };
         if answer.status != 200

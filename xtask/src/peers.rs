@@ -29,7 +29,8 @@ pub const HELLO: &str = "hello";
 pub const UPLOADED: &str = "uploaded";
 /// The upstream's path that answers with the injected request header's value.
 pub const ECHO_INBOUND: &str = "/echo-inbound";
-/// The sizes of the large responses and of the upload.
+/// The sizes of the large responses, of the upload and of the small `POST`.
+pub const KIB_1: usize = 1024;
 pub const KIB_64: usize = 64 * 1024;
 pub const MIB_1: usize = 1024 * 1024;
 
@@ -138,6 +139,9 @@ pub enum Scenario {
     Get1m,
     /// `POST /upload` with a 1 MiB body, a short answer.
     Upload,
+    /// `POST /upload` with a 1 KiB body, a short answer: an API call, whose body usually
+    /// arrives in the same read as its head.
+    Post,
     /// wrk over TLS keep-alive connections: a handshake per connection, then requests.
     TlsKeepalive,
     /// A full TLS handshake per request (`handshakes`'s client).
@@ -156,7 +160,7 @@ pub struct Request {
 }
 
 impl Scenario {
-    pub const NAMES: &str = "small (or plain) 64k 1m upload tls-keepalive tls-handshake";
+    pub const NAMES: &str = "small (or plain) 64k 1m upload post tls-keepalive tls-handshake";
 
     pub fn parse(name: &str) -> Result<Scenario> {
         Ok(match name {
@@ -164,6 +168,7 @@ impl Scenario {
             "64k" => Scenario::Get64k,
             "1m" => Scenario::Get1m,
             "upload" => Scenario::Upload,
+            "post" => Scenario::Post,
             "tls-keepalive" => Scenario::TlsKeepalive,
             "tls-handshake" => Scenario::TlsHandshake,
             _ => bail!("unknown scenario `{name}` (known: {})", Scenario::NAMES),
@@ -176,6 +181,7 @@ impl Scenario {
             Scenario::Get64k => "64k",
             Scenario::Get1m => "1m",
             Scenario::Upload => "upload",
+            Scenario::Post => "post",
             Scenario::TlsKeepalive => "tls-keepalive",
             Scenario::TlsHandshake => "tls-handshake",
         }
@@ -203,6 +209,12 @@ impl Scenario {
                 method: "POST",
                 path: "/upload",
                 body_bytes: MIB_1,
+                answer_bytes: UPLOADED.len(),
+            },
+            Scenario::Post => Request {
+                method: "POST",
+                path: "/upload",
+                body_bytes: KIB_1,
                 answer_bytes: UPLOADED.len(),
             },
         }
@@ -744,7 +756,7 @@ spec:
     fn scenarios_parse_and_say_where_each_peer_is_driven() {
         assert_eq!(Scenario::parse("plain").unwrap(), Scenario::Small);
         assert_eq!(Scenario::parse("small").unwrap().name(), "small");
-        for name in ["64k", "1m", "upload"] {
+        for name in ["64k", "1m", "upload", "post"] {
             assert_eq!(Scenario::parse(name).unwrap().name(), name);
         }
         assert_eq!(
