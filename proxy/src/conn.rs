@@ -748,12 +748,19 @@ async fn forward(
         c.rec.bytes_in += with_head.as_ref().map_or(0, |part| part.len() as u64);
         let head = std::mem::take(&mut c.out);
         let sends_body = has_body && framing != Framing::Length(0);
-        let (res, head, first_read, head_due) = if with_head.is_none() && !sends_body {
-            // Nothing follows the head: the response's first read goes with it, and the
-            // response head's one deadline starts now.
+        let (res, head, first_read, head_due) = if !sends_body {
+            // Nothing follows the head but the body bytes that came with it: the response's
+            // first read goes with them, and the response head's one deadline starts now.
             let due = Instant::now() + response_timeout;
-            let (res, head, first_read) =
-                write_then_read(&mut up, head, &mut c.timer, response_timeout).await;
+            let (res, head, first_read) = write_then_read(
+                &mut up,
+                head,
+                with_head,
+                &mut c.iov,
+                &mut c.timer,
+                response_timeout,
+            )
+            .await;
             (res, head, first_read, Some(due))
         } else {
             let (res, head) = write_head(
@@ -1583,21 +1590,40 @@ where
     }
 }
 
-/// Writes a request head that nothing follows, and makes the response's first read into
-/// `up.buf` with it (see [`Stream::write_then_read`]); gives the head's buffer back. The
-/// read's outcome comes only when the write succeeded.
+/// Writes a request head, and `part` of its body after it when that is the whole body, and
+/// makes the response's first read into `up.buf` with them (see
+/// [`Stream::write_then_read`], [`Stream::write_both_then_read`]); gives the head's buffer
+/// back. The read's outcome comes only when the write succeeded.
 async fn write_then_read(
     up: &mut UpstreamConn,
     head: BytesMut,
+    part: Option<BytesMut>,
+    iov: &mut Option<IoVecs>,
     timer: &mut Deadline,
     wait: Duration,
 ) -> (Result<(), Fail>, BytesMut, Option<Result<usize, Fail>>) {
     make_room(&mut up.buf, MIN_READ);
     let into = std::mem::take(&mut up.buf);
-    match timer
-        .within(wait, up.stream.write_then_read(head, into))
-        .await
-    {
+    let done = match part {
+        None => {
+            timer
+                .within(wait, up.stream.write_then_read(head, into))
+                .await
+        }
+        Some(part) => {
+            let vecs = iov.take().unwrap_or_default();
+            let both = up.stream.write_both_then_read(head, part, vecs, into);
+            timer
+                .within(wait, both)
+                .await
+                .map(|(wrote, mut pair, read, into)| {
+                    let head = std::mem::take(&mut pair.first);
+                    *iov = Some(pair.into_vecs());
+                    (wrote, head, read, into)
+                })
+        }
+    };
+    match done {
         Some((Ok(()), head, read, into)) => {
             up.buf = into;
             (Ok(()), head, Some(read.map_err(Fail::Io)))

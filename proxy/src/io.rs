@@ -114,19 +114,11 @@ where
                 return (res, first, second, iov);
             }
         };
-        let total = first.len() + second.len();
         let mut pair = Pair { iov, first, second };
-        pair.iov.0[0] = libc::iovec {
-            iov_base: pair.first.as_ptr().cast_mut().cast(),
-            iov_len: pair.first.len(),
-        };
-        pair.iov.0[1] = libc::iovec {
-            iov_base: pair.second.as_ptr().cast_mut().cast(),
-            iov_len: pair.second.len(),
-        };
+        let total = pair.aim();
         let sqe = io_uring::opcode::Writev::new(
             io_uring::types::Fd(tcp.as_raw_fd()),
-            pair.iov.0.as_ptr(),
+            pair.iov.0.iov.as_ptr(),
             2,
         )
         .build();
@@ -137,29 +129,12 @@ where
         let (res, pair) = UnsubmittedOneshot::new(pair, Done::new(), sqe)
             .submit()
             .await;
-        let Pair {
-            iov,
-            mut first,
-            mut second,
-        } = pair;
-        let n = match res {
-            Ok(n) if n == total => return (Ok(()), first, second, iov),
-            Ok(n) => n,
-            Err(e) => return (Err(e), first, second, iov),
-        };
-        // A short write: the rest goes out plainly.
-        let from_first = n.min(first.len());
-        first.advance(from_first);
-        second.advance(n - from_first);
-        if !first.is_empty() {
-            let (res, rest) = send_all(tcp, first).await;
-            first = rest;
-            if let Err(e) = res {
-                return (Err(e), first, second, iov);
-            }
+        match res {
+            Ok(n) if n == total => (Ok(()), pair.first, pair.second, pair.iov),
+            // A short write: the rest goes out plainly.
+            Ok(n) => pair.finish(tcp, n).await,
+            Err(e) => (Err(e), pair.first, pair.second, pair.iov),
         }
-        let (res, second) = send_all(tcp, second).await;
-        (res, first, second, iov)
     }
 
     /// Writes all of `out`, then reads once into the spare capacity of `into`: a request
@@ -205,11 +180,60 @@ where
                 if wrote.is_err() {
                     return (wrote, out, Ok(0), into);
                 }
-                let (read, into) = match read {
-                    Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => recv(tcp, into).await,
-                    read => (read, into),
-                };
+                let (read, into) = read_unless_done(tcp, read, into).await;
                 (Ok(()), out, read, into)
+            }
+        }
+    }
+
+    /// As [`Stream::write_then_read`], for a request head (`first`) and the body bytes
+    /// that came with it (`second`): over plain TCP both go in one `sendmsg` (of two
+    /// vectors, from `iov`, and all or a failure), linked to the read. Gives back both
+    /// buffers and the vectors.
+    pub async fn write_both_then_read(
+        &mut self,
+        first: BytesMut,
+        second: BytesMut,
+        iov: IoVecs,
+        into: BytesMut,
+    ) -> (io::Result<()>, Pair, io::Result<usize>, BytesMut) {
+        let tcp = match self {
+            Stream::Plain(tcp) => tcp,
+            Stream::Tls(_) => {
+                let (wrote, first, second, iov) = self.write_both(first, second, iov).await;
+                let pair = Pair { iov, first, second };
+                if wrote.is_err() {
+                    return (wrote, pair, Ok(0), into);
+                }
+                let (read, into) = self.read(into).await;
+                return (wrote, pair, read, into);
+            }
+        };
+        let mut pair = Pair { iov, first, second };
+        let total = pair.aim();
+        let sqe =
+            io_uring::opcode::SendMsg::new(io_uring::types::Fd(tcp.as_raw_fd()), &pair.iov.0.msg)
+                .flags((libc::MSG_NOSIGNAL | libc::MSG_WAITALL) as u32)
+                .build()
+                .flags(squeue::Flags::IO_LINK);
+        // As in `write_both`: the message header, the vectors and both buffers live on the
+        // heap and travel with the operation. The chain is as in `write_then_read`.
+        let sent = UnsubmittedOneshot::new(pair, Done::new(), sqe).submit();
+        let read = submit_recv(tcp, into, squeue::Flags::empty());
+        let (read, into) = read.await;
+        let (wrote, pair) = sent.await;
+        match wrote {
+            Ok(n) if n == total => (Ok(()), pair, read, into),
+            Err(e) => (Err(e), pair, read, into),
+            // Cut short by an error part-way, as in `write_then_read`.
+            Ok(n) => {
+                let (wrote, first, second, iov) = pair.finish(tcp, n).await;
+                let pair = Pair { iov, first, second };
+                if wrote.is_err() {
+                    return (wrote, pair, Ok(0), into);
+                }
+                let (read, into) = read_unless_done(tcp, read, into).await;
+                (Ok(()), pair, read, into)
             }
         }
     }
@@ -228,9 +252,15 @@ where
     }
 }
 
-/// The two I/O vectors of [`Stream::write_both`], kept by a connection across writes so a
-/// write allocates nothing.
-pub struct IoVecs(Box<[libc::iovec; 2]>);
+/// The two I/O vectors of a gathered write ([`Stream::write_both`],
+/// [`Stream::write_both_then_read`]) and the message header that points at them, kept by a
+/// connection across writes so a write allocates nothing.
+pub struct IoVecs(Box<Vectors>);
+
+struct Vectors {
+    iov: [libc::iovec; 2],
+    msg: libc::msghdr,
+}
 
 impl Default for IoVecs {
     fn default() -> Self {
@@ -238,15 +268,70 @@ impl Default for IoVecs {
             iov_base: std::ptr::null_mut(),
             iov_len: 0,
         };
-        IoVecs(Box::new([empty; 2]))
+        // SAFETY: a `msghdr` is integers and pointers, for which all zeroes is a valid value
+        // (no address, no vectors, no control data); the vectors are set before each use.
+        let msg = unsafe { std::mem::zeroed() };
+        IoVecs(Box::new(Vectors {
+            iov: [empty; 2],
+            msg,
+        }))
     }
 }
 
-/// What a gathered write holds while the kernel reads from it.
-struct Pair {
+/// What a gathered write holds while the kernel reads from it; given back afterwards.
+pub struct Pair {
     iov: IoVecs,
-    first: BytesMut,
-    second: BytesMut,
+    pub first: BytesMut,
+    pub second: BytesMut,
+}
+
+impl Pair {
+    /// Points the vectors at both buffers, and the message header at the vectors; the
+    /// bytes to write.
+    fn aim(&mut self) -> usize {
+        let v = &mut *self.iov.0;
+        v.iov[0] = libc::iovec {
+            iov_base: self.first.as_ptr().cast_mut().cast(),
+            iov_len: self.first.len(),
+        };
+        v.iov[1] = libc::iovec {
+            iov_base: self.second.as_ptr().cast_mut().cast(),
+            iov_len: self.second.len(),
+        };
+        v.msg.msg_iov = v.iov.as_mut_ptr();
+        v.msg.msg_iovlen = 2;
+        self.first.len() + self.second.len()
+    }
+
+    /// Writes what a gathered write of `n` bytes left, plainly; gives back the parts.
+    async fn finish(
+        self,
+        tcp: &TcpStream,
+        n: usize,
+    ) -> (io::Result<()>, BytesMut, BytesMut, IoVecs) {
+        let Pair {
+            iov,
+            mut first,
+            mut second,
+        } = self;
+        let from_first = n.min(first.len());
+        first.advance(from_first);
+        second.advance(n - from_first);
+        if !first.is_empty() {
+            let (res, rest) = send_all(tcp, first).await;
+            first = rest;
+            if let Err(e) = res {
+                return (Err(e), first, second, iov);
+            }
+        }
+        let (res, second) = send_all(tcp, second).await;
+        (res, first, second, iov)
+    }
+
+    /// The vectors, for the connection to keep.
+    pub fn into_vecs(self) -> IoVecs {
+        self.iov
+    }
 }
 
 // === Plain TCP on the ring ===
@@ -259,6 +344,19 @@ struct Pair {
 /// Appends what one `recv` on the ring brings to the spare capacity of `buf`.
 async fn recv(tcp: &TcpStream, buf: BytesMut) -> (io::Result<usize>, BytesMut) {
     submit_recv(tcp, buf, squeue::Flags::empty()).await
+}
+
+/// The outcome of a read linked to a write that was cut short: the kernel cancelled it, so
+/// it is made now, after the rest of the write; one that ran anyway stands.
+async fn read_unless_done(
+    tcp: &TcpStream,
+    read: io::Result<usize>,
+    into: BytesMut,
+) -> (io::Result<usize>, BytesMut) {
+    match read {
+        Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => recv(tcp, into).await,
+        read => (read, into),
+    }
 }
 
 /// Submits a `recv` into the spare capacity of `buf`, with `flags` on the entry; the
@@ -390,104 +488,144 @@ mod tests {
         (Stream::Plain(tcp), peer)
     }
 
+    /// How a test hands a request to the linked write and read: as one buffer
+    /// (`write_then_read`), or as a head and the body bytes after it, split at this offset
+    /// (`write_both_then_read`).
+    const WAYS: [Option<usize>; 2] = [None, Some(3)];
+
+    /// The write of `out` (split as `way` says) linked to a read into `into`. Gives back
+    /// the write's outcome, what came back of `out` (both parts, in order), the read's
+    /// outcome and `into`.
+    async fn write_then_read(
+        stream: &mut ClientStream,
+        way: Option<usize>,
+        mut out: BytesMut,
+        into: BytesMut,
+    ) -> (io::Result<()>, Vec<u8>, io::Result<usize>, BytesMut) {
+        match way {
+            None => {
+                let (wrote, out, read, into) = stream.write_then_read(out, into).await;
+                (wrote, out.to_vec(), read, into)
+            }
+            Some(at) => {
+                let part = out.split_off(at);
+                let both = stream.write_both_then_read(out, part, IoVecs::default(), into);
+                let (wrote, pair, read, into) = both.await;
+                let back = [&pair.first[..], &pair.second[..]].concat();
+                (wrote, back, read, into)
+            }
+        }
+    }
+
     #[test]
     fn a_request_goes_out_whole_and_its_answer_lands_after_what_the_buffer_held() {
-        const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        const REQUEST: &[u8] = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi";
         const ANSWER: &[u8] = b"HTTP/1.1 204 No Content\r\n\r\n";
-        tokio_uring::start(async {
-            let (mut stream, peer) = plain_to(|mut s| {
-                let mut got = vec![0; REQUEST.len()];
-                s.read_exact(&mut got).expect("request");
-                assert_eq!(got, REQUEST);
-                s.write_all(ANSWER).expect("answer");
-            })
-            .await;
-            let mut into = BytesMut::with_capacity(4096);
-            into.extend_from_slice(b"kept:");
-            let (wrote, out, read, into) =
-                stream.write_then_read(BytesMut::from(REQUEST), into).await;
-            wrote.expect("write");
-            assert_eq!(&out[..], REQUEST, "the head comes back whole, for a replay");
-            let n = read.expect("read");
-            assert!(n > 0);
-            assert_eq!(&into[..5], b"kept:");
-            assert_eq!(&into[5..], &ANSWER[..n]);
-            peer.join().expect("peer");
-        });
+        for way in WAYS {
+            tokio_uring::start(async {
+                let (mut stream, peer) = plain_to(|mut s| {
+                    let mut got = vec![0; REQUEST.len()];
+                    s.read_exact(&mut got).expect("request");
+                    assert_eq!(got, REQUEST);
+                    s.write_all(ANSWER).expect("answer");
+                })
+                .await;
+                let mut into = BytesMut::with_capacity(4096);
+                into.extend_from_slice(b"kept:");
+                let (wrote, out, read, into) =
+                    write_then_read(&mut stream, way, BytesMut::from(REQUEST), into).await;
+                wrote.expect("write");
+                assert_eq!(out, REQUEST, "the request comes back whole, for a replay");
+                let n = read.expect("read");
+                assert!(n > 0);
+                assert_eq!(&into[..5], b"kept:");
+                assert_eq!(&into[5..], &ANSWER[..n]);
+                peer.join().expect("peer");
+            });
+        }
     }
 
     #[test]
     fn a_request_larger_than_the_socket_takes_at_once_goes_out_whole_before_the_read() {
         const SIZE: usize = 32 << 20;
-        tokio_uring::start(async {
-            let (mut stream, peer) = plain_to(|mut s| {
-                let mut got = vec![0; SIZE];
-                s.read_exact(&mut got).expect("the whole request");
-                s.write_all(b"done").expect("answer");
-            })
-            .await;
-            let out = BytesMut::from(&vec![b'x'; SIZE][..]);
-            let both = stream.write_then_read(out, BytesMut::with_capacity(64));
-            // A read started after a partial send would wait for an answer to a request
-            // the peer has not had whole.
-            let (wrote, _, read, into) = tokio::time::timeout(Duration::from_secs(20), both)
-                .await
-                .expect("the read waited for the rest of the request");
-            wrote.expect("write");
-            assert_eq!(read.expect("read"), 4);
-            assert_eq!(&into[..], b"done");
-            peer.join().expect("peer");
-        });
+        for way in WAYS {
+            tokio_uring::start(async {
+                let (mut stream, peer) = plain_to(|mut s| {
+                    let mut got = vec![0; SIZE];
+                    s.read_exact(&mut got).expect("the whole request");
+                    s.write_all(b"done").expect("answer");
+                })
+                .await;
+                let out = BytesMut::from(&vec![b'x'; SIZE][..]);
+                let both = write_then_read(&mut stream, way, out, BytesMut::with_capacity(64));
+                // A read started after a partial send would wait for an answer to a request
+                // the peer has not had whole.
+                let (wrote, _, read, into) = tokio::time::timeout(Duration::from_secs(20), both)
+                    .await
+                    .expect("the read waited for the rest of the request");
+                wrote.expect("write");
+                assert_eq!(read.expect("read"), 4);
+                assert_eq!(&into[..], b"done");
+                peer.join().expect("peer");
+            });
+        }
     }
 
     #[test]
     fn a_write_that_fails_cancels_its_read_rather_than_leave_it_waiting() {
-        tokio_uring::start(async {
-            // A peer that stays connected and never answers.
-            let (done, silent) = std::sync::mpsc::channel::<()>();
-            let (mut stream, peer) = plain_to(move |_s| {
-                let _ = silent.recv();
-            })
-            .await;
-            // This side's writing half is shut: the send fails with EPIPE, and only the
-            // link keeps the read from waiting on a peer that will never write.
-            stream.socket().shutdown(Shutdown::Write).expect("shutdown");
-            let into = BytesMut::with_capacity(4096);
-            let both = stream.write_then_read(BytesMut::from(&b"GET"[..]), into);
-            let (wrote, _, read, into) = tokio::time::timeout(Duration::from_secs(20), both)
-                .await
-                .expect("the read waited after its write failed");
-            assert_eq!(wrote.expect_err("write").raw_os_error(), Some(libc::EPIPE));
-            assert_eq!(
-                read.expect_err("read").raw_os_error(),
-                Some(libc::ECANCELED)
-            );
-            assert!(into.is_empty());
-            done.send(()).expect("peer");
-            peer.join().expect("peer");
-        });
+        for way in WAYS {
+            tokio_uring::start(async {
+                // A peer that stays connected and never answers.
+                let (done, silent) = std::sync::mpsc::channel::<()>();
+                let (mut stream, peer) = plain_to(move |_s| {
+                    let _ = silent.recv();
+                })
+                .await;
+                // This side's writing half is shut: the send fails with EPIPE, and only the
+                // link keeps the read from waiting on a peer that will never write.
+                stream.socket().shutdown(Shutdown::Write).expect("shutdown");
+                let into = BytesMut::with_capacity(4096);
+                let out = BytesMut::from(&b"POST"[..]);
+                let both = write_then_read(&mut stream, way, out, into);
+                let (wrote, _, read, into) = tokio::time::timeout(Duration::from_secs(20), both)
+                    .await
+                    .expect("the read waited after its write failed");
+                assert_eq!(wrote.expect_err("write").raw_os_error(), Some(libc::EPIPE));
+                assert_eq!(
+                    read.expect_err("read").raw_os_error(),
+                    Some(libc::ECANCELED)
+                );
+                assert!(into.is_empty());
+                done.send(()).expect("peer");
+                peer.join().expect("peer");
+            });
+        }
     }
 
     #[test]
     fn a_write_cut_short_by_a_reset_is_an_error_too() {
-        tokio_uring::start(async {
-            let (mut stream, peer) = plain_to(|mut s| {
-                let mut some = vec![0; 64 * 1024];
-                s.read_exact(&mut some).expect("the start of the request");
-                socket2::SockRef::from(&s)
-                    .set_linger(Some(Duration::ZERO))
-                    .expect("linger");
-            })
-            .await;
-            // Far more than the socket buffers hold: the send is still going when the
-            // peer resets the connection.
-            let out = BytesMut::from(&vec![b'x'; 32 << 20][..]);
-            let into = BytesMut::with_capacity(4096);
-            let (wrote, out, _, into) = stream.write_then_read(out, into).await;
-            assert!(wrote.is_err(), "{wrote:?}");
-            assert_eq!(out.len(), 32 << 20);
-            assert!(into.is_empty());
-            peer.join().expect("peer");
-        });
+        for way in WAYS {
+            tokio_uring::start(async {
+                let (mut stream, peer) = plain_to(|mut s| {
+                    let mut some = vec![0; 64 * 1024];
+                    s.read_exact(&mut some).expect("the start of the request");
+                    socket2::SockRef::from(&s)
+                        .set_linger(Some(Duration::ZERO))
+                        .expect("linger");
+                })
+                .await;
+                // Far more than the socket buffers hold: the send is still going when the
+                // peer resets the connection.
+                let out = BytesMut::from(&vec![b'x'; 32 << 20][..]);
+                let into = BytesMut::with_capacity(4096);
+                let (wrote, out, _, into) = write_then_read(&mut stream, way, out, into).await;
+                assert!(wrote.is_err(), "{wrote:?}");
+                if way.is_none() {
+                    assert_eq!(out.len(), 32 << 20, "the head comes back whole");
+                }
+                assert!(into.is_empty());
+                peer.join().expect("peer");
+            });
+        }
     }
 }
