@@ -1553,7 +1553,7 @@ fn make_room(buf: &mut BytesMut, spare: usize) {
 /// to be sent with the head, and the framing of the rest.
 fn body_with_head(buf: &mut BytesMut, framing: Framing) -> (Option<BytesMut>, Framing) {
     match framing {
-        Framing::Length(n) if !buf.is_empty() => {
+        Framing::Length(n) if n > 0 && !buf.is_empty() => {
             let part = buf.split_to(buf.len().min(usize::try_from(n).unwrap_or(usize::MAX)));
             let rest = Framing::Length(n - part.len() as u64);
             (Some(part), rest)
