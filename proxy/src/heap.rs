@@ -6,8 +6,9 @@
 //! arenas and raises it further: the soak test saw 71 → 99 MiB over five rounds of 2,000
 //! connections, and 40 MiB after each round once trimmed.
 //!
-//! Every [`INTERVAL`] the control thread asks how much the arenas hold free. Past
-//! [`THRESHOLD`] it calls `malloc_trim`, which hands the free pages of every arena back
+//! Every [`INTERVAL`] the control thread asks how much the arenas hold free (the
+//! `ringwall_heap_free_bytes` gauge). Past [`THRESHOLD`] it calls `malloc_trim`
+//! (counted in `ringwall_heap_trims_total`), which hands the free pages of every arena back
 //! (`MADV_DONTNEED`). The workers barely notice: their hot path allocates nothing, and
 //! each arena is locked only while it is walked. Other C libraries have neither call, and
 //! their builds do nothing here.
@@ -19,32 +20,50 @@ pub const INTERVAL: Duration = Duration::from_secs(2);
 /// Free bytes in the arenas below which a trim is not worth its page faults later.
 const THRESHOLD: usize = 8 << 20;
 
-/// Trims every [`INTERVAL`], for as long as the process runs.
+/// Trims every [`INTERVAL`], for as long as the process runs, and says what it saw in
+/// [`crate::metrics::HEAP_FREE`] and [`crate::metrics::HEAP_TRIMS`].
 pub async fn trim_periodically() {
+    let free_bytes = metrics::gauge!(crate::metrics::HEAP_FREE);
+    let trims = metrics::counter!(crate::metrics::HEAP_TRIMS);
     let mut tick = tokio::time::interval(INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        if let Some(free) = trim(THRESHOLD) {
-            tracing::debug!(free_bytes = free, "gave freed heap memory back");
+        let Some(look) = trim(THRESHOLD) else {
+            continue;
+        };
+        free_bytes.set(look.free as f64);
+        if look.trimmed {
+            trims.increment(1);
+            tracing::debug!(free_bytes = look.free, "gave freed heap memory back");
         }
     }
 }
 
-/// Trims when the arenas hold at least `threshold` bytes free: what they held, or `None`.
+/// What one look at the allocator found.
+#[derive(Debug, Clone, Copy)]
+struct Look {
+    /// Bytes its arenas held free.
+    free: usize,
+    /// Whether they went back to the kernel, at least `threshold` of them.
+    trimmed: bool,
+}
+
+/// Trims when the arenas hold at least `threshold` bytes free. `None` where the allocator
+/// cannot say (not glibc).
 #[cfg(target_env = "gnu")]
-fn trim(threshold: usize) -> Option<usize> {
+fn trim(threshold: usize) -> Option<Look> {
     // SAFETY: both only read and adjust the allocator's own state, under its locks.
     let free = unsafe { libc::mallinfo2() }.fordblks;
-    if free < threshold {
-        return None;
+    let trimmed = free >= threshold;
+    if trimmed {
+        unsafe { libc::malloc_trim(0) };
     }
-    unsafe { libc::malloc_trim(0) };
-    Some(free)
+    Some(Look { free, trimmed })
 }
 
 #[cfg(not(target_env = "gnu"))]
-fn trim(_threshold: usize) -> Option<usize> {
+fn trim(_threshold: usize) -> Option<Look> {
     None
 }
 
@@ -73,8 +92,11 @@ mod tests {
             let before = rss();
             drop(blocks);
             let freed = rss();
-            assert!(trim(usize::MAX).is_none(), "trimmed past its threshold");
-            let free = trim(THRESHOLD).expect("96 MiB free is past the threshold");
+            let look = trim(usize::MAX).expect("glibc says what it holds");
+            assert!(!look.trimmed, "trimmed below its threshold");
+            let look = trim(THRESHOLD).expect("glibc says what it holds");
+            assert!(look.trimmed, "96 MiB free is past the threshold");
+            let free = look.free;
             assert!(free >= 90 << 20, "{free} bytes free");
             let after = rss();
             drop(last);

@@ -52,6 +52,8 @@ pub const CONNECTION_RULES: &str = "ringwall_connection_rules_total";
 pub const POLICY_DECISIONS: &str = "ringwall_policy_decisions_total";
 pub const TLS_HANDSHAKES: &str = "ringwall_tls_handshakes_total";
 pub const TLS_HANDSHAKE_FAILURES: &str = "ringwall_tls_handshake_failures_total";
+pub const HEAP_FREE: &str = "ringwall_heap_free_bytes";
+pub const HEAP_TRIMS: &str = "ringwall_heap_trims_total";
 
 /// Request duration buckets, in seconds: a cached answer is under a millisecond, a slow
 /// upstream is seconds, and the default response timeout is 15 s.
@@ -652,6 +654,14 @@ fn describe() {
         "TLS handshakes that failed, with clients and with upstreams, by reason"
     );
     describe_counter!(CONFIG_RELOADS, "Configuration reloads, by result");
+    describe_gauge!(
+        HEAP_FREE,
+        "Bytes the allocator held free (not given back to the kernel) at its last look, every 2 s"
+    );
+    describe_counter!(
+        HEAP_TRIMS,
+        "Times the allocator's free memory was given back to the kernel (past 8 MiB free)"
+    );
     describe_gauge!(
         CONFIG_GENERATION,
         "Generation of the configuration in force"

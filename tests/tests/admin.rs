@@ -106,6 +106,16 @@ fn metrics_and_config_follow_traffic_and_reloads() {
             text.contains("ringwall_request_duration_seconds_bucket"),
             "{text}"
         );
+        // The allocator's free memory, looked at every 2 s from the start; a trim needs a
+        // burst (the soak test's).
+        assert!(
+            sample(&text, "ringwall_heap_free_bytes").is_some(),
+            "{text}"
+        );
+        assert!(
+            sample(&text, "ringwall_heap_trims_total").is_some(),
+            "{text}"
+        );
 
         let config = Client::connect(admin).get("/config");
         assert_eq!(config.status, 200);

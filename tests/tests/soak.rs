@@ -988,6 +988,13 @@ fn thousands_of_connections_get_their_own_responses_and_memory_returns_to_baseli
             after as f64 / MIB
         );
 
+        // What brought the memory back is counted.
+        let trims = gw.metric_until("ringwall_heap_trims_total", &[], |n| n >= 1.0);
+        assert!(
+            trims >= 1.0,
+            "seed {seed:#x}: no heap trim counted after a storm that freed tens of MiB"
+        );
+
         // And it still serves.
         let mut client = Client::connect(gw.addr("api"));
         let resp = client
