@@ -188,6 +188,29 @@ fn a_pooled_connection_with_unread_bytes_is_not_reused() {
     })
 }
 
+/// The same for a request with a body that came whole with its head, which is sent linked
+/// to the response's first read: it must not go on that connection either, since it cannot
+/// be sent again (the `still_open` peek comes before it).
+#[test]
+fn a_pooled_connection_with_unread_bytes_carries_no_post() {
+    within(TEST_LIMIT, || {
+        let (addr, go, sent) = dirty_origin();
+        let gw = gateway_to_url(&format!("http://{addr}"));
+        let mut client = Client::connect(gw.addr("api"));
+        assert_eq!(client.get("/one").text(), "first");
+        go.send(()).expect("origin alive");
+        sent.recv_timeout(Duration::from_secs(5))
+            .expect("origin sent");
+        let second =
+            client.request(b"POST /two HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi");
+        assert_eq!(
+            second.text(),
+            "fresh",
+            "bytes left on a pooled connection were served as the response to a POST"
+        );
+    })
+}
+
 fn gateway_to_url(url: &str) -> Gateway {
     Gateway::start(&[("api.yaml", &simple_api(url))], &[])
 }
