@@ -1581,10 +1581,7 @@ where
     };
     let both = stream.write_both(head, part, iov.take().unwrap_or_default());
     match timer.within(wait, both).await {
-        Some((res, head, _, vecs)) => {
-            *iov = Some(vecs);
-            (res.map_err(Fail::Io), head)
-        }
+        Some((res, pair)) => (res.map_err(Fail::Io), pair.keep_vecs(iov)),
         // The buffers stay with the abandoned write; the caller aborts the stream.
         None => (Err(Fail::Timeout), BytesMut::new()),
     }
@@ -1616,11 +1613,7 @@ async fn write_then_read(
             timer
                 .within(wait, both)
                 .await
-                .map(|(wrote, mut pair, read, into)| {
-                    let head = std::mem::take(&mut pair.first);
-                    *iov = Some(pair.into_vecs());
-                    (wrote, head, read, into)
-                })
+                .map(|(wrote, pair, read, into)| (wrote, pair.keep_vecs(iov), read, into))
         }
     };
     match done {

@@ -96,22 +96,22 @@ where
     /// Writes all of `first` then all of `second`: over plain TCP with one `writev` on the
     /// ring (and more writes only for what a short write left), so a response head and
     /// the body bytes that came with it leave in one send without being copied together.
-    /// Over TLS, one after the other. Gives back both buffers and the vector array.
+    /// Over TLS, one after the other. Gives back both buffers and the vectors.
     pub async fn write_both(
         &mut self,
         first: BytesMut,
         second: BytesMut,
         iov: IoVecs,
-    ) -> (io::Result<()>, BytesMut, BytesMut, IoVecs) {
+    ) -> (io::Result<()>, Pair) {
         let tcp = match self {
             Stream::Plain(tcp) => tcp,
             Stream::Tls(tls) => {
                 let (res, first) = tls.write_all(first).await;
                 if let Err(e) = res {
-                    return (Err(e), first, second, iov);
+                    return (Err(e), Pair { iov, first, second });
                 }
                 let (res, second) = tls.write_all(second).await;
-                return (res, first, second, iov);
+                return (res, Pair { iov, first, second });
             }
         };
         let mut pair = Pair { iov, first, second };
@@ -130,10 +130,10 @@ where
             .submit()
             .await;
         match res {
-            Ok(n) if n == total => (Ok(()), pair.first, pair.second, pair.iov),
+            Ok(n) if n == total => (Ok(()), pair),
             // A short write: the rest goes out plainly.
             Ok(n) => pair.finish(tcp, n).await,
-            Err(e) => (Err(e), pair.first, pair.second, pair.iov),
+            Err(e) => (Err(e), pair),
         }
     }
 
@@ -200,8 +200,7 @@ where
         let tcp = match self {
             Stream::Plain(tcp) => tcp,
             Stream::Tls(_) => {
-                let (wrote, first, second, iov) = self.write_both(first, second, iov).await;
-                let pair = Pair { iov, first, second };
+                let (wrote, pair) = self.write_both(first, second, iov).await;
                 if wrote.is_err() {
                     return (wrote, pair, Ok(0), into);
                 }
@@ -227,8 +226,7 @@ where
             Err(e) => (Err(e), pair, read, into),
             // Cut short by an error part-way, as in `write_then_read`.
             Ok(n) => {
-                let (wrote, first, second, iov) = pair.finish(tcp, n).await;
-                let pair = Pair { iov, first, second };
+                let (wrote, pair) = pair.finish(tcp, n).await;
                 if wrote.is_err() {
                     return (wrote, pair, Ok(0), into);
                 }
@@ -281,8 +279,8 @@ impl Default for IoVecs {
 /// What a gathered write holds while the kernel reads from it; given back afterwards.
 pub struct Pair {
     iov: IoVecs,
-    pub first: BytesMut,
-    pub second: BytesMut,
+    first: BytesMut,
+    second: BytesMut,
 }
 
 impl Pair {
@@ -304,11 +302,7 @@ impl Pair {
     }
 
     /// Writes what a gathered write of `n` bytes left, plainly; gives back the parts.
-    async fn finish(
-        self,
-        tcp: &TcpStream,
-        n: usize,
-    ) -> (io::Result<()>, BytesMut, BytesMut, IoVecs) {
+    async fn finish(self, tcp: &TcpStream, n: usize) -> (io::Result<()>, Pair) {
         let Pair {
             iov,
             mut first,
@@ -321,16 +315,18 @@ impl Pair {
             let (res, rest) = send_all(tcp, first).await;
             first = rest;
             if let Err(e) = res {
-                return (Err(e), first, second, iov);
+                return (Err(e), Pair { iov, first, second });
             }
         }
         let (res, second) = send_all(tcp, second).await;
-        (res, first, second, iov)
+        (res, Pair { iov, first, second })
     }
 
-    /// The vectors, for the connection to keep.
-    pub fn into_vecs(self) -> IoVecs {
-        self.iov
+    /// Puts the vectors back in the connection's `slot` for its next gathered write, and
+    /// gives back the first buffer (a head, kept for reuse); the second goes.
+    pub fn keep_vecs(self, slot: &mut Option<IoVecs>) -> BytesMut {
+        *slot = Some(self.iov);
+        self.first
     }
 }
 
@@ -525,7 +521,7 @@ mod tests {
                 let both = stream.write_both_then_read(out, part, vecs, into);
                 let (wrote, pair, read, into) = both.await;
                 let back = [&pair.first[..], &pair.second[..]].concat();
-                *iov = Some(pair.into_vecs());
+                pair.keep_vecs(iov);
                 (wrote, back, read, into)
             }
         }
