@@ -7,6 +7,13 @@ use std::time::{Duration, Instant};
 use super::*;
 use crate::shared::tests::{wait_up, RedisServer};
 
+/// The limit most tests run under: wide enough that only what a test does on purpose
+/// reaches it.
+const A_THOUSAND_A_MINUTE: Limit = Limit {
+    max: 1000,
+    period: 60_000,
+};
+
 fn replica(redis: &RedisServer, limits: &[Limit]) -> Arc<Leased> {
     let handle = Handle::new(redis.storage());
     handle.start();
@@ -86,10 +93,7 @@ fn admit(l: &Arc<Leased>, hash: u64, key: &str) -> bool {
 /// A crowded replica (1,000 a minute) where the key `k1` (hash 1) holds way 0, its
 /// refills landed.
 fn k1_in_way_0(redis: &RedisServer) -> Arc<Leased> {
-    let limit = Limit {
-        max: 1000,
-        period: 60_000,
-    };
+    let limit = A_THOUSAND_A_MINUTE;
     let l = crowded(redis, limit);
     assert!(admit(&l, 1, "k1"));
     refills_landed(&l);
@@ -100,10 +104,7 @@ fn k1_in_way_0(redis: &RedisServer) -> Arc<Leased> {
 #[test]
 fn replicas_together_pass_at_most_the_limit_and_lose_at_most_a_grant_each() {
     let redis = RedisServer::start();
-    let limit = Limit {
-        max: 1000,
-        period: 60_000,
-    };
+    let limit = A_THOUSAND_A_MINUTE;
     let replicas: Vec<Arc<Leased>> = (0..3).map(|_| replica(&redis, &[limit])).collect();
     let passed = Arc::new(AtomicU64::new(0));
     let threads: Vec<_> = (0..6)
@@ -170,10 +171,7 @@ fn long_or_odd_keys_go_to_redis_hashed() {
 #[test]
 fn keys_sharing_a_set_keep_their_quota() {
     let redis = RedisServer::start();
-    let limit = Limit {
-        max: 1000,
-        period: 60_000,
-    };
+    let limit = A_THOUSAND_A_MINUTE;
     let l = crowded(&redis, limit);
     let keys = [(1u64, "a"), (2, "b"), (3, "c")];
     let mut passed = [0u64; 3];
@@ -195,10 +193,7 @@ fn keys_sharing_a_set_keep_their_quota() {
 #[test]
 fn keys_rotating_through_a_full_set_cannot_spend_a_live_keys_quota() {
     let redis = RedisServer::start();
-    let limit = Limit {
-        max: 1000,
-        period: 60_000,
-    };
+    let limit = A_THOUSAND_A_MINUTE;
     let l = crowded(&redis, limit);
     let cap = shared::grant_cap(limit.max);
     let mut passed = 0;
@@ -221,10 +216,7 @@ fn keys_rotating_through_a_full_set_cannot_spend_a_live_keys_quota() {
 #[test]
 fn a_new_key_takes_only_a_slot_with_no_tokens() {
     let redis = RedisServer::start();
-    let limit = Limit {
-        max: 1000,
-        period: 60_000,
-    };
+    let limit = A_THOUSAND_A_MINUTE;
     let l = crowded(&redis, limit);
     // Four keys hold the four ways, with tokens.
     for hash in 1..=4u64 {
@@ -257,10 +249,7 @@ fn a_new_key_takes_only_a_slot_with_no_tokens() {
 #[test]
 fn a_refill_from_a_window_redis_started_anew_replaces_the_old_tokens() {
     let redis = RedisServer::start();
-    let limit = Limit {
-        max: 1000,
-        period: 60_000,
-    };
+    let limit = A_THOUSAND_A_MINUTE;
     let l = replica(&redis, &[limit]);
     let lane = l.lane(0, 0);
     lane.word.store((60_000 << COUNT_BITS) | 5, SeqCst);
@@ -335,10 +324,7 @@ fn a_refill_that_lands_low_sends_the_next() {
 #[test]
 fn a_refill_that_lands_in_a_full_or_ended_window_sends_no_next() {
     let redis = RedisServer::start();
-    let limit = Limit {
-        max: 1000,
-        period: 60_000,
-    };
+    let limit = A_THOUSAND_A_MINUTE;
     let l = k1_in_way_0(&redis);
     let reserved_before = reserved(&l, "k1", limit);
     let lane = l.lane(0, 0);
@@ -372,10 +358,7 @@ fn a_refill_that_lands_in_a_full_or_ended_window_sends_no_next() {
 fn a_window_marked_full_refuses_only_once_its_last_tokens_are_spent() {
     // Nothing here reaches Redis: the storage is never started.
     let storage = Handle::new(RedisServer::storage_at(1));
-    let limit = Limit {
-        max: 1000,
-        period: 60_000,
-    };
+    let limit = A_THOUSAND_A_MINUTE;
     let l = Arc::new(Leased::with_slots(
         vec![limit],
         "binding",
