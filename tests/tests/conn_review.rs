@@ -164,24 +164,29 @@ fn dirty_origin() -> (SocketAddr, mpsc::Sender<()>, mpsc::Receiver<()>) {
     (addr, go_tx, sent_rx)
 }
 
+/// What the second of two requests on one client connection gets, when the upstream
+/// connection the first used was put back in the pool and then received an unsolicited
+/// response: `first` then `second` (a raw request) go through a gateway to `dirty_origin`.
+fn answer_after_a_dirty_pool(second: &[u8]) -> String {
+    let (addr, go, sent) = dirty_origin();
+    let gw = gateway_to_url(&format!("http://{addr}"));
+    let mut client = Client::connect(gw.addr("api"));
+    assert_eq!(client.get("/one").text(), "first");
+    // The upstream connection is back in the pool: now it gets dirty.
+    go.send(()).expect("origin alive");
+    sent.recv_timeout(Duration::from_secs(5))
+        .expect("origin sent");
+    client.request(second).text()
+}
+
 /// A pooled connection with unread bytes on it is used for an idempotent, bodiless request
 /// without the `still_open` peek (conn.rs: `Some(up) if replayable || still_open(..)`), so
 /// the stale bytes are taken for the new request's response.
 #[test]
 fn a_pooled_connection_with_unread_bytes_is_not_reused() {
     within(TEST_LIMIT, || {
-        let (addr, go, sent) = dirty_origin();
-        let gw = gateway_to_url(&format!("http://{addr}"));
-        let mut client = Client::connect(gw.addr("api"));
-        let first = client.get("/one");
-        assert_eq!(first.text(), "first");
-        // The upstream connection is back in the pool: now it gets dirty.
-        go.send(()).expect("origin alive");
-        sent.recv_timeout(Duration::from_secs(5))
-            .expect("origin sent");
-        let second = client.get("/two");
         assert_eq!(
-            second.text(),
+            answer_after_a_dirty_pool(client::get("/two").as_bytes()),
             "fresh",
             "bytes left on a pooled connection were served as the response"
         );
@@ -194,17 +199,10 @@ fn a_pooled_connection_with_unread_bytes_is_not_reused() {
 #[test]
 fn a_pooled_connection_with_unread_bytes_carries_no_post() {
     within(TEST_LIMIT, || {
-        let (addr, go, sent) = dirty_origin();
-        let gw = gateway_to_url(&format!("http://{addr}"));
-        let mut client = Client::connect(gw.addr("api"));
-        assert_eq!(client.get("/one").text(), "first");
-        go.send(()).expect("origin alive");
-        sent.recv_timeout(Duration::from_secs(5))
-            .expect("origin sent");
-        let second =
-            client.request(b"POST /two HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi");
         assert_eq!(
-            second.text(),
+            answer_after_a_dirty_pool(
+                b"POST /two HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi"
+            ),
             "fresh",
             "bytes left on a pooled connection were served as the response to a POST"
         );
